@@ -1,0 +1,92 @@
+"""The in-memory image container used everywhere in l2ood.
+
+Images stay uint8, channels-first ``(N, C, H, W)``, on whatever device they were put on; they are
+converted to float only batch by batch (see :mod:`l2ood.data.transforms`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class ImageSet:
+    """A named set of uint8 images ``(N, C, H, W)`` with optional integer labels ``(N,)``."""
+
+    name: str
+    images: Tensor
+    labels: Tensor | None = None
+    class_names: list[str] | None = None
+    hflip: bool = False  # whether horizontal flips are a sensible augmentation for this data
+    meta: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8:
+            raise TypeError(f"{self.name}: images must be uint8, got {self.images.dtype}")
+        if self.images.ndim != 4:
+            raise ValueError(f"{self.name}: images must be (N, C, H, W), got {tuple(self.images.shape)}")
+        if self.labels is not None:
+            if self.labels.ndim != 1 or len(self.labels) != len(self.images):
+                raise ValueError(
+                    f"{self.name}: labels must be (N,) with N={len(self.images)}, "
+                    f"got {tuple(self.labels.shape)}"
+                )
+            self.labels = self.labels.long()
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (from ``class_names`` or the largest label + 1)."""
+        if self.class_names is not None:
+            return len(self.class_names)
+        if self.labels is None or len(self.labels) == 0:
+            return 0
+        return int(self.labels.max().item()) + 1
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one image."""
+        _, c, h, w = self.images.shape
+        return int(c), int(h), int(w)
+
+    def subset(self, n: int | None, seed: int = 0) -> ImageSet:
+        """A seeded random subset of ``n`` images (the whole set when ``n`` is None or ≥ len)."""
+        if n is None or n >= len(self):
+            return self
+        if n < 1:
+            raise ValueError(f"subset size must be >= 1, got {n}")
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(self), generator=g)[:n].sort().values
+        return ImageSet(
+            name=self.name,
+            images=self.images[idx],
+            labels=None if self.labels is None else self.labels[idx],
+            class_names=self.class_names,
+            hflip=self.hflip,
+            meta=dict(self.meta),
+        )
+
+    def split(self, n_holdout: int, seed: int = 0) -> tuple[ImageSet, ImageSet]:
+        """Seeded split into ``(rest, holdout)`` with ``len(holdout) == n_holdout``."""
+        if not 0 < n_holdout < len(self):
+            raise ValueError(f"holdout size must be in (0, {len(self)}), got {n_holdout}")
+        g = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(len(self), generator=g)
+        hold, rest = perm[:n_holdout].sort().values, perm[n_holdout:].sort().values
+
+        def take(idx: Tensor, suffix: str) -> ImageSet:
+            return ImageSet(
+                name=f"{self.name}{suffix}",
+                images=self.images[idx],
+                labels=None if self.labels is None else self.labels[idx],
+                class_names=self.class_names,
+                hflip=self.hflip,
+                meta=dict(self.meta),
+            )
+
+        return take(rest, ""), take(hold, "-holdout")

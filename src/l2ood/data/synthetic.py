@@ -1,0 +1,58 @@
+"""Seeded synthetic OoD sets that need no download: texture patches and noise.
+
+``textures``: square patches (side drawn uniformly from 32–128 px) cut at random places from
+scikit-image's bundled CC0 texture photographs (brick, grass, gravel), resized to ``size``.
+``noise``: half uniform noise U{0..255}, half Gaussian noise N(128, 64²) clipped to [0, 255].
+Both are grayscale/RGB as requested, so they arrive already in the ID input format.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .imageset import ImageSet
+
+TEXTURE_SOURCES = ("brick", "grass", "gravel")
+
+
+def _texture_photos() -> list[np.ndarray]:
+    import skimage.data
+
+    return [np.asarray(getattr(skimage.data, n)(), dtype=np.uint8) for n in TEXTURE_SOURCES]
+
+
+def make_textures(
+    n: int = 2000, size: tuple[int, int] = (32, 32), channels: int = 1, seed: int = 0
+) -> ImageSet:
+    """``n`` seeded texture patches as uint8 ``(n, channels, *size)``; label = source photo."""
+    rng = np.random.default_rng(seed)
+    photos = _texture_photos()
+    out = torch.empty((n, 1, *size), dtype=torch.uint8)
+    labels = torch.empty(n, dtype=torch.long)
+    for i in range(n):
+        k = int(rng.integers(len(photos)))
+        photo = photos[k] if photos[k].ndim == 2 else photos[k].mean(axis=2).astype(np.uint8)
+        s = int(rng.integers(32, 129))
+        y = int(rng.integers(0, photo.shape[0] - s + 1))
+        x = int(rng.integers(0, photo.shape[1] - s + 1))
+        patch = torch.from_numpy(photo[y : y + s, x : x + s].astype(np.float32))[None, None]
+        patch = F.interpolate(patch, size=size, mode="bilinear", antialias=True, align_corners=False)
+        out[i] = patch.round().clamp(0, 255).to(torch.uint8)[0]
+        labels[i] = k
+    images = out.expand(n, channels, *size).contiguous()
+    return ImageSet("textures", images, labels, class_names=list(TEXTURE_SOURCES), meta={"seed": seed})
+
+
+def make_noise(
+    n: int = 2000, size: tuple[int, int] = (32, 32), channels: int = 1, seed: int = 0
+) -> ImageSet:
+    """``n`` seeded noise images: first half uniform, second half Gaussian (label 0 / 1)."""
+    g = torch.Generator().manual_seed(seed)
+    n_u = n // 2
+    uni = torch.randint(0, 256, (n_u, channels, *size), generator=g, dtype=torch.int64)
+    gau = (torch.randn((n - n_u, channels, *size), generator=g) * 64 + 128).round()
+    images = torch.cat([uni.float(), gau]).clamp(0, 255).to(torch.uint8)
+    labels = torch.cat([torch.zeros(n_u, dtype=torch.long), torch.ones(n - n_u, dtype=torch.long)])
+    return ImageSet("noise", images, labels, class_names=["uniform", "gaussian"], meta={"seed": seed})

@@ -1,0 +1,95 @@
+"""Batch-level image operations in plain torch (airbench style: whole batches, no per-image Python).
+
+* :func:`convert_format` brings any uint8 set to the ID input format (channels, size): RGB→gray by
+  ITU-R BT.601 luma ``0.299 R + 0.587 G + 0.114 B``, gray→RGB by repetition, bilinear resize with
+  antialiasing.
+* :func:`augment_batch` applies per-sample random crops with zero padding and, where sensible,
+  per-sample random horizontal flips, all drawn from one ``torch.Generator``.
+* :func:`channel_stats` gives the per-channel mean/std that the model uses to normalize inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from .imageset import ImageSet
+
+_LUMA = torch.tensor([0.299, 0.587, 0.114])
+
+
+def convert_format(
+    images: Tensor, channels: int, size: tuple[int, int], chunk: int = 4096
+) -> Tensor:
+    """Convert uint8 ``(N, C, H, W)`` images to ``channels`` and ``size``; returns uint8."""
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise ValueError("convert_format expects uint8 (N, C, H, W) images")
+    n, c, h, w = images.shape
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if c not in (1, 3, 4):
+        raise ValueError(f"input images must have 1, 3 or 4 channels, got {c}")
+    if c == channels and (h, w) == tuple(size):
+        return images
+    out = torch.empty((n, channels, *size), dtype=torch.uint8)
+    for s in range(0, n, chunk):
+        x = images[s : s + chunk].float()
+        if x.shape[1] == 4:  # RGBA: drop alpha (callers composite on white before when needed)
+            x = x[:, :3]
+        if x.shape[1] == 3 and channels == 1:
+            x = (x * _LUMA.view(1, 3, 1, 1)).sum(1, keepdim=True)
+        elif x.shape[1] == 1 and channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[-2:] != tuple(size):
+            x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        out[s : s + chunk] = x.round().clamp(0, 255).to(torch.uint8)
+    return out
+
+
+def to_format(ds: ImageSet, channels: int, size: tuple[int, int]) -> ImageSet:
+    """:func:`convert_format` applied to an :class:`ImageSet` (returns the same set if no-op)."""
+    images = convert_format(ds.images, channels, size)
+    if images is ds.images:
+        return ds
+    return ImageSet(ds.name, images, ds.labels, ds.class_names, ds.hflip, dict(ds.meta))
+
+
+def channel_stats(images: Tensor, chunk: int = 8192) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images on the [0, 1] scale (streamed, float64)."""
+    c = images.shape[1]
+    s = torch.zeros(c, dtype=torch.float64)
+    s2 = torch.zeros(c, dtype=torch.float64)
+    count = 0
+    for i in range(0, len(images), chunk):
+        x = images[i : i + chunk].double() / 255.0
+        s += x.sum(dim=(0, 2, 3))
+        s2 += (x * x).sum(dim=(0, 2, 3))
+        count += x.numel() // c
+    mean = s / count
+    std = (s2 / count - mean**2).clamp_min(1e-12).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+def augment_batch(
+    x: Tensor, pad: int, hflip: bool, generator: torch.Generator | None = None
+) -> Tensor:
+    """Per-sample random crop (zero padding ``pad``) and optional horizontal flip of a batch.
+
+    Works on any dtype; every sample draws its own offsets ``(dy, dx) ∈ [0, 2·pad]²`` and its own
+    flip coin from ``generator`` (on the CPU, so results do not depend on the device).
+    """
+    n, c, h, w = x.shape
+    if pad > 0:
+        padded = F.pad(x, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        bidx = torch.arange(n, device=x.device)[:, None, None, None]
+        cidx = torch.arange(c, device=x.device)[None, :, None, None]
+        x = padded[bidx, cidx, rows, cols]
+    if hflip:
+        flip = torch.rand(n, generator=generator).to(x.device) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    return x

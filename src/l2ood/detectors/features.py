@@ -1,0 +1,83 @@
+"""One forward pass serves every detector: extracted features and logits of a data set.
+
+:func:`extract` runs the model once over an :class:`~l2ood.data.ImageSet` (no gradients, batched,
+same precision as training) and returns :class:`Extraction` — unnormalized features ``z``, the
+trained logits, and the labels. Extractions can be cached as safetensors so that adding a detector
+costs no forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..data import ImageSet
+from ..models import Classifier
+from ..runtime import Runtime
+
+
+@dataclass
+class Head:
+    """The linear head ``W, b`` and whether the trained logits used ``z/‖z‖`` (``normalize``)."""
+
+    weight: Tensor  # (C, D)
+    bias: Tensor  # (C,)
+    normalize: bool
+
+    @classmethod
+    def of(cls, model: Classifier) -> Head:
+        return cls(model.fc.weight.detach().float().cpu(), model.fc.bias.detach().float().cpu(),
+                   model.head == "l2")
+
+
+@dataclass
+class Extraction:
+    """Per-image outputs of one forward pass (CPU, fp32)."""
+
+    features: Tensor  # (N, D) unnormalized penultimate features z
+    logits: Tensor  # (N, C) logits as trained (fc(z/‖z‖) for the L2 head, fc(z) for CE)
+    labels: Tensor | None = None  # (N,) or None
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    def save(self, path: str | Path) -> None:
+        tensors = {"features": self.features.contiguous(), "logits": self.logits.contiguous()}
+        if self.labels is not None:
+            tensors["labels"] = self.labels.contiguous()
+        save_file(tensors, str(path))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Extraction:
+        t = load_file(str(path))
+        return cls(t["features"], t["logits"], t.get("labels"))
+
+
+@torch.no_grad()
+def extract(model: Classifier, data: ImageSet, rt: Runtime, batch_size: int = 512,
+            progress: bool = False, desc: str | None = None) -> Extraction:
+    """Features and logits of every image in ``data`` (one forward pass, eval mode)."""
+    model.eval()
+    feats, logits = [], []
+    n = len(data)
+    for s in tqdm(range(0, n, batch_size), desc=desc or f"extract {data.name}", disable=not progress,
+                  leave=False, unit="batch"):
+        x = data.images[s : s + batch_size].to(rt.device, non_blocking=True).float().div_(255.0)
+        if rt.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with rt.autocast():
+            out = model(x)
+        feats.append(out.features.float().cpu())
+        logits.append(out.logits.float().cpu())
+    d = model.fc.in_features
+    c = model.fc.out_features
+    return Extraction(
+        torch.cat(feats) if feats else torch.empty(0, d),
+        torch.cat(logits) if logits else torch.empty(0, c),
+        None if data.labels is None else data.labels.clone(),
+    )

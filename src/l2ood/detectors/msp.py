@@ -1,0 +1,22 @@
+"""Maximum softmax probability (MSP).
+
+``S(x) = max_c softmax(f(x))_c``. Hendrycks & Gimpel, "A Baseline for Detecting Misclassified and
+Out-of-Distribution Examples in Neural Networks", ICLR 2017. No hyper-parameters.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from .base import Detector, register
+from .features import Extraction, Head
+
+
+@register
+class MSP(Detector):
+    """``max softmax`` of the logits (higher = ID)."""
+
+    name = "msp"
+
+    def score(self, x: Extraction, head: Head) -> Tensor:
+        return x.logits.float().softmax(dim=1).max(dim=1).values

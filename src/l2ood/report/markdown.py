@@ -1,0 +1,55 @@
+"""Markdown report with the results table and PNG plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .plots import norm_histograms, roc_curves
+from .table import markdown_table
+
+Scores = dict[str, dict[str, np.ndarray]]
+
+
+def write_report(out_dir: str | Path, models: list[tuple[str, dict[str, Any], Scores]],
+                 title: str = "l2ood report", command: str | None = None) -> Path:
+    """Write ``report.md`` plus ``norm_hist.png`` and ``roc.png`` into ``out_dir``.
+
+    ``models`` is a list of ``(label, results, scores)`` as produced by
+    :func:`l2ood.evaluation.evaluate_model`.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_in = [(lbl, r["id_dataset"], s) for lbl, r, s in models]
+    has_norm = all("feature_norm" in r["detectors"] for _, r, _ in models)
+    lines = [f"# {title}", ""]
+    if command:
+        lines += ["Command:", "", f"```\n{command}\n```", ""]
+    first = models[0][1]
+    lines += [
+        f"ID data: **{first['id_dataset']}** ({first['n_id_test']} test images). "
+        f"Model: {first['model']['arch']} width {first['model']['width']}, runtime {first['runtime']}.",
+        "",
+        "Scores: higher = more in-distribution. AUROC and FPR@95TPR in % (FPR@95TPR = fraction of "
+        "OoD images accepted at the threshold that keeps 95 % of ID test images).",
+        "",
+        markdown_table([(lbl, r) for lbl, r, _ in models]),
+        "",
+    ]
+    for lbl, r, _ in models:
+        sets = ", ".join(f"{k} (n={v['n']})" for k, v in r["ood"].items())
+        lines.append(f"- {lbl}: head `{r['head']}`, ID accuracy {100 * r['id_accuracy']:.2f} %, OoD: {sets}")
+    lines.append("")
+    if has_norm:
+        norm_histograms(plot_in, out / "norm_hist.png")
+        roc_curves(plot_in, out / "roc.png", detectors=["feature_norm"])
+        lines += ["## Feature norm ‖z‖ — ID vs OoD", "", "![norm histograms](norm_hist.png)", "",
+                  "## ROC curves of the feature norm", "", "![ROC](roc.png)", ""]
+    if any(d != "feature_norm" for _, r, _ in models for d in r["detectors"]):
+        roc_curves(plot_in, out / "roc_all.png")
+        lines += ["## ROC curves, all detectors", "", "![ROC all](roc_all.png)", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path

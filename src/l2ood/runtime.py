@@ -1,0 +1,84 @@
+"""Device and precision resolution — the only place that decides where and how tensors compute.
+
+* ``device="auto"``: CUDA if available, else MPS, else CPU. Nothing in l2ood calls ``.cuda()``.
+* ``precision="auto"``: bf16 autocast + channels_last where the hardware supports bf16
+  (CPU: oneDNN's bf16 check, i.e. AVX-512-BF16/AMX; CUDA: ``torch.cuda.is_bf16_supported()``),
+  else fp16 autocast with a gradient scaler on CUDA, else fp32. ``"fp32"`` forces full precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Resolved execution settings."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None  # None = fp32
+    channels_last: bool
+
+    @property
+    def precision(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+
+    def autocast(self) -> contextlib.AbstractContextManager[object]:
+        """Autocast context for the backbone (a no-op in fp32)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def describe(self) -> str:
+        return f"{self.device.type} / {self.precision}{' / channels_last' if self.channels_last else ''}"
+
+
+def cpu_supports_bf16() -> bool:
+    """True when oneDNN reports native bf16 kernels on this CPU."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` → cuda / mps / cpu; any other string is passed to :class:`torch.device`."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"invalid device '{name}': {e}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    return dev
+
+
+def resolve_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
+    """Resolve device and precision strings into a :class:`Runtime`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    dev = resolve_device(device)
+    amp: torch.dtype | None
+    if precision == "fp32":
+        amp = None
+    elif precision == "bf16":
+        amp = torch.bfloat16
+    elif precision == "fp16":
+        amp = torch.float16
+    elif dev.type == "cpu":
+        amp = torch.bfloat16 if cpu_supports_bf16() else None
+    elif dev.type == "cuda":
+        amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        amp = None
+    return Runtime(dev, amp, channels_last=amp is not None and dev.type in ("cpu", "cuda"))

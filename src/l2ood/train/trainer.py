@@ -1,0 +1,244 @@
+"""Training loop: SGD (Nesterov, momentum 0.9, weight decay 5e-4), cosine or one-cycle schedule.
+
+Data stay in memory as uint8 tensors on the training device; each step converts one batch to
+float, augments it (per-sample random crop + flip, :func:`l2ood.data.augment_batch`) and runs the
+model under the resolved autocast (bf16 + channels_last on CPUs that support it).
+
+Determinism: model init uses ``torch.manual_seed(seed)``; the shuffle of epoch ``e`` is drawn from a
+generator seeded with ``(seed, e)``, the augmentation of step ``s`` of epoch ``e`` from one seeded
+with ``(seed, e, s)``. Training state is therefore fully described by (weights, optimizer buffers,
+epoch, step), which is exactly what a checkpoint stores; ``resume`` restarts from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from ..data import ImageSet, augment_batch, channel_stats
+from ..models import Classifier, ModelConfig, build_model
+from ..runtime import Runtime, resolve_runtime
+from .artifact import save_artifact
+from .checkpoint import RECORD, load_checkpoint, save_checkpoint
+
+SCHEDULES = ("cosine", "onecycle")
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised when the loss becomes NaN/inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one training run (saved in the run's JSON)."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    pad: int = 2  # random-crop padding in pixels (4 is the CIFAR standard for 32×32)
+    hflip: bool | None = None  # None: use the data set's default
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    checkpoint_every_steps: int = 0  # 0: checkpoint at the end of each epoch only
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"learning rate must be > 0, got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.pad < 0:
+            raise ValueError(f"pad must be >= 0, got {self.pad}")
+
+
+def lr_at(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """Learning rate at global ``step`` (0-based) of ``total_steps``.
+
+    cosine: linear warm-up over ``warmup_epochs``, then ``lr·½(1+cos(π·t))``, t ∈ [0, 1];
+    onecycle: linear ramp from lr/10 to lr over the first 25 % of steps (or ``warmup_epochs``),
+    then linear decay to 0.
+    """
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    if cfg.schedule == "onecycle":
+        warm = warm or max(1, int(0.25 * total_steps))
+        if step < warm:
+            return cfg.lr * (0.1 + 0.9 * step / warm)
+        return cfg.lr * max(0.0, (total_steps - step) / max(1, total_steps - warm))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    t = (step - warm) / max(1, total_steps - warm)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def _seed(*parts: int) -> int:
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (p + 0x632BE59BD9B4E019 + (h << 6) + (h >> 2))) & 0xFFFFFFFFFFFFFFFF
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffle of ``epoch`` (a pure function of seed and epoch)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(_seed(seed, epoch)))
+
+
+def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
+    """The augmentation RNG of one step (a pure function of seed, epoch and step)."""
+    return torch.Generator().manual_seed(_seed(seed, epoch, step, 1))
+
+
+def make_optimizer(model: Classifier, cfg: TrainConfig) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                           nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+
+
+@dataclass
+class TrainResult:
+    model: Classifier
+    history: list[dict[str, float]]
+    run_dir: Path
+
+
+def train(
+    train_set: ImageSet,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+    stop_after_steps: int | None = None,
+) -> TrainResult:
+    """Train a classifier on ``train_set``; writes checkpoints and the final artifact to ``run_dir``.
+
+    ``model_cfg.mean/std`` are filled from the training images when left at their defaults.
+    ``stop_after_steps`` ends the run early after that many global steps (for tests).
+    """
+    cfg.validate()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rt: Runtime = resolve_runtime(cfg.device, cfg.precision)
+    if model_cfg.mean == [0.0] and model_cfg.std == [1.0]:
+        model_cfg.mean, model_cfg.std = channel_stats(train_set.images)
+    model_cfg.in_channels, h, w = train_set.shape
+    model_cfg.image_size = (h, w)
+    model_cfg.num_classes = max(model_cfg.num_classes, train_set.num_classes)
+    model_cfg.class_names = train_set.class_names
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_cfg).to(rt.device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = make_optimizer(model, cfg)
+    hflip = train_set.hflip if cfg.hflip is None else cfg.hflip
+
+    n = len(train_set)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    start_epoch, start_step, history = 0, 0, []
+    if resume and (run_dir / RECORD).is_file():
+        record = load_checkpoint(run_dir, model, opt)
+        if record.get("model") != model_cfg.to_dict() or record.get("train", {}).get("seed") != cfg.seed:
+            raise ValueError(f"{run_dir}: the checkpoint was written by a different configuration; "
+                             "use a new output folder or the same arguments to resume")
+        start_epoch, start_step = int(record["epoch"]), int(record["step_in_epoch"])
+        history = list(record.get("history", []))
+        if log:
+            log(f"resuming from epoch {start_epoch + 1}, step {start_step} of {run_dir}")
+
+    images = train_set.images.to(rt.device)
+    labels = train_set.labels.to(rt.device) if train_set.labels is not None else None
+    if labels is None:
+        raise ValueError(f"{train_set.name}: training needs labels")
+    scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
+
+    def record_for(epoch: int, step_in_epoch: int) -> dict[str, Any]:
+        return {"model": model_cfg.to_dict(), "train": asdict(cfg), "epoch": epoch,
+                "step_in_epoch": step_in_epoch, "global_step": epoch * steps_per_epoch + step_in_epoch,
+                "history": history, "dataset": train_set.name, "n_train": n}
+
+    global_step = start_epoch * steps_per_epoch + start_step
+    if log:
+        log(f"training {model_cfg.arch}(width={model_cfg.width}, head={model_cfg.head}) on "
+            f"{train_set.name} ({n} images) for {cfg.epochs} epochs [{rt.describe()}]")
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        perm = epoch_permutation(n, cfg.seed, epoch).to(rt.device)
+        first = start_step if epoch == start_epoch else 0
+        loss_sum = torch.zeros((), device=rt.device)
+        correct = torch.zeros((), device=rt.device, dtype=torch.long)
+        seen, t0 = 0, time.perf_counter()
+        bar = tqdm(range(first, steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not progress, leave=False, unit="step")
+        for step in bar:
+            idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            x = images[idx].float().div_(255.0)
+            x = augment_batch(x, cfg.pad, hflip, step_generator(cfg.seed, epoch, step))
+            if rt.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = labels[idx]
+            for g in opt.param_groups:
+                g["lr"] = lr_at(cfg, global_step, total_steps, steps_per_epoch)
+            with rt.autocast():
+                out = model(x)
+            loss = F.cross_entropy(out.logits, y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            loss_sum += loss.detach() * len(y)
+            correct += (out.logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            global_step += 1
+            if step % 20 == 0 or step == steps_per_epoch - 1:
+                mean_loss = float(loss_sum) / seen
+                if not math.isfinite(mean_loss):
+                    raise TrainingDiverged(
+                        f"loss became {mean_loss} at epoch {epoch + 1}, step {step}; stopped. "
+                        f"The last good checkpoint in {run_dir} is kept (try a lower --lr).")
+                bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{float(correct) / seen:.3f}",
+                                img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+            if cfg.checkpoint_every_steps and global_step % cfg.checkpoint_every_steps == 0 \
+                    and step + 1 < steps_per_epoch:
+                save_checkpoint(run_dir, model, opt, record_for(epoch, step + 1))
+            if stop_after_steps is not None and global_step >= stop_after_steps:
+                save_checkpoint(run_dir, model, opt, record_for(epoch, step + 1))
+                return TrainResult(model, history, run_dir)
+        bar.close()
+        dt = time.perf_counter() - t0
+        entry = {"epoch": epoch + 1, "loss": float(loss_sum) / max(1, seen),
+                 "train_acc": float(correct) / max(1, seen), "images_per_s": seen / dt,
+                 "seconds": dt, "lr_end": opt.param_groups[0]["lr"]}
+        history.append(entry)
+        with open(run_dir / "train_log.jsonl", "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        if log:
+            log(f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['loss']:.4f}  train acc "
+                f"{entry['train_acc']:.4f}  {entry['images_per_s']:.0f} img/s  {dt:.1f}s")
+        save_checkpoint(run_dir, model, opt, record_for(epoch + 1, 0))
+
+    model.eval()
+    save_artifact(run_dir, model, model_cfg, extra={"train": asdict(cfg), "history": history,
+                                                     "dataset": train_set.name, "n_train": n,
+                                                     "runtime": rt.describe()})
+    return TrainResult(model, history, run_dir)
