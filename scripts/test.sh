@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Run the l2ood test suite (does all set-up itself): ruff, then pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check src tests benchmarks
+exec .venv/bin/python -m pytest -q "$@"
