@@ -1,0 +1,132 @@
+"""Benchmark: the demo configuration at a longer schedule, several seeds, L2 vs CE.
+
+Trains ResNet18 (CIFAR-style, width 16) with the L2 head and its CE twin on Fashion-MNIST
+(55 000 images; 5 000 held out), evaluates every requested detector against MNIST, textures and
+noise, and writes the mean ± std over seeds to ``docs/RESULTS.md`` (and raw numbers to
+``docs/results/fmnist.json``). Finished runs are reused, so the script can be re-run to add
+detectors or seeds.
+
+    python benchmarks/fmnist_seeds.py --epochs 12 --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from l2ood.data import load_dataset
+from l2ood.evaluation import evaluate_run, parse_detectors
+from l2ood.models import ModelConfig
+from l2ood.train import TrainConfig, train
+from l2ood.train.artifact import update_meta
+
+ROOT = Path(__file__).resolve().parents[1]
+OOD = ["mnist", "textures", "noise"]
+
+
+def fmt(vals: list[float]) -> str:
+    a = 100 * np.asarray(vals)
+    return f"{a.mean():.2f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.2f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--detectors", default="feature_norm,msp,maxlogit,energy")
+    ap.add_argument("--runs", default=str(ROOT / "runs" / "bench-fmnist"))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "RESULTS.md"))
+    args = ap.parse_args()
+    detectors = parse_detectors(args.detectors)
+    full = load_dataset("fashion-mnist", "train")
+    train_set, _ = full.split(5000, seed=0)
+    raw: dict[str, dict[str, object]] = {}
+    for seed in args.seeds:
+        for head in ("l2", "ce"):
+            run = Path(args.runs) / f"e{args.epochs}-w{args.width}" / f"seed{seed}" / head
+            if not (run / "model.json").exists():
+                t0 = time.perf_counter()
+                train(train_set, ModelConfig(width=args.width, head=head),
+                      TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed),
+                      run, resume=True, progress=False)
+                update_meta(run, dataset="fashion-mnist", data={"holdout": {"n": 5000, "seed": 0}},
+                            train_seconds=time.perf_counter() - t0)
+            print(f"evaluating seed {seed} {head}", flush=True)
+            r = evaluate_run(run, OOD, detectors, seed=0)
+            r.save(run / "eval")
+            raw[f"{head}/seed{seed}"] = r.results
+    write_results(raw, args, detectors)
+
+
+def write_results(raw: dict[str, dict[str, object]], args: argparse.Namespace, detectors: list[str]) -> None:
+    out_json = ROOT / "docs" / "results" / "fmnist.json"
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(raw, indent=1))
+    heads = {"l2": "L2", "ce": "CE"}
+    lines = [
+        "# Results: Fashion-MNIST (ID) vs MNIST, textures, noise",
+        "",
+        "Produced by:",
+        "",
+        "```",
+        "python " + " ".join(shlex.quote(a) for a in ["benchmarks/fmnist_seeds.py", *sys.argv[1:]]),
+        "```",
+        "",
+        f"Config: CIFAR-style ResNet18, width {args.width} (feature dim {8 * args.width}), "
+        f"{args.epochs} epochs, batch {args.batch_size}, SGD Nesterov lr {args.lr} cosine, wd 5e-4, "
+        "random crop (pad 2) + horizontal flip; Fashion-MNIST train minus a 5 000-image holdout "
+        "(55 000 images); ID test = the 10 000 Fashion-MNIST test images; OoD = MNIST test (10 000), "
+        "textures (2 000 seeded patches of scikit-image's brick/grass/gravel), noise (2 000: 1 000 "
+        f"uniform + 1 000 Gaussian). Seeds {', '.join(map(str, args.seeds))}; mean ± sample std over seeds. "
+        f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, precision auto (bf16 autocast where supported).",
+        "",
+        "Scores: higher = more in-distribution. AUROC and FPR@95TPR in %.",
+        "",
+    ]
+    accs = {h: [raw[k]["id_accuracy"] for k in raw if k.startswith(h + "/")] for h in heads}
+    lines += ["| model | ID accuracy (%) |", "|---|---|"]
+    lines += [f"| {heads[h]} | {fmt(accs[h])} |" for h in heads if accs[h]]
+    lines += ["", "| model | detector | " + " | ".join(f"{s} AUROC | {s} FPR95" for s in OOD) + " |",
+              "|---|---|" + "---|---|" * len(OOD)]
+    for h in heads:
+        keys = [k for k in raw if k.startswith(h + "/")]
+        if not keys:
+            continue
+        for det in detectors:
+            cells = []
+            for s in OOD:
+                au = [raw[k]["ood"][s]["detectors"][det]["auroc"] for k in keys]
+                fp = [raw[k]["ood"][s]["detectors"][det]["fpr95"] for k in keys]
+                cells += [fmt(au), fmt(fp)]
+            name = f"**{det}**" if det == "feature_norm" else det
+            lines.append(f"| {heads[h]} | {name} | " + " | ".join(cells) + " |")
+    base = Path(args.runs) / f"e{args.epochs}-w{args.width}"
+    t = [json.loads((base / k.split("/")[1] / k.split("/")[0] / "model.json").read_text())
+         .get("train_seconds", float("nan")) for k in raw]
+    lines += [
+        "",
+        f"Training time per model: {np.nanmean(t):.0f} s on average (this machine).",
+        "",
+        "**Published anchor**: DUQ (van Amersfoort et al., ICML 2020, Table 1) reports AUROC 0.955 for "
+        "Fashion-MNIST (ID) vs MNIST (OoD). Their network and training differ (a small CNN with a "
+        "gradient penalty and an RBF head), so the comparison is indicative only.",
+        "",
+    ]
+    Path(args.out).write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
