@@ -13,7 +13,7 @@ from l2ood.detectors import DETECTORS, Extraction, Head, make_detector
 def _ext() -> tuple[Extraction, Head]:
     feats = torch.tensor([[3.0, 4.0], [0.0, 0.0], [1.0, -1.0]])
     logits = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [10.0, -5.0, 2.0]])
-    head = Head(torch.zeros(3, 2), torch.zeros(3), normalize=True)
+    head = Head(torch.zeros(3, 2), torch.zeros(3), mode="l2")
     return Extraction(feats, logits), head
 
 

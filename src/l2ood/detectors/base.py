@@ -1,9 +1,18 @@
 """The detector API.
 
 Convention for every score in l2ood: **higher = more in-distribution**. A detector maps the
-outputs of one forward pass (:class:`~l2ood.detectors.features.Extraction`) to one score per image.
-Detectors that need ID training statistics implement :meth:`Detector.fit`; the others ignore it.
-Detectors take tensors (features, logits, the head's ``W, b``), never a model by name.
+outputs of one forward pass (:class:`~l2ood.detectors.features.Extraction`: unnormalized features
+``z``, logits, labels) and the linear head (:class:`~l2ood.detectors.features.Head`: ``W, b`` and how
+logits are formed) to one score per image. Detectors never take a model by name.
+
+* Post-hoc detectors implement :meth:`Detector.score` only.
+* Detectors that need ID training statistics set ``needs_fit = True`` and implement
+  :meth:`Detector.fit`, which consumes the training outputs in row chunks (:meth:`Extraction.chunks`)
+  so extra memory stays O(chunk·D + D²) (KNN must keep its bank: O(N·D)).
+* Detectors that read logits set ``uses_logits = True``: for models trained with a normalized head
+  they are run on both logit variants (``name:trained`` and ``name:raw``).
+* Detectors that need gradients w.r.t. the input (ODIN) subclass :class:`InputDetector` and score
+  images with the model instead.
 
 Registry: :data:`DETECTORS`, filled by the :func:`register` decorator — the single source of names.
 """
@@ -11,11 +20,15 @@ Registry: :data:`DETECTORS`, filled by the :func:`register` decorator — the si
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from torch import Tensor
 
 from .features import Extraction, Head
+
+if TYPE_CHECKING:
+    from ..models import Classifier
+    from ..runtime import Runtime
 
 DETECTORS: dict[str, type[Detector]] = {}
 D = TypeVar("D", bound="type[Detector]")
@@ -30,10 +43,12 @@ def register(cls: D) -> D:
 
 
 class Detector(ABC):
-    """Base class: ``fit`` (optional) on ID training outputs, then ``score`` (higher = ID)."""
+    """Base class: ``fit`` (when ``needs_fit``) on ID training outputs, then ``score`` (higher = ID)."""
 
     name: ClassVar[str]
     needs_fit: ClassVar[bool] = False
+    uses_logits: ClassVar[bool] = False
+    needs_model: ClassVar[bool] = False
 
     def fit(self, train: Extraction, head: Head) -> Detector:
         """Collect ID statistics (no-op for post-hoc detectors that need none)."""
@@ -43,9 +58,26 @@ class Detector(ABC):
     def score(self, x: Extraction, head: Head) -> Tensor:
         """Scores ``(N,)``, higher = more in-distribution."""
 
+    def params(self) -> dict[str, Any]:
+        """Hyper-parameters (for reports)."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_") and isinstance(v, (int, float, str))}
 
-def make_detector(name: str) -> Detector:
-    """Instantiate a registered detector with its default hyper-parameters."""
+
+class InputDetector(Detector):
+    """A detector that needs the model and the input images (e.g. gradients w.r.t. the input)."""
+
+    needs_model = True
+
+    def score(self, x: Extraction, head: Head) -> Tensor:
+        raise TypeError(f"{self.name} scores images with the model: use score_images()")
+
+    @abstractmethod
+    def score_images(self, model: Classifier, images: Tensor, rt: Runtime, variant: str = "trained") -> Tensor:
+        """Scores ``(N,)`` for float images on the [0, 1] scale ``(N, C, H, W)``."""
+
+
+def make_detector(name: str, **kwargs: Any) -> Detector:
+    """Instantiate a registered detector (default hyper-parameters unless given)."""
     if name not in DETECTORS:
         raise ValueError(f"unknown detector '{name}'; known: {', '.join(DETECTORS)}")
-    return DETECTORS[name]()
+    return DETECTORS[name](**kwargs)

@@ -17,6 +17,7 @@ class Energy(Detector):
     """``T·logsumexp(logits/T)`` (higher = ID)."""
 
     name = "energy"
+    uses_logits = True
 
     def __init__(self, temperature: float = 1.0) -> None:
         if not temperature > 0:

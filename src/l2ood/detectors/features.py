@@ -8,7 +8,8 @@ costs no forward pass.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -18,21 +19,41 @@ from tqdm.auto import tqdm
 
 from ..data import ImageSet
 from ..models import Classifier
+from ..models.heads import LogitVariant, head_logits, is_normalized
 from ..runtime import Runtime
 
 
 @dataclass
 class Head:
-    """The linear head ``W, b`` and whether the trained logits used ``z/‖z‖`` (``normalize``)."""
+    """The linear head ``W (C×D), b (C,)`` and how the trained logits were formed.
+
+    ``mode``/``tau`` follow :mod:`l2ood.models.heads`; :meth:`logits` recomputes logits from
+    features in either variant, so detectors that modify features (ReAct, ASH, …) can form logits.
+    """
 
     weight: Tensor  # (C, D)
     bias: Tensor  # (C,)
-    normalize: bool
+    mode: str = "ce"
+    tau: float = 1.0
+    variant: LogitVariant = "trained"
+
+    @property
+    def normalize(self) -> bool:
+        """Whether the logits this head produces involve a normalization."""
+        return self.variant == "trained" and is_normalized(self.mode)
 
     @classmethod
     def of(cls, model: Classifier) -> Head:
         return cls(model.fc.weight.detach().float().cpu(), model.fc.bias.detach().float().cpu(),
-                   model.head == "l2")
+                   model.head, model.tau)
+
+    def logits(self, z: Tensor) -> Tensor:
+        """Logits of features ``z`` in this head's variant."""
+        return head_logits(z.float(), self.weight, self.bias, self.mode, self.tau, self.variant)
+
+    def raw(self) -> Head:
+        """The same head with every normalization removed (``W·z + b``)."""
+        return replace(self, variant="raw")
 
 
 @dataclass
@@ -45,6 +66,16 @@ class Extraction:
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
+
+    def chunks(self, size: int = 8192) -> Iterator[Extraction]:
+        """Consecutive row blocks of at most ``size`` rows (views, no copies)."""
+        for s in range(0, len(self), size):
+            yield Extraction(self.features[s : s + size], self.logits[s : s + size],
+                             None if self.labels is None else self.labels[s : s + size])
+
+    def with_head(self, head: Head) -> Extraction:
+        """The same features with the logits recomputed by ``head`` (e.g. the raw variant)."""
+        return Extraction(self.features, head.logits(self.features), self.labels)
 
     def save(self, path: str | Path) -> None:
         tensors = {"features": self.features.contiguous(), "logits": self.logits.contiguous()}

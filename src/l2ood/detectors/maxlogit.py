@@ -17,6 +17,7 @@ class MaxLogit(Detector):
     """``max logit`` (higher = ID)."""
 
     name = "maxlogit"
+    uses_logits = True
 
     def score(self, x: Extraction, head: Head) -> Tensor:
         return x.logits.float().max(dim=1).values

@@ -17,6 +17,7 @@ class MSP(Detector):
     """``max softmax`` of the logits (higher = ID)."""
 
     name = "msp"
+    uses_logits = True
 
     def score(self, x: Extraction, head: Head) -> Tensor:
         return x.logits.float().softmax(dim=1).max(dim=1).values

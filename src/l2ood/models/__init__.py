@@ -6,11 +6,12 @@ from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
-from .classifier import HEAD_MODES, Classifier, HeadMode, Output
+from .classifier import Classifier, Output
+from .heads import DEFAULT_TAU, HEAD_MODES, HeadMode, head_logits, is_normalized
 from .resnet import ResNet, resnet18
 
-__all__ = ["ARCHITECTURES", "HEAD_MODES", "Classifier", "HeadMode", "ModelConfig", "Output", "ResNet",
-           "build_model", "resnet18"]
+__all__ = ["ARCHITECTURES", "DEFAULT_TAU", "HEAD_MODES", "Classifier", "HeadMode", "ModelConfig", "Output",
+           "ResNet", "build_model", "head_logits", "is_normalized", "resnet18"]
 
 # One source of truth for architecture names: name -> factory(width, in_channels) -> backbone.
 ARCHITECTURES = {"resnet18": resnet18}
@@ -29,6 +30,7 @@ class ModelConfig:
     mean: list[float] = field(default_factory=lambda: [0.0])
     std: list[float] = field(default_factory=lambda: [1.0])
     class_names: list[str] | None = None
+    tau: float | None = None  # temperature of t2fnorm / logitnorm heads (None: the paper default)
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -51,4 +53,4 @@ def build_model(cfg: ModelConfig) -> Classifier:
         raise ValueError(f"unknown head '{cfg.head}'; known: {', '.join(HEAD_MODES)}")
     backbone: nn.Module = ARCHITECTURES[cfg.arch](width=cfg.width, in_channels=cfg.in_channels)
     return Classifier(backbone, backbone.feature_dim, cfg.num_classes, head=cfg.head,  # type: ignore[arg-type]
-                      mean=cfg.mean, std=cfg.std)
+                      mean=cfg.mean, std=cfg.std, tau=cfg.tau)

@@ -6,6 +6,7 @@ L2 Normalization", TMLR 2024, arXiv:2306.04072):
 * ``head="l2"``: ``logits = W · z/‖z‖₂ + b`` in training and for the class decision at test time;
   plain cross-entropy, no temperature, no extra loss.
 * ``head="ce"`` (the baseline twin): the identical network with ``logits = W · z + b``.
+* ``head="t2fnorm"`` / ``"logitnorm"``: the training-time peers (see :mod:`l2ood.models.heads`).
 * OoD score (both heads): ``‖z‖₂`` of the *unnormalized* features; higher = more in-distribution.
 
 One forward pass returns the logits, the features and the score (:class:`Output`).
@@ -15,14 +16,13 @@ buffers of the model, so a saved model carries its own input normalization.
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-HeadMode = Literal["l2", "ce"]
-HEAD_MODES: tuple[str, ...] = ("l2", "ce")
+from .heads import DEFAULT_TAU, HEAD_MODES, HeadMode, head_logits
 
 
 class Output(NamedTuple):
@@ -40,7 +40,9 @@ class Classifier(nn.Module):
         backbone: module returning ``(N, feature_dim)``.
         feature_dim: D.
         num_classes: C.
-        head: ``"l2"`` (normalize z before the linear layer) or ``"ce"`` (plain linear layer).
+        head: ``"l2"`` (normalize z before the linear layer), ``"ce"`` (plain linear layer),
+            ``"t2fnorm"`` or ``"logitnorm"`` (see :mod:`l2ood.models.heads`).
+        tau: temperature of ``t2fnorm``/``logitnorm`` (default 0.1 / 0.04; unused otherwise).
         mean, std: per-channel input statistics on the [0, 1] scale.
         eps: lower bound on ‖z‖ in the normalization, ``z / max(‖z‖, eps)``.
     """
@@ -54,6 +56,7 @@ class Classifier(nn.Module):
         mean: list[float] | None = None,
         std: list[float] | None = None,
         eps: float = 1e-12,
+        tau: float | None = None,
     ) -> None:
         super().__init__()
         if head not in HEAD_MODES:
@@ -61,6 +64,9 @@ class Classifier(nn.Module):
         self.backbone = backbone
         self.fc = nn.Linear(feature_dim, num_classes)
         self.head = head
+        self.tau = float(DEFAULT_TAU[head] if tau is None else tau)
+        if not self.tau > 0:
+            raise ValueError(f"tau must be > 0, got {self.tau}")
         self.eps = eps
         c = len(mean) if mean is not None else 1
         self.register_buffer("input_mean", torch.tensor(mean or [0.0] * c).view(1, -1, 1, 1))
@@ -72,15 +78,18 @@ class Classifier(nn.Module):
         return self.backbone(x).float()
 
     def head_input(self, z: Tensor) -> Tensor:
-        """What the linear layer sees: ``z/‖z‖`` for the L2 head, ``z`` for the CE head."""
+        """What the linear layer sees: ``z/‖z‖`` (l2), ``z/(τ‖z‖)`` (t2fnorm), else ``z``."""
         if self.head == "l2":
             return F.normalize(z, p=2.0, dim=1, eps=self.eps)
+        if self.head == "t2fnorm":
+            return F.normalize(z, p=2.0, dim=1, eps=self.eps) / self.tau
         return z
 
-    def logits_from_features(self, z: Tensor) -> Tensor:
-        """Logits of the trained head, computed in fp32 outside any autocast region."""
+    def logits_from_features(self, z: Tensor, variant: str = "trained") -> Tensor:
+        """Logits (``"trained"`` or ``"raw"`` variant) in fp32, outside any autocast region."""
         with torch.autocast(device_type=z.device.type, enabled=False):
-            return self.fc(self.head_input(z.float()))
+            return head_logits(z.float(), self.fc.weight, self.fc.bias, self.head, self.tau,
+                               variant, self.eps)  # type: ignore[arg-type]
 
     def forward(self, x: Tensor) -> Output:
         z = self.features(x)
