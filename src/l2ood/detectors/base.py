@@ -60,7 +60,8 @@ class Detector(ABC):
 
     def params(self) -> dict[str, Any]:
         """Hyper-parameters (for reports)."""
-        return {k: v for k, v in vars(self).items() if not k.startswith("_") and isinstance(v, (int, float, str))}
+        return {k: v for k, v in vars(self).items()
+                if not k.startswith("_") and isinstance(v, (int, float, str))}
 
 
 class InputDetector(Detector):
@@ -72,7 +73,8 @@ class InputDetector(Detector):
         raise TypeError(f"{self.name} scores images with the model: use score_images()")
 
     @abstractmethod
-    def score_images(self, model: Classifier, images: Tensor, rt: Runtime, variant: str = "trained") -> Tensor:
+    def score_images(self, model: Classifier, images: Tensor, rt: Runtime,
+                     variant: str = "trained") -> Tensor:
         """Scores ``(N,)`` for float images on the [0, 1] scale ``(N, C, H, W)``."""
 
 
