@@ -66,10 +66,10 @@ def main() -> None:
             r = evaluate_run(run, OOD, detectors, seed=0)
             r.save(run / "eval")
             raw[f"{head}/seed{seed}"] = r.results
-    write_results(raw, args, detectors)
+    write_results(raw, args)
 
 
-def write_results(raw: dict[str, dict[str, object]], args: argparse.Namespace, detectors: list[str]) -> None:
+def write_results(raw: dict[str, dict[str, object]], args: argparse.Namespace) -> None:
     out_json = ROOT / "docs" / "results" / "fmnist.json"
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(raw, indent=1))
@@ -104,13 +104,13 @@ def write_results(raw: dict[str, dict[str, object]], args: argparse.Namespace, d
         keys = [k for k in raw if k.startswith(h + "/")]
         if not keys:
             continue
-        for det in detectors:
+        for det in raw[keys[0]]["detectors"]:
             cells = []
             for s in OOD:
                 au = [raw[k]["ood"][s]["detectors"][det]["auroc"] for k in keys]
                 fp = [raw[k]["ood"][s]["detectors"][det]["fpr95"] for k in keys]
                 cells += [fmt(au), fmt(fp)]
-            name = f"**{det}**" if det == "feature_norm" else det
+            name = f"**{det}**" if det == "feature_norm" and h == "l2" else det
             lines.append(f"| {heads[h]} | {name} | " + " | ".join(cells) + " |")
     base = Path(args.runs) / f"e{args.epochs}-w{args.width}"
     t = [json.loads((base / k.split("/")[1] / k.split("/")[0] / "model.json").read_text())
