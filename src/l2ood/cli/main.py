@@ -113,6 +113,36 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-id", type=_positive_int, default=None)
     d.add_argument("--out", default=None, help="output folder (default runs/demo-<time>)")
     _add_runtime(d)
+    c = sub.add_parser("calibrate", help="pick the screening threshold on held-out ID data",
+                       description="Score the run's held-out ID split (never the test set) and store the "
+                                   "threshold that keeps --tpr of it, plus the calibration scores for "
+                                   "conformal p-values, in RUN/model.json.")
+    c.add_argument("run", metavar="RUN")
+    c.add_argument("--tpr", type=float, default=0.95, help="fraction of ID to accept (default 0.95)")
+    c.add_argument("--alpha", type=float, default=None,
+                   help="conformal mode: reject when p-value <= alpha; ID rejection rate <= alpha in "
+                        "expectation (assumes exchangeable ID data)")
+    c.add_argument("--detector", default="feature_norm", help="screening score (default feature_norm)")
+    c.add_argument("--calibration-data", default=None, metavar="NAME",
+                   help="ID data to calibrate on instead of the run's holdout (e.g. npz:PATH); must not "
+                        "overlap the training data")
+    c.add_argument("--batch-size", type=_positive_int, default=512)
+    _add_runtime(c)
+
+    s = sub.add_parser("screen", help="screen image files/folders/npz packs with a calibrated run",
+                       description="Outputs one record per image: path, score, p-value, verdict (in/out), "
+                                   "predicted class and confidence. Bad files get an error record; all "
+                                   "others are still screened. Exit status: 0 = every input screened, "
+                                   "1 = some input could not be read, 2 = usage error.")
+    s.add_argument("run", metavar="RUN")
+    s.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive), npz packs")
+    s.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    s.add_argument("--output", "-o", default="-", help="output file (default: standard output)")
+    s.add_argument("--threshold", type=float, default=None, help="manual threshold (overrides calibration)")
+    s.add_argument("--batch-size", type=_positive_int, default=256)
+    s.add_argument("--max-pixels", type=_positive_int, default=40_000_000,
+                   help="refuse images with more pixels (decompression-bomb guard)")
+    _add_runtime(s)
     return ap
 
 
@@ -215,14 +245,85 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..detectors import make_detector
+    from ..screen import Screener, calibrate, screenable_detectors
+    from ..train.artifact import update_meta
+
+    if not 0 < args.tpr <= 1:
+        raise ValueError(f"--tpr must be in (0, 1], got {args.tpr}")
+    if args.detector not in screenable_detectors():
+        raise ValueError(f"--detector must be one of {', '.join(screenable_detectors())}")
+    scr = Screener.from_run(args.run, device=args.device, precision=args.precision)
+    scr.detector = make_detector(args.detector)
+    meta = scr.meta
+    if args.calibration_data:
+        cal_set = load_dataset(args.calibration_data, "test", root=args.data_root)
+        split = {"source": args.calibration_data}
+    else:
+        hold = meta.get("data", {}).get("holdout", {})
+        if not hold.get("n"):
+            raise ValueError(f"{args.run} was trained without a held-out ID split (--holdout 0); pass "
+                             "--calibration-data with ID images not used in training")
+        full = load_dataset(meta.get("dataset", "fashion-mnist"), "train", root=args.data_root)
+        _, cal_set = full.split(int(hold["n"]), seed=int(hold.get("seed", 0)))
+        split = {"source": f"{meta.get('dataset')} train holdout", **hold}
+    scores = [scr.score(cal_set.images[i : i + args.batch_size]).scores
+              for i in range(0, len(cal_set), args.batch_size)]
+    cal = calibrate(np.concatenate(scores), args.detector, args.tpr, args.alpha, split)
+    update_meta(args.run, calibration=cal.to_dict())
+    print(f"calibrated {args.run} on {cal.n} held-out ID images: threshold {cal.threshold:.6g} "
+          f"(accepts {100 * args.tpr:.1f} % of them); rule: {cal.rule()}")
+    return 0
+
+
+def cmd_screen(args: argparse.Namespace) -> int:
+    import csv
+
+    from ..screen import RECORD_FIELDS, Screener
+
+    scr = Screener.from_run(args.run, threshold=args.threshold, device=args.device, precision=args.precision)
+    if not scr.calibrated:
+        raise ValueError(f"{args.run} is not calibrated: run `l2ood calibrate {args.run}` first "
+                         "(or pass --threshold)")
+    out = sys.stdout if args.output == "-" else open(args.output, "w", newline="")
+    n_ok = n_out = n_err = 0
+    try:
+        writer = csv.DictWriter(out, fieldnames=RECORD_FIELDS) if args.format == "csv" else None
+        if writer:
+            writer.writeheader()
+        for rec in scr.screen(args.paths, batch_size=args.batch_size, progress=not args.no_progress,
+                              max_pixels=args.max_pixels):
+            if rec["status"] == "ok":
+                n_ok += 1
+                n_out += rec["verdict"] == "out"
+            else:
+                n_err += 1
+            if writer:
+                writer.writerow(rec)
+            else:
+                out.write(json.dumps(rec) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    rule = (f"score < {args.threshold} → out" if args.threshold is not None
+            else scr.calibration.rule())  # type: ignore[union-attr]
+    print(f"screened {n_ok} images: {n_out} out-of-distribution, {n_ok - n_out} in-distribution; "
+          f"{n_err} unreadable input(s); rule: {rule}", file=sys.stderr)
+    return 1 if n_err else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``l2ood`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo}
+    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo, "calibrate": cmd_calibrate,
+                "screen": cmd_screen}
     try:
         return handlers[args.command](args)
-    except (DataError, ArtifactError, TrainingDiverged, ValueError, FileNotFoundError) as e:
+    except (DataError, ArtifactError, TrainingDiverged, ValueError, FileNotFoundError, OSError) as e:
         print(f"l2ood {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,114 @@
+"""Benchmark: fit + score time and peak memory of every feature/logit detector at CIFAR scale.
+
+50 000 × 512 ID training features (the size of ResNet18 features on CIFAR-10's training set),
+10 000 × 512 test features, 10 classes; synthetic class-conditional Gaussians (seeded). Each
+detector runs in a fresh subprocess; peak memory = the process's peak RSS (``ru_maxrss``) during
+fit + score minus the RSS after the inputs were created, so the inputs themselves are not counted.
+ODIN is not included (it needs images and the model: its cost is ≈ 3 forward passes per image).
+
+    python benchmarks/detector_cost.py            # writes docs/DETECTOR_COST.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def child(name: str, n_train: int, n_test: int, dim: int, classes: int) -> None:
+    import torch
+
+    from l2ood.detectors import Extraction, Head, make_detector
+
+    torch.set_num_threads(2)
+    g = torch.Generator().manual_seed(0)
+    means = torch.randn(classes, dim, generator=g) * 2
+    ytr = torch.randint(0, classes, (n_train,), generator=g)
+    ztr = (means[ytr] + torch.randn(n_train, dim, generator=g)).relu_()
+    yte = torch.randint(0, classes, (n_test,), generator=g)
+    zte = (means[yte] + torch.randn(n_test, dim, generator=g)).relu_()
+    w, b = torch.randn(classes, dim, generator=g) / dim**0.5, torch.zeros(classes)
+    head = Head(w, b, mode="ce")
+    train = Extraction(ztr, head.logits(ztr), ytr)
+    test = Extraction(zte, head.logits(zte), yte)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    det = make_detector(name)
+    t0 = time.perf_counter()
+    if det.needs_fit:
+        det.fit(train, head)
+    t1 = time.perf_counter()
+    s = det.score(test, head)
+    t2 = time.perf_counter()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert s.shape == (n_test,) and torch.isfinite(s).all()
+    print(json.dumps({"detector": name, "fit_s": t1 - t0, "score_s": t2 - t1,
+                      "peak_extra_mib": (peak - base) / 1024}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n-train", type=int, default=50_000)
+    ap.add_argument("--n-test", type=int, default=10_000)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=str(ROOT / "docs" / "DETECTOR_COST.md"))
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, args.n_train, args.n_test, args.dim, args.classes)
+        return
+    from l2ood.detectors import DETECTORS
+
+    rows = []
+    for name, cls in DETECTORS.items():
+        if cls.needs_model:
+            continue
+        cmd = [sys.executable, __file__, "--child", name, "--n-train", str(args.n_train),
+               "--n-test", str(args.n_test), "--dim", str(args.dim), "--classes", str(args.classes)]
+        p = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+        print(r, flush=True)
+        rows.append(r)
+    nn_bytes = args.n_test * args.n_train * 4 / 2**20
+    bank = args.n_train * args.dim * 4 / 2**20
+    lines = [
+        "# Detector cost: fit + score time and peak memory",
+        "",
+        f"`python benchmarks/detector_cost.py` — {args.n_train} × {args.dim} training features, "
+        f"{args.n_test} test features, {args.classes} classes (synthetic, seeded); each detector in a fresh "
+        f"process; torch {__import__('torch').__version__}, 2 threads, {platform.machine()}. Peak extra "
+        "memory = peak RSS during fit + score minus RSS after the inputs exist (inputs: "
+        f"{(args.n_train + args.n_test) * (args.dim + args.classes) * 4 / 2**20:.0f} MiB, not counted).",
+        "",
+        "| detector | fit (s) | score (s) | peak extra memory (MiB) |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {r['detector']} | {r['fit_s']:.2f} | {r['score_s']:.2f} | {r['peak_extra_mib']:.0f} |"
+              for r in rows]
+    lines += [
+        "",
+        "## Memory budgets",
+        "",
+        f"- A dense test × train distance matrix would need {nn_bytes:.0f} MiB in fp32; no detector "
+        "allocates one.",
+        f"- KNN keeps its normalized bank ({bank:.0f} MiB here, N·D·4 bytes) plus per query chunk a "
+        "`query_chunk × (bank_chunk + k)` similarity block (defaults 1024 × (16384 + 50) × 4 B ≈ 64 MiB).",
+        "- Mahalanobis / RMDS / Mahalanobis++ / ViM stream the training features in chunks of 8192 rows and "
+        "accumulate D × D float64 moments (2 MiB for D = 512): extra memory O(chunk·D + D²), independent "
+        "of N.",
+        "",
+    ]
+    Path(args.out).write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

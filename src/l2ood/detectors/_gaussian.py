@@ -1,0 +1,143 @@
+"""Shared code of the Gaussian detectors (Mahalanobis, RMDS, Mahalanobis++): a streaming fit of
+class-conditional Gaussians with one tied covariance, and chunked squared Mahalanobis distances.
+
+Fit (:func:`fit_class_gaussians`) makes one pass over the training rows in chunks and accumulates, in
+float64 and around a shift ``s`` (the mean of the first chunk, for numerical stability):
+per-class counts ``n_c`` and sums ``Σ_{i∈c} (z_i − s)``, and the D×D second moment
+``M = Σ_i (z_i − s)(z_i − s)ᵀ``. Then, with ``N = Σ_c n_c``,
+
+* class means ``μ_c = s + Σ_{i∈c}(z_i − s) / n_c``;
+* tied (maximum-likelihood) covariance ``Σ = (M − Σ_c n_c (μ_c − s)(μ_c − s)ᵀ) / N``
+  ``= (1/N) Σ_c Σ_{i∈c} (z_i − μ_c)(z_i − μ_c)ᵀ``;
+* global mean ``μ_0`` and global covariance ``Σ_0 = (M − N (μ_0 − s)(μ_0 − s)ᵀ) / N``.
+
+Extra memory is O(chunk·D + C·D + D²); no N×D float64 copy is made.
+
+Distances (:class:`TiedGaussians`) use the precision ``P = pinv(Σ)`` (Hermitian pseudo-inverse in
+float64, as ``sklearn.covariance.EmpiricalCovariance`` used by OpenOOD; it is well defined for
+rank-deficient covariances, e.g. dead ReLU dimensions or D > N) and the expansion
+``(z − μ_c)ᵀ P (z − μ_c) = zᵀPz − 2 zᵀPμ_c + μ_cᵀPμ_c`` (with ``z`` and ``μ_c`` taken relative to a
+common center), so a chunk of B rows costs a B×C matrix, never a B×C×D tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .features import Extraction
+
+Transform = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class ClassGaussians:
+    """Class-conditional Gaussians with a tied covariance, plus the global Gaussian (float64, CPU)."""
+
+    classes: Tensor  # (K,) int64 ids of the classes present in the training data
+    counts: Tensor  # (K,) float64 rows per present class
+    means: Tensor  # (K, D) class means μ_c
+    cov: Tensor  # (D, D) tied covariance Σ (1/N normalization)
+    global_mean: Tensor  # (D,) μ_0
+    global_cov: Tensor  # (D, D) Σ_0 (1/N normalization)
+    n: int  # number of training rows
+
+
+def fit_class_gaussians(train: Extraction, chunk_size: int = 8192,
+                        transform: Transform | None = None) -> ClassGaussians:
+    """Stream over ``train`` in row chunks and fit the class means, tied and global covariances.
+
+    ``transform`` (applied to each float64 feature chunk, e.g. L2 normalization) lets variants
+    fit on transformed features. Classes without training rows are skipped.
+    """
+    if train.labels is None:
+        raise ValueError("fitting class-conditional Gaussians needs the labels of the training data")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    n_total = len(train)
+    if n_total == 0:
+        raise ValueError("cannot fit class-conditional Gaussians on an empty training set")
+    if train.labels.shape[0] != n_total:
+        raise ValueError(f"{train.labels.shape[0]} labels for {n_total} feature rows")
+    if train.labels.min().item() < 0:
+        raise ValueError("labels must be non-negative class indices")
+    num_classes = int(train.labels.max().item()) + 1
+    d = int(train.features.shape[1])
+
+    f64 = torch.float64
+    counts = torch.zeros(num_classes, dtype=f64)
+    sums = torch.zeros(num_classes, d, dtype=f64)  # Σ_{i∈c} (z_i − s)
+    second = torch.zeros(d, d, dtype=f64)  # Σ_i (z_i − s)(z_i − s)ᵀ
+    shift: Tensor | None = None
+    for chunk in train.chunks(chunk_size):
+        z = chunk.features.to(device="cpu", dtype=f64)
+        if transform is not None:
+            z = transform(z)
+        if shift is None:
+            shift = z.mean(dim=0)
+        z = z - shift
+        y = chunk.labels.to(device="cpu", dtype=torch.long)  # type: ignore[union-attr]
+        counts.index_add_(0, y, torch.ones(y.shape[0], dtype=f64))
+        sums.index_add_(0, y, z)
+        second.addmm_(z.T, z)
+    assert shift is not None
+
+    present = counts > 0
+    classes = present.nonzero().squeeze(1)
+    counts, sums = counts[present], sums[present]
+    n = float(n_total)
+    dev = sums / counts[:, None]  # μ_c − s
+    cov = (second - (dev * counts[:, None]).T @ dev) / n
+    gdev = sums.sum(dim=0) / n  # μ_0 − s
+    gcov = (second - n * torch.outer(gdev, gdev)) / n
+    return ClassGaussians(classes=classes, counts=counts, means=shift + dev, cov=_sym(cov),
+                          global_mean=shift + gdev, global_cov=_sym(gcov), n=n_total)
+
+
+def precision(cov: Tensor) -> Tensor:
+    """``pinv(Σ)`` of a symmetric PSD covariance (float64, Hermitian pseudo-inverse)."""
+    return _sym(torch.linalg.pinv(cov.to(torch.float64), hermitian=True))
+
+
+class TiedGaussians:
+    """Squared Mahalanobis distances to K means under one precision matrix, computed in chunks.
+
+    Everything is taken relative to ``center`` (default: the mean of the means) to keep the
+    expansion ``zᵀPz − 2zᵀPμ + μᵀPμ`` free of cancellation for features far from the origin.
+    """
+
+    def __init__(self, means: Tensor, prec: Tensor, center: Tensor | None = None) -> None:
+        means = means.to(torch.float64)
+        self.center = means.mean(dim=0) if center is None else center.to(torch.float64)
+        self.prec = prec.to(torch.float64)
+        mu = means - self.center  # (K, D)
+        self.prec_means = mu @ self.prec  # (K, D): rows (Pμ_c)ᵀ (P symmetric)
+        self.mean_terms = (self.prec_means * mu).sum(dim=1)  # (K,) μ_cᵀPμ_c
+
+    def sq_distances(self, z: Tensor) -> Tensor:
+        """``(B, K)`` float64 squared distances of the rows of ``z (B, D)`` (clamped at 0)."""
+        z = z.to(device=self.prec.device, dtype=torch.float64) - self.center
+        quad = ((z @ self.prec) * z).sum(dim=1)  # (B,) zᵀPz
+        d = quad[:, None] - 2.0 * (z @ self.prec_means.T) + self.mean_terms[None, :]
+        return d.clamp_min_(0.0)
+
+
+def _sym(a: Tensor) -> Tensor:
+    return (a + a.T) / 2
+
+
+def check_chunk_size(chunk_size: int) -> int:
+    """Validate a constructor ``chunk_size``."""
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    return chunk_size
+
+
+def cat_scores(parts: list[Tensor]) -> Tensor:
+    """Concatenate per-chunk scores into fp32 ``(N,)`` on the CPU."""
+    if not parts:
+        return torch.empty(0, dtype=torch.float32)
+    return torch.cat(parts).float().cpu()
