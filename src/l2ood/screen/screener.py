@@ -119,20 +119,27 @@ class Screener:
             is_ood = None
         return ScreenOutput(s, p_values, is_ood, pred.numpy(), conf.numpy())
 
-    def _records(self, items: list[tuple[str, int | None, np.ndarray]]) -> list[dict[str, Any]]:
-        batch = torch.stack([self._item_tensor(a) for _, _, a in items])
-        out = self.score(batch)
+    def _records(self, items: list[tuple[str, int | None, np.ndarray | str]]) -> list[dict[str, Any]]:
+        """Records in input order; string entries are error reasons, arrays are scored together."""
+        ok = [i for i, (_, _, a) in enumerate(items) if not isinstance(a, str)]
+        out = self.score(torch.stack([self._item_tensor(items[i][2]) for i in ok])) if ok else None  # type: ignore[arg-type]
+        row = {i: j for j, i in enumerate(ok)}
         recs = []
-        for i, (path, index, _) in enumerate(items):
-            pred = int(out.pred[i])
+        for i, (path, index, a) in enumerate(items):
+            if isinstance(a, str):
+                recs.append(_error(path, index, a))
+                continue
+            assert out is not None
+            j = row[i]
+            pred = int(out.pred[j])
             recs.append({
-                "path": path, "index": index, "status": "ok", "score": float(out.scores[i]),
-                "p_value": None if out.p_values is None else float(out.p_values[i]),
-                "verdict": None if out.is_ood is None else ("out" if out.is_ood[i] else "in"),
+                "path": path, "index": index, "status": "ok", "score": float(out.scores[j]),
+                "p_value": None if out.p_values is None else float(out.p_values[j]),
+                "verdict": None if out.is_ood is None else ("out" if out.is_ood[j] else "in"),
                 "pred_class": pred,
                 "pred_name": (self.class_names[pred]
                               if self.class_names and pred < len(self.class_names) else None),
-                "confidence": float(out.confidence[i]), "error": None,
+                "confidence": float(out.confidence[j]), "error": None,
             })
         return recs
 
@@ -143,38 +150,43 @@ class Screener:
 
     def screen(self, paths: Iterable[str | Path], *, batch_size: int = 256, progress: bool = False,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[dict[str, Any]]:
-        """Yield one record per image (``status`` "ok") or per unreadable input (``status`` "error")."""
+        """Yield one record per image (``status`` "ok") or per unreadable input (``status`` "error"),
+        in input order (folders sorted by name)."""
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
-        pending: list[tuple[str, int | None, np.ndarray]] = []
+        pending: list[tuple[str, int | None, np.ndarray | str]] = []  # str = error reason
+        n_images = 0
         bar = tqdm(desc="screen", unit="img", disable=not progress)
         for src in discover(list(paths)):
             if src.kind == "error":
-                yield _error(src.path, None, src.error or "unreadable")
-                continue
-            if src.kind == "npz":
+                pending.append((src.path, None, src.error or "unreadable"))
+            elif src.kind == "npz":
                 try:
                     pack = load_npz(src.path)
                 except DataError as e:
-                    yield _error(src.path, None, str(e))
-                    continue
-                for i in range(len(pack)):
-                    pending.append((src.path, i, pack.images[i].permute(1, 2, 0).numpy()))
-                    if len(pending) >= batch_size:
-                        yield from self._flush(pending, bar)
-                continue
-            try:
-                pending.append((src.path, None, decode_image(src.path, max_pixels)))
-            except ImageReadError as e:
-                yield _error(src.path, None, str(e))
-                continue
-            if len(pending) >= batch_size:
+                    pending.append((src.path, None, str(e)))
+                else:
+                    for i in range(len(pack)):
+                        pending.append((src.path, i, pack.images[i].permute(1, 2, 0).numpy()))
+                        n_images += 1
+                        if n_images >= batch_size:
+                            yield from self._flush(pending, bar)
+                            n_images = 0
+            else:
+                try:
+                    pending.append((src.path, None, decode_image(src.path, max_pixels)))
+                    n_images += 1
+                except ImageReadError as e:
+                    pending.append((src.path, None, str(e)))
+            if n_images >= batch_size or len(pending) >= 4 * batch_size:
                 yield from self._flush(pending, bar)
+                n_images = 0
         if pending:
             yield from self._flush(pending, bar)
         bar.close()
 
-    def _flush(self, pending: list[tuple[str, int | None, np.ndarray]], bar: Any) -> Iterator[dict[str, Any]]:
+    def _flush(self, pending: list[tuple[str, int | None, np.ndarray | str]],
+               bar: Any) -> Iterator[dict[str, Any]]:
         recs = self._records(pending)
         bar.update(len(pending))
         pending.clear()

@@ -1,0 +1,136 @@
+"""Deep k-nearest-neighbour distance (KNN).
+
+``S(x) = −‖ẑ(x) − ẑ_(k)‖₂`` with ``ẑ = z/‖z‖₂``: minus the Euclidean distance from the normalized
+query features to their ``k``-th nearest neighbour in the bank of normalized ID training features.
+Sun, Ming, Zhu & Li, "Out-of-Distribution Detection with Deep Nearest Neighbors", ICML 2022.
+
+Default hyper-parameters: ``k = 50`` (OpenOOD v1.5's CIFAR setting), ``query_chunk = 1024``,
+``bank_chunk = 16384``.
+
+Implementation. Features are normalized with an eps-safe division (a zero vector stays zero, its
+similarity to everything is 0 and its distance to every unit vector is √2, so scores stay finite).
+For unit vectors ``‖q − b‖² = 2 − 2·q·b``, so the ``k`` nearest neighbours are the ``k`` largest
+similarities and ``dist = sqrt(max(2 − 2·sim, 0))`` (fp32; like faiss' ``IndexFlatL2``, distances
+below ~1e-3, i.e. near-duplicates, are at the resolution limit of fp32 similarities).
+
+The ``N_query × N_bank`` distance matrix is never materialized: queries are processed in blocks of
+``q = query_chunk`` rows and, for each block, the bank in blocks of ``b = bank_chunk`` rows; each
+``q × b`` similarity block is reduced to its top ``k`` at once and merged with the running top ``k``
+(top ``k`` of their concatenation). Peak extra memory while scoring (fp32 values, int64 indices
+from :func:`torch.topk`) is at most::
+
+    4·q·(b + D) + 28·q·k  bytes
+
+on top of the bank itself (``4·N_bank·D`` bytes, kept from :meth:`KNN.fit`); see
+:meth:`KNN.memory_bytes`. With the defaults and ``D = 512`` that is ≈ 67 MiB + the bank.
+
+``k`` larger than the bank is an error (``ValueError``), raised by :meth:`KNN.fit` and again by
+:meth:`KNN.score` (``k`` may be changed after fitting) — never silently clamped, since a clamped
+``k`` would be a different detector.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import Detector, register
+from .features import Extraction, Head
+
+_EPS = 1e-12
+
+
+def _normalize(z: Tensor) -> Tensor:
+    """Rows of ``z`` divided by their L2 norm (fp32); zero rows stay zero."""
+    z = z.float()
+    return z / z.norm(dim=1, keepdim=True).clamp_min(_EPS)
+
+
+def _similarity(q: Tensor, b: Tensor) -> Tensor:
+    """``q · bᵀ`` for one query block and one bank block (``q × b``; a seam for tests)."""
+    return q @ b.T
+
+
+def _check_positive_int(name: str, v: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+
+@register
+class KNN(Detector):
+    """``−`` distance to the ``k``-th nearest normalized ID training feature (higher = ID)."""
+
+    name = "knn"
+    needs_fit = True
+
+    def __init__(self, k: int = 50, query_chunk: int = 1024, bank_chunk: int = 16384,
+                 fit_chunk: int = 8192) -> None:
+        for n, v in (("k", k), ("query_chunk", query_chunk), ("bank_chunk", bank_chunk),
+                     ("fit_chunk", fit_chunk)):
+            _check_positive_int(n, v)
+        self.k = k
+        self.query_chunk = query_chunk
+        self.bank_chunk = bank_chunk
+        self.fit_chunk = fit_chunk
+        self._bank: Tensor | None = None
+
+    @property
+    def bank(self) -> Tensor:
+        """The normalized ID training features ``(N_bank, D)``, fp32 (after :meth:`fit`)."""
+        if self._bank is None:
+            raise RuntimeError("knn is not fitted: call fit(train, head) before score()")
+        return self._bank
+
+    def memory_bytes(self, n_bank: int, d: int) -> int:
+        """Estimated bytes held while scoring: the bank plus the per-block working set (see module)."""
+        q = self.query_chunk
+        b = min(self.bank_chunk, n_bank)
+        return 4 * n_bank * d + 4 * q * (b + d) + 28 * q * self.k
+
+    def _check_k(self, n_bank: int) -> None:
+        if self.k > n_bank:
+            raise ValueError(f"knn: k={self.k} exceeds the size of the ID training bank ({n_bank}); "
+                             f"use k <= {n_bank} or more training data")
+
+    def fit(self, train: Extraction, head: Head) -> KNN:
+        """Store the L2-normalized ID training features (fp32, filled chunk by chunk)."""
+        n, d = train.features.shape
+        self._check_k(n)
+        bank = torch.empty(n, d, dtype=torch.float32)
+        s = 0
+        for chunk in train.chunks(self.fit_chunk):
+            m = len(chunk)
+            bank[s : s + m] = _normalize(chunk.features)
+            s += m
+        self._bank = bank
+        return self
+
+    def _kth_similarity(self, q: Tensor, bank: Tensor) -> Tensor:
+        """The ``k``-th largest similarity of each row of ``q`` to ``bank``, merged block by block."""
+        k = self.k
+        best: Tensor | None = None  # running top-k similarities (q × ≤k), unsorted
+        for s in range(0, bank.shape[0], self.bank_chunk):
+            sim = _similarity(q, bank[s : s + self.bank_chunk])
+            top = sim.topk(min(k, sim.shape[1]), dim=1, sorted=False).values
+            del sim
+            if best is not None:
+                both = torch.cat([best, top], dim=1)
+                top = both.topk(min(k, both.shape[1]), dim=1, sorted=False).values
+                del both
+            best = top
+        assert best is not None and best.shape[1] == k
+        return best.min(dim=1).values
+
+    def score(self, x: Extraction, head: Head) -> Tensor:
+        bank = self.bank
+        n_bank, d = bank.shape
+        if x.features.ndim != 2 or x.features.shape[1] != d:
+            raise ValueError(f"knn: features of shape {tuple(x.features.shape)} do not match the bank's "
+                             f"dimension {d}")
+        self._check_k(n_bank)
+        out = torch.empty(len(x), dtype=torch.float32)
+        for s in range(0, len(x), self.query_chunk):
+            q = _normalize(x.features[s : s + self.query_chunk])
+            kth = self._kth_similarity(q, bank)
+            out[s : s + q.shape[0]] = -(2.0 - 2.0 * kth).clamp_min(0.0).sqrt()
+        return out
