@@ -43,3 +43,11 @@ def test_same_seed_same_result_and_uint8_ok() -> None:
     b = augment_batch(x, 2, True, torch.Generator().manual_seed(5))
     c = augment_batch(x, 2, True, torch.Generator().manual_seed(6))
     assert a.dtype == torch.uint8 and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_sharded_batch_is_augmented_like_the_whole_batch() -> None:
+    x = torch.randint(0, 255, (10, 1, 6, 6), dtype=torch.uint8)
+    whole = augment_batch(x, 2, True, torch.Generator().manual_seed(9))
+    parts = [augment_batch(x[s : s + n], 2, True, torch.Generator().manual_seed(9), rows=(s, 10))
+             for s, n in ((0, 5), (5, 3), (8, 2))]
+    assert torch.equal(torch.cat(parts), whole)

@@ -19,6 +19,7 @@ from ..data import DATASETS, DataError, ImageSet, load_dataset
 from ..models import ARCHITECTURES, HEAD_MODES, ModelConfig
 from ..runtime import PRECISIONS
 from ..train import ArtifactError, TrainConfig, TrainingDiverged
+from ..train.distributed import dist_from_env
 from ..train.trainer import SCHEDULES
 
 DEMO_OOD = "mnist,textures,noise"
@@ -87,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--head", default="l2", choices=HEAD_MODES)
     t.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<head>-w<width>-s<seed>)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    t.add_argument("--checkpoint-every-steps", type=_nonneg_int, default=0)
+    t.add_argument("--checkpoint-every-steps", type=_nonneg_int, default=0,
+                   help="also checkpoint every N steps inside an epoch (0: at epoch ends only)")
+    t.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: BatchNorm statistics over the global batch (CPU and CUDA)")
     _add_runtime(t)
 
     e = sub.add_parser("evaluate", help="ID accuracy + OoD metrics of trained runs",
@@ -175,21 +179,24 @@ def _train_one(args: argparse.Namespace, head: str, out: Path, train_set: ImageS
     tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed,
                        device=args.device, precision=args.precision,
-                       checkpoint_every_steps=getattr(args, "checkpoint_every_steps", 0))
+                       checkpoint_every_steps=getattr(args, "checkpoint_every_steps", 0),
+                       sync_bn=getattr(args, "sync_bn", False))
     t0 = time.perf_counter()
     train(train_set, mcfg, tcfg, out, resume=resume, progress=not args.no_progress, log=_log)
-    update_meta(out, dataset=args.dataset, data=info, train_seconds=time.perf_counter() - t0)
+    if dist_from_env().is_main:
+        update_meta(out, dataset=args.dataset, data=info, train_seconds=time.perf_counter() - t0)
     return out
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/{args.dataset.replace(':', '_').replace('/', '_')}-{args.head}"
                           f"-w{args.width}-s{args.seed}")
-    if (out / "model.json").exists() and not args.resume:
+    if (out / "model.json").exists() and not args.resume and dist_from_env().is_main:
         raise ValueError(f"{out} already holds a trained model; pass another --out or --resume")
     train_set, info = _train_sets(args)
     _train_one(args, args.head, out, train_set, info, resume=args.resume)
-    print(f"saved {out}/model.safetensors and {out}/model.json")
+    if dist_from_env().is_main:
+        print(f"saved {out}/model.safetensors and {out}/model.json")
     return 0
 
 

@@ -72,24 +72,32 @@ def channel_stats(images: Tensor, chunk: int = 8192) -> tuple[list[float], list[
 
 
 def augment_batch(
-    x: Tensor, pad: int, hflip: bool, generator: torch.Generator | None = None
+    x: Tensor, pad: int, hflip: bool, generator: torch.Generator | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> Tensor:
     """Per-sample random crop (zero padding ``pad``) and optional horizontal flip of a batch.
 
     Works on any dtype; every sample draws its own offsets ``(dy, dx) ∈ [0, 2·pad]²`` and its own
     flip coin from ``generator`` (on the CPU, so results do not depend on the device).
+    ``rows = (start, total)``: ``x`` holds rows ``start … start+len(x)-1`` of a batch of ``total``
+    samples; the draws are made for the whole batch and sliced, so a batch split across
+    data-parallel ranks is augmented exactly like the unsplit batch.
     """
     n, c, h, w = x.shape
+    start, total = rows if rows is not None else (0, n)
+    if not 0 <= start <= total - n:
+        raise ValueError(f"rows {rows} do not fit a shard of {n} samples")
+    sl = slice(start, start + n)
     if pad > 0:
         padded = F.pad(x, (pad, pad, pad, pad))
-        dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-        dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        dy = torch.randint(0, 2 * pad + 1, (total,), generator=generator)[sl].to(x.device)
+        dx = torch.randint(0, 2 * pad + 1, (total,), generator=generator)[sl].to(x.device)
+        ri = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        ci = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
         bidx = torch.arange(n, device=x.device)[:, None, None, None]
         cidx = torch.arange(c, device=x.device)[None, :, None, None]
-        x = padded[bidx, cidx, rows, cols]
+        x = padded[bidx, cidx, ri, ci]
     if hflip:
-        flip = torch.rand(n, generator=generator).to(x.device) < 0.5
+        flip = (torch.rand(total, generator=generator) < 0.5)[sl].to(x.device)
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
     return x

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn import functional as F
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from ..data import ImageSet, augment_batch, channel_stats
@@ -29,6 +30,7 @@ from ..models import Classifier, ModelConfig, build_model
 from ..runtime import Runtime, resolve_runtime
 from .artifact import save_artifact
 from .checkpoint import RECORD, load_checkpoint, save_checkpoint
+from .distributed import all_reduce_sum, convert_sync_bn, init_distributed, scaled_loss, shard
 
 SCHEDULES = ("cosine", "onecycle")
 
@@ -55,6 +57,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     checkpoint_every_steps: int = 0  # 0: checkpoint at the end of each epoch only
+    sync_bn: bool = False  # data-parallel only: BatchNorm statistics over the global batch
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -118,6 +121,10 @@ class TrainResult:
     run_dir: Path
 
 
+def _finite_params(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
 def train(
     train_set: ImageSet,
     model_cfg: ModelConfig,
@@ -128,16 +135,29 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] | None = print,
     stop_after_steps: int | None = None,
+    on_epoch_end: Callable[[int, Classifier], dict[str, Any] | None] | None = None,
 ) -> TrainResult:
     """Train a classifier on ``train_set``; writes checkpoints and the final artifact to ``run_dir``.
 
     ``model_cfg.mean/std`` are filled from the training images when left at their defaults.
     ``stop_after_steps`` ends the run early after that many global steps (for tests).
+    ``on_epoch_end(epoch, model)`` runs on rank 0 after each epoch (model in eval mode); a returned
+    dict is appended to ``RUN/track.jsonl``.
+    Under ``torchrun`` (``WORLD_SIZE > 1``) the run is data-parallel (:mod:`l2ood.train.distributed`).
     """
     cfg.validate()
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     rt: Runtime = resolve_runtime(cfg.device, cfg.precision)
+    info, created_pg = init_distributed(rt.device.type)
+    if info.active and rt.device.type == "cuda":
+        rt = Runtime(torch.device("cuda", info.local_rank), rt.amp_dtype, rt.channels_last)
+    main_rank = info.is_main
+    if not main_rank:
+        log, progress = None, False
+    if main_rank:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for tmp in run_dir.glob(".*.tmp"):  # leftovers of a write interrupted by a kill
+            tmp.unlink(missing_ok=True)
     if model_cfg.mean == [0.0] and model_cfg.std == [1.0]:
         model_cfg.mean, model_cfg.std = channel_stats(train_set.images)
     model_cfg.in_channels, h, w = train_set.shape
@@ -146,7 +166,10 @@ def train(
     model_cfg.class_names = train_set.class_names
 
     torch.manual_seed(cfg.seed)
-    model = build_model(model_cfg).to(rt.device)
+    model = build_model(model_cfg)
+    if cfg.sync_bn:
+        model = convert_sync_bn(model, rt.device.type)  # type: ignore[assignment]
+    model = model.to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, cfg)
@@ -158,13 +181,17 @@ def train(
     start_epoch, start_step, history = 0, 0, []
     if resume and (run_dir / RECORD).is_file():
         record = load_checkpoint(run_dir, model, opt)
-        if record.get("model") != model_cfg.to_dict() or record.get("train", {}).get("seed") != cfg.seed:
+        saved_train = dict(record.get("train", {}))
+        if record.get("model") != model_cfg.to_dict() or _resume_key(saved_train) != _resume_key(asdict(cfg)):
             raise ValueError(f"{run_dir}: the checkpoint was written by a different configuration; "
                              "use a new output folder or the same arguments to resume")
         start_epoch, start_step = int(record["epoch"]), int(record["step_in_epoch"])
         history = list(record.get("history", []))
         if log:
             log(f"resuming from epoch {start_epoch + 1}, step {start_step} of {run_dir}")
+    net: torch.nn.Module = model
+    if info.active:
+        net = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
 
     images = train_set.images.to(rt.device)
     labels = train_set.labels.to(rt.device) if train_set.labels is not None else None
@@ -175,70 +202,106 @@ def train(
     def record_for(epoch: int, step_in_epoch: int) -> dict[str, Any]:
         return {"model": model_cfg.to_dict(), "train": asdict(cfg), "epoch": epoch,
                 "step_in_epoch": step_in_epoch, "global_step": epoch * steps_per_epoch + step_in_epoch,
-                "history": history, "dataset": train_set.name, "n_train": n}
+                "history": history, "dataset": train_set.name, "n_train": n, "world_size": info.world}
+
+    def checkpoint(epoch: int, step_in_epoch: int) -> None:
+        if not _finite_params(model):
+            raise TrainingDiverged(
+                f"weights became NaN/inf before epoch {epoch + 1}, step {step_in_epoch}; stopped. "
+                f"The last good checkpoint in {run_dir} is kept (try a lower --lr).")
+        if main_rank:
+            save_checkpoint(run_dir, model, opt, record_for(epoch, step_in_epoch))
 
     global_step = start_epoch * steps_per_epoch + start_step
     if log:
         log(f"training {model_cfg.arch}(width={model_cfg.width}, head={model_cfg.head}) on "
-            f"{train_set.name} ({n} images) for {cfg.epochs} epochs [{rt.describe()}]")
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        perm = epoch_permutation(n, cfg.seed, epoch).to(rt.device)
-        first = start_step if epoch == start_epoch else 0
-        loss_sum = torch.zeros((), device=rt.device)
-        correct = torch.zeros((), device=rt.device, dtype=torch.long)
-        seen, t0 = 0, time.perf_counter()
-        bar = tqdm(range(first, steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not progress, leave=False, unit="step")
-        for step in bar:
-            idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            x = images[idx].float().div_(255.0)
-            x = augment_batch(x, cfg.pad, hflip, step_generator(cfg.seed, epoch, step))
-            if rt.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = labels[idx]
-            for g in opt.param_groups:
-                g["lr"] = lr_at(cfg, global_step, total_steps, steps_per_epoch)
-            with rt.autocast():
-                out = model(x)
-            loss = F.cross_entropy(out.logits, y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            loss_sum += loss.detach() * len(y)
-            correct += (out.logits.detach().argmax(1) == y).sum()
-            seen += len(y)
-            global_step += 1
-            if step % 20 == 0 or step == steps_per_epoch - 1:
-                mean_loss = float(loss_sum) / seen
-                if not math.isfinite(mean_loss):
-                    raise TrainingDiverged(
-                        f"loss became {mean_loss} at epoch {epoch + 1}, step {step}; stopped. "
-                        f"The last good checkpoint in {run_dir} is kept (try a lower --lr).")
-                bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{float(correct) / seen:.3f}",
-                                img_s=f"{seen / (time.perf_counter() - t0):.0f}")
-            if cfg.checkpoint_every_steps and global_step % cfg.checkpoint_every_steps == 0 \
-                    and step + 1 < steps_per_epoch:
-                save_checkpoint(run_dir, model, opt, record_for(epoch, step + 1))
-            if stop_after_steps is not None and global_step >= stop_after_steps:
-                save_checkpoint(run_dir, model, opt, record_for(epoch, step + 1))
-                return TrainResult(model, history, run_dir)
-        bar.close()
-        dt = time.perf_counter() - t0
-        entry = {"epoch": epoch + 1, "loss": float(loss_sum) / max(1, seen),
-                 "train_acc": float(correct) / max(1, seen), "images_per_s": seen / dt,
-                 "seconds": dt, "lr_end": opt.param_groups[0]["lr"]}
-        history.append(entry)
-        with open(run_dir / "train_log.jsonl", "a") as f:
-            f.write(json.dumps(entry) + "\n")
-        if log:
-            log(f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['loss']:.4f}  train acc "
-                f"{entry['train_acc']:.4f}  {entry['images_per_s']:.0f} img/s  {dt:.1f}s")
-        save_checkpoint(run_dir, model, opt, record_for(epoch + 1, 0))
+            f"{train_set.name} ({n} images) for {cfg.epochs} epochs [{rt.describe()}"
+            f"{f', {info.world} ranks' if info.active else ''}]")
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            net.train()
+            perm = epoch_permutation(n, cfg.seed, epoch).to(rt.device)
+            first = start_step if epoch == start_epoch else 0
+            counters = torch.zeros(3, device=rt.device, dtype=torch.float64)  # loss sum, correct, seen
+            t0 = time.perf_counter()
+            bar = tqdm(range(first, steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                       disable=not progress, leave=False, unit="step")
+            for step in bar:
+                gidx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                start, length = shard(len(gidx), info)
+                idx = gidx[start : start + length]
+                x = images[idx].float().div_(255.0)
+                x = augment_batch(x, cfg.pad, hflip, step_generator(cfg.seed, epoch, step),
+                                  rows=(start, len(gidx)))
+                if rt.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                y = labels[idx]
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(cfg, global_step, total_steps, steps_per_epoch)
+                with rt.autocast():
+                    out = net(x)
+                loss = scaled_loss(out.logits, y, len(gidx), info)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                with torch.no_grad():
+                    counters += torch.stack([
+                        loss.detach().double() * len(gidx) / info.world,
+                        (out.logits.detach().argmax(1) == y).sum().double(),
+                        torch.tensor(float(len(y)), device=rt.device, dtype=torch.float64)])
+                global_step += 1
+                if step % 20 == 0 or step == steps_per_epoch - 1:
+                    tot = all_reduce_sum(counters.clone())
+                    mean_loss = float(tot[0] / tot[2])
+                    if not math.isfinite(mean_loss):
+                        raise TrainingDiverged(
+                            f"loss became {mean_loss} at epoch {epoch + 1}, step {step}; stopped. "
+                            f"The last good checkpoint in {run_dir} is kept (try a lower --lr).")
+                    bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{float(tot[1] / tot[2]):.3f}",
+                                    img_s=f"{float(tot[2]) / (time.perf_counter() - t0):.0f}")
+                if cfg.checkpoint_every_steps and global_step % cfg.checkpoint_every_steps == 0 \
+                        and step + 1 < steps_per_epoch:
+                    checkpoint(epoch, step + 1)
+                if stop_after_steps is not None and global_step >= stop_after_steps:
+                    checkpoint(epoch, step + 1)
+                    return TrainResult(model, history, run_dir)
+            bar.close()
+            dt = time.perf_counter() - t0
+            tot = all_reduce_sum(counters.clone())
+            seen = max(1.0, float(tot[2]))
+            entry = {"epoch": epoch + 1, "loss": float(tot[0]) / seen, "train_acc": float(tot[1]) / seen,
+                     "images_per_s": float(tot[2]) / dt, "seconds": dt, "lr_end": opt.param_groups[0]["lr"]}
+            if not math.isfinite(entry["loss"]):
+                raise TrainingDiverged(f"loss became {entry['loss']} in epoch {epoch + 1}; stopped. "
+                                       f"The last good checkpoint in {run_dir} is kept (try a lower --lr).")
+            history.append(entry)
+            if main_rank:
+                with open(run_dir / "train_log.jsonl", "a") as f:
+                    f.write(json.dumps(entry) + "\n")
+            if log:
+                log(f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['loss']:.4f}  train acc "
+                    f"{entry['train_acc']:.4f}  {entry['images_per_s']:.0f} img/s  {dt:.1f}s")
+            checkpoint(epoch + 1, 0)
+            if on_epoch_end is not None and main_rank:
+                model.eval()
+                tracked = on_epoch_end(epoch + 1, model)
+                if tracked:
+                    with open(run_dir / "track.jsonl", "a") as f:
+                        f.write(json.dumps({"epoch": epoch + 1, **tracked}) + "\n")
 
-    model.eval()
-    save_artifact(run_dir, model, model_cfg, extra={"train": asdict(cfg), "history": history,
-                                                     "dataset": train_set.name, "n_train": n,
-                                                     "runtime": rt.describe()})
-    return TrainResult(model, history, run_dir)
+        model.eval()
+        if main_rank:
+            save_artifact(run_dir, model, model_cfg,
+                          extra={"train": asdict(cfg), "history": history, "dataset": train_set.name,
+                                 "n_train": n, "runtime": rt.describe(), "world_size": info.world})
+        return TrainResult(model, history, run_dir)
+    finally:
+        if created_pg:
+            dist.destroy_process_group()
+
+
+def _resume_key(train_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Settings that must match to resume (device/precision/checkpoint cadence may change)."""
+    return {k: v for k, v in train_cfg.items()
+            if k not in ("device", "precision", "checkpoint_every_steps", "extra")}
