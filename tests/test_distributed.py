@@ -53,8 +53,9 @@ def test_two_process_gloo_equals_one_process(tmp_path: Path, data_root: Path) ->
     assert one.returncode == 0, one.stderr[-2000:]
     runs = {}
     for name, sync in (("two", True), ("two_nosync", False)):
+        cmd = _train_cmd(data_root, tmp_path / name, sync)
         p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                            "--nproc_per_node=2", "-m", "l2ood", *_train_cmd(data_root, tmp_path / name, sync)],
+                            "--nproc_per_node=2", "-m", "l2ood", *cmd],
                            capture_output=True, text=True, env=env, timeout=600)
         assert p.returncode == 0, p.stderr[-3000:]
         assert "2 ranks" in p.stderr
