@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     t.add_argument("--checkpoint-every-steps", type=_nonneg_int, default=0,
                    help="also checkpoint every N steps inside an epoch (0: at epoch ends only)")
+    t.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (GPU: faster after warm-up)")
     t.add_argument("--sync-bn", action="store_true",
                    help="under torchrun: BatchNorm statistics over the global batch (CPU and CUDA)")
     _add_runtime(t)
@@ -180,7 +182,8 @@ def _train_one(args: argparse.Namespace, head: str, out: Path, train_set: ImageS
                        weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed,
                        device=args.device, precision=args.precision,
                        checkpoint_every_steps=getattr(args, "checkpoint_every_steps", 0),
-                       sync_bn=getattr(args, "sync_bn", False))
+                       sync_bn=getattr(args, "sync_bn", False),
+                       compile=getattr(args, "compile", False))
     t0 = time.perf_counter()
     train(train_set, mcfg, tcfg, out, resume=resume, progress=not args.no_progress, log=_log)
     if dist_from_env().is_main:

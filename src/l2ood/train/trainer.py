@@ -58,6 +58,7 @@ class TrainConfig:
     precision: str = "auto"
     checkpoint_every_steps: int = 0  # 0: checkpoint at the end of each epoch only
     sync_bn: bool = False  # data-parallel only: BatchNorm statistics over the global batch
+    compile: bool = False  # torch.compile the training forward/backward
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -192,6 +193,8 @@ def train(
     net: torch.nn.Module = model
     if info.active:
         net = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)  # type: ignore[assignment]
 
     images = train_set.images.to(rt.device)
     labels = train_set.labels.to(rt.device) if train_set.labels is not None else None
@@ -304,4 +307,4 @@ def train(
 def _resume_key(train_cfg: dict[str, Any]) -> dict[str, Any]:
     """Settings that must match to resume (device/precision/checkpoint cadence may change)."""
     return {k: v for k, v in train_cfg.items()
-            if k not in ("device", "precision", "checkpoint_every_steps", "extra")}
+            if k not in ("device", "precision", "checkpoint_every_steps", "extra", "compile")}
