@@ -249,10 +249,9 @@ def train(
                 scaler.step(opt)
                 scaler.update()
                 with torch.no_grad():
-                    counters += torch.stack([
-                        loss.detach().double() * len(gidx) / info.world,
-                        (out.logits.detach().argmax(1) == y).sum().double(),
-                        torch.tensor(float(len(y)), device=rt.device, dtype=torch.float64)])
+                    counters[0] += loss.detach().double() * (len(gidx) / info.world)
+                    counters[1] += (out.logits.detach().argmax(1) == y).sum()
+                    counters[2] += len(y)
                 global_step += 1
                 if step % 20 == 0 or step == steps_per_epoch - 1:
                     tot = all_reduce_sum(counters.clone())
