@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     t.add_argument("--checkpoint-every-steps", type=_nonneg_int, default=0,
                    help="also checkpoint every N steps inside an epoch (0: at epoch ends only)")
+    t.add_argument("--track", default=None, metavar="every=K",
+                   help="every K epochs record NC metrics, ||z|| statistics and feature-norm AUROC to "
+                        "RUN/track.jsonl (also n_train=N,n_test=N,n_ood=N); see `l2ood analyze`")
+    t.add_argument("--track-ood", default=DEMO_OOD, help=f"OoD sets for --track (default {DEMO_OOD})")
     t.add_argument("--compile", action="store_true",
                    help="torch.compile the model (GPU: faster after warm-up)")
     t.add_argument("--sync-bn", action="store_true",
@@ -119,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-id", type=_positive_int, default=None)
     d.add_argument("--out", default=None, help="output folder (default runs/demo-<time>)")
     _add_runtime(d)
+    an = sub.add_parser("analyze", help="neural-collapse / training-efficiency report from tracked runs",
+                        description="Plots NC1-NC4 and feature-norm AUROC vs epoch (L2 vs CE on the same axes), "
+                                    "||z|| histograms, and verdicts on the paper's claims, from runs trained "
+                                    "with --track.")
+    an.add_argument("runs", nargs="+", metavar="RUN")
+    an.add_argument("--out", default=None, help="report folder (default runs/analysis-<time>)")
+    an.add_argument("--epochs", default=None, help="comma-separated epochs for the histograms (default first,last)")
+
     c = sub.add_parser("calibrate", help="pick the screening threshold on held-out ID data",
                        description="Score the run's held-out ID split (never the test set) and store the "
                                    "threshold that keeps --tpr of it, plus the calibration scores for "
@@ -184,8 +196,16 @@ def _train_one(args: argparse.Namespace, head: str, out: Path, train_set: ImageS
                        checkpoint_every_steps=getattr(args, "checkpoint_every_steps", 0),
                        sync_bn=getattr(args, "sync_bn", False),
                        compile=getattr(args, "compile", False))
+    tracker = None
+    if getattr(args, "track", None):
+        from ..analysis.track import TrackConfig, Tracker
+        from ..runtime import resolve_runtime
+
+        tracker = Tracker.build(TrackConfig.parse(args.track, args.track_ood), train_set, args.dataset, out,
+                                resolve_runtime(args.device, args.precision), args.epochs, root=args.data_root)
     t0 = time.perf_counter()
-    train(train_set, mcfg, tcfg, out, resume=resume, progress=not args.no_progress, log=_log)
+    train(train_set, mcfg, tcfg, out, resume=resume, progress=not args.no_progress, log=_log,
+          on_epoch_end=tracker)
     if dist_from_env().is_main:
         update_meta(out, dataset=args.dataset, data=info, train_seconds=time.perf_counter() - t0)
     return out
@@ -325,12 +345,24 @@ def cmd_screen(args: argparse.Namespace) -> int:
     return 1 if n_err else 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from ..analysis.report import analyze
+
+    eps = [int(e) for e in args.epochs.split(",")] if args.epochs else None
+    out = Path(args.out or f"runs/analysis-{time.strftime('%Y%m%d-%H%M%S')}")
+    path = analyze(args.runs, out, eps)
+    text = path.read_text()
+    print(text[text.index("## Verdicts"):] if "## Verdicts" in text else text)
+    print(f"wrote {path} (+ nc.png, auroc.png, norm_hist.png)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``l2ood`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo, "calibrate": cmd_calibrate,
-                "screen": cmd_screen}
+                "screen": cmd_screen, "analyze": cmd_analyze}
     try:
         return handlers[args.command](args)
     except (DataError, ArtifactError, TrainingDiverged, ValueError, FileNotFoundError, OSError) as e:

@@ -1,0 +1,178 @@
+"""``l2ood analyze``: plots and verdicts from tracked runs (L2 vs CE on the same axes).
+
+Claims checked, from the numbers alone (Haas, Yolland & Rabus, TMLR 2024):
+
+(a) ‖z‖ separates ID from OoD better after L2 training than after CE training: final-epoch AUROC of
+    the feature norm, L2 vs CE, per OoD set (mean over runs of the same head).
+(b) L2 reaches the CE model's final AUROC in fewer epochs: the first tracked epoch at which the L2
+    runs' mean AUROC (averaged over OoD sets) is ≥ the CE runs' final mean AUROC.
+(c) NC metrics differ between L2 and CE: final-epoch values; a metric "differs" when the relative
+    difference |L2 − CE| / max(|L2|, |CE|) exceeds 25 % (a threshold we state, not a test).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+NC_KEYS = ("nc1", "nc2_equinorm", "nc2_equiangularity", "nc3", "nc4")
+COLORS = {"l2": "tab:blue", "ce": "tab:red", "t2fnorm": "tab:green", "logitnorm": "tab:purple"}
+DIFF_THRESHOLD = 0.25
+
+
+def load_track(run: str | Path) -> tuple[str, list[dict[str, Any]]]:
+    """``(head, records)`` of a tracked run; clear errors for untracked folders."""
+    run = Path(run)
+    meta_p, track_p = run / "model.json", run / "track.jsonl"
+    if not track_p.is_file():
+        raise FileNotFoundError(f"{run}: no track.jsonl — train with `l2ood train --track every=K`")
+    head = json.loads(meta_p.read_text())["model"]["head"] if meta_p.is_file() else "?"
+    recs = [json.loads(line) for line in track_p.read_text().splitlines() if line.strip()]
+    if not recs:
+        raise ValueError(f"{run}: track.jsonl is empty")
+    return head, recs
+
+
+def _series(recs: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    ep = np.array([r["epoch"] for r in recs])
+    if key == "auroc_mean":
+        v = np.array([np.mean([o["auroc"] for o in r["ood"].values()]) for r in recs])
+    elif key.startswith("auroc:"):
+        v = np.array([r["ood"][key[6:]]["auroc"] for r in recs])
+    elif key == "test_acc":
+        v = np.array([r["test_acc"] for r in recs], dtype=float)
+    else:
+        v = np.array([r["nc"][key] for r in recs])
+    return ep, v
+
+
+Loaded = list[tuple[str, str, list[dict[str, Any]]]]  # (run path, head, track records)
+
+
+def _mean_by_head(runs: Loaded, key: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
+    for _, head, recs in runs:
+        groups[head].append(_series(recs, key))
+    out = {}
+    for head, ss in groups.items():
+        common = sorted(set.intersection(*[set(e.tolist()) for e, _ in ss]))
+        vals = np.array([[v[list(e).index(c)] for c in common] for e, v in ss])
+        out[head] = (np.array(common), vals.mean(0))
+    return out
+
+
+def analyze(runs: list[str | Path], out_dir: str | Path, hist_epochs: list[int] | None = None) -> Path:
+    """Write ``nc.png``, ``auroc.png``, ``norm_hist.png`` and ``analysis.md`` (with verdicts)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = [(str(r), *load_track(r)) for r in runs]
+    ood_sets = list(loaded[0][2][-1]["ood"])
+
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    for ax, key in zip(axes.flat, (*NC_KEYS, "test_acc"), strict=True):
+        for name, head, recs in loaded:
+            ep, v = _series(recs, key)
+            label = f"{head.upper()} {Path(name).parent.name}/{Path(name).name}"
+            ax.plot(ep, v, "-o", ms=3, color=COLORS.get(head), alpha=0.8, label=label)
+        if key == "nc1":
+            ax.set_yscale("log")
+        ax.set_title(key)
+        ax.set_xlabel("epoch")
+    axes.flat[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "nc.png", dpi=100)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(ood_sets), figsize=(4 * len(ood_sets), 3.4), squeeze=False)
+    for ax, s in zip(axes[0], ood_sets, strict=True):
+        for _, head, recs in loaded:
+            ep, v = _series(recs, f"auroc:{s}")
+            ax.plot(ep, 100 * v, "-o", ms=3, color=COLORS.get(head), alpha=0.8, label=f"{head.upper()}")
+        ax.set_title(f"feature-norm AUROC vs {s}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("AUROC (%)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "auroc.png", dpi=100)
+    plt.close(fig)
+
+    # histograms at chosen epochs (default: first and last tracked), one row per run
+    eps = hist_epochs or sorted({loaded[0][2][0]["epoch"], loaded[0][2][-1]["epoch"]})
+    fig, axes = plt.subplots(len(loaded), len(eps), figsize=(4.2 * len(eps), 2.8 * len(loaded)), squeeze=False)
+    for i, (name, head, _) in enumerate(loaded):
+        for j, e in enumerate(eps):
+            ax = axes[i][j]
+            f = Path(name) / "track" / f"epoch-{e:04d}.npz"
+            if not f.is_file():
+                ax.set_title(f"{head.upper()} epoch {e}: not tracked", fontsize=8)
+                continue
+            with np.load(f) as z:
+                arrays = {k: z[k] for k in z.files}
+            hi = max(np.percentile(a, 99.5) for a in arrays.values())
+            bins = np.linspace(0, hi, 60)
+            for k, a in arrays.items():
+                ax.hist(a, bins=bins, density=True, alpha=0.45, label="ID" if k == "id" else k)
+            ax.set_title(f"{head.upper()} ({Path(name).name}) epoch {e}: ‖z‖", fontsize=8)
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "norm_hist.png", dpi=100)
+    plt.close(fig)
+
+    lines = ["# l2ood analysis", "", "Runs: " + ", ".join(f"`{n}` ({h})" for n, h, _ in loaded), "",
+             "![NC metrics](nc.png)", "", "![feature-norm AUROC](auroc.png)", "",
+             "![norm histograms](norm_hist.png)", ""]
+    lines += verdicts(loaded, ood_sets)
+    path = out / "analysis.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def verdicts(loaded: Loaded, ood_sets: list[str]) -> list[str]:
+    """Markdown verdict section for claims (a)–(c); needs runs of both heads ``l2`` and ``ce``."""
+    heads = {h for _, h, _ in loaded}
+    if not {"l2", "ce"} <= heads:
+        return ["## Verdicts", "", f"Not computed: need runs of both heads l2 and ce (got {sorted(heads)})."]
+    out = ["## Verdicts", ""]
+    rows = []
+    better = 0
+    for s in ood_sets:
+        m = _mean_by_head(loaded, f"auroc:{s}")
+        l2, ce = m["l2"][1][-1], m["ce"][1][-1]
+        better += l2 > ce
+        rows.append(f"| {s} | {100 * l2:.2f} | {100 * ce:.2f} | {100 * (l2 - ce):+.2f} |")
+    holds = "HOLDS" if better == len(ood_sets) else ("PARTLY HOLDS" if better else "DOES NOT HOLD")
+    out += [f"**(a) ‖z‖ separates ID/OoD better after L2 than after CE: {holds}** "
+            f"({better}/{len(ood_sets)} OoD sets).", "",
+            "| OoD set | L2 final AUROC | CE final AUROC | L2 − CE |", "|---|---|---|---|", *rows, ""]
+    m = _mean_by_head(loaded, "auroc_mean")
+    ce_ep, ce_v = m["ce"]
+    l2_ep, l2_v = m["l2"]
+    target = ce_v[-1]
+    reach = next((int(e) for e, v in zip(l2_ep, l2_v, strict=True) if v >= target), None)
+    ce_reach = next((int(e) for e, v in zip(ce_ep, ce_v, strict=True) if v >= target), int(ce_ep[-1]))
+    if reach is None:
+        verdict_b = f"DOES NOT HOLD: L2 never reaches the CE final mean AUROC {100 * target:.2f} %"
+    else:
+        verdict_b = (f"{'HOLDS' if reach < ce_reach else 'DOES NOT HOLD'}: L2 reaches the CE final mean AUROC "
+                     f"({100 * target:.2f} %) at epoch {reach}; CE itself first reaches it at epoch {ce_reach} "
+                     f"(of {int(ce_ep[-1])})")
+    out += [f"**(b) L2 reaches CE's final AUROC in fewer epochs: {verdict_b}.**", ""]
+    rows, n_diff = [], 0
+    for k in NC_KEYS:
+        mm = _mean_by_head(loaded, k)
+        a, b = mm["l2"][1][-1], mm["ce"][1][-1]
+        rel = abs(a - b) / max(abs(a), abs(b), 1e-12)
+        n_diff += rel > DIFF_THRESHOLD
+        rows.append(f"| {k} | {a:.4g} | {b:.4g} | {100 * rel:.0f} % |")
+    out += [f"**(c) NC metrics differ between L2 and CE: {n_diff}/{len(NC_KEYS)} metrics differ by more than "
+            f"{100 * DIFF_THRESHOLD:.0f} %.**", "", "| metric (final epoch) | L2 | CE | relative difference |",
+            "|---|---|---|---|", *rows, ""]
+    return out
