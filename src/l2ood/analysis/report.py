@@ -22,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 NC_KEYS = ("nc1", "nc2_equinorm", "nc2_equiangularity", "nc3", "nc4")
 COLORS = {"l2": "tab:blue", "ce": "tab:red", "t2fnorm": "tab:green", "logitnorm": "tab:purple"}
