@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .data import ImageSet, load_dataset, to_format
-from .detectors import DETECTORS, Detector, Extraction, Head, extract, make_detector
+from .detectors import DETECTORS, Detector, Extraction, Head, all_detectors, extract, make_detector
 from .detectors.base import InputDetector
 from .metrics import ood_metrics
 from .models import Classifier, is_normalized
@@ -35,7 +35,7 @@ DEFAULT_DETECTORS = ("feature_norm", "msp", "maxlogit", "energy")
 
 def parse_detectors(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     """``"all"`` or a comma-separated list of registered names → list (validated)."""
-    names = list(DETECTORS) if spec == "all" else (spec.split(",") if isinstance(spec, str) else list(spec))
+    names = all_detectors() if spec == "all" else (spec.split(",") if isinstance(spec, str) else list(spec))
     names = [n.strip() for n in names if n.strip()]
     unknown = [n for n in names if n not in DETECTORS]
     if unknown:
