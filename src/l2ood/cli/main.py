@@ -123,6 +123,41 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-id", type=_positive_int, default=None)
     d.add_argument("--out", default=None, help="output folder (default runs/demo-<time>)")
     _add_runtime(d)
+    from ..bench.definitions import BENCHMARKS, RECIPES, VARIANTS
+
+    bn = sub.add_parser(
+        "bench", help="benchmark matrix: architecture x training variant x seed -> every detector",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run (or resume) a benchmark matrix. For every architecture, training variant "
+                    "(head) and seed, train one model (recipe hyper-parameters, overridable), then score "
+                    "every detector on every OoD set of the benchmark with one cached forward pass per "
+                    "data set. Finished cells are not recomputed. Writes OUT/results.csv and OUT/results.md "
+                    "(OpenOOD layout: near/far AUROC and FPR@95, ID accuracy, mean +- std over seeds).\n\n"
+                    "benchmarks: " + "; ".join(f"{k} (ID {v['id'].split('@')[0]}, near "
+                                               f"{len(v['ood'].get('near', []))}, far {len(v['ood'].get('far', []))})"
+                                               for k, v in BENCHMARKS.items()) + "\n"
+                    "recipes: " + "; ".join(f"{k} ({v['arch']} w{v['width']}, {v['epochs']} ep)"
+                                            for k, v in RECIPES.items()) + "\n\n"
+                    "example (the paper's CIFAR-10 table on a GPU):\n"
+                    "  l2ood bench --benchmark cifar10 --recipe paper-resnet18 --variants ce,l2,logitnorm,t2fnorm "
+                    "--seeds 0,1,2 --data-root DATA --out runs/bench-c10")
+    bn.add_argument("--benchmark", default="cifar10", choices=list(BENCHMARKS))
+    bn.add_argument("--recipe", default="paper-resnet18", choices=list(RECIPES))
+    bn.add_argument("--archs", default=None, help="comma list (default: the recipe's architecture)")
+    bn.add_argument("--variants", default=",".join(VARIANTS),
+                    help=f"comma list of heads (default {','.join(VARIANTS)})")
+    bn.add_argument("--seeds", default="0,1,2")
+    bn.add_argument("--detectors", default="all")
+    bn.add_argument("--width", type=_positive_int, default=None, help="override the recipe's width")
+    bn.add_argument("--epochs", type=_positive_int, default=None, help="override the recipe's epochs")
+    bn.add_argument("--batch-size", type=_positive_int, default=None)
+    bn.add_argument("--lr", type=_positive_float, default=None)
+    bn.add_argument("--n-ood", type=_positive_int, default=None, help="seeded subset size per OoD set")
+    bn.add_argument("--n-id", type=_positive_int, default=None, help="seeded subset of the ID test set")
+    bn.add_argument("--compile", action="store_true")
+    bn.add_argument("--out", default=None, help="output folder (default runs/bench-<benchmark>-<recipe>)")
+    _add_runtime(bn)
+
     an = sub.add_parser("analyze", help="neural-collapse / training-efficiency report from tracked runs",
                         description="Plots NC1-NC4 and feature-norm AUROC vs epoch (L2 vs CE on the same axes), "
                                     "||z|| histograms, and verdicts on the paper's claims, from runs trained "
@@ -357,12 +392,40 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ..bench import RECIPES, BenchSpec, run_bench
+    from ..evaluation import parse_detectors
+    from ..models import ARCHITECTURES as ARCHS
+
+    archs = args.archs.split(",") if args.archs else [RECIPES[args.recipe]["arch"]]
+    bad = [a for a in archs if a not in ARCHS]
+    if bad:
+        raise ValueError(f"unknown architecture(s) {', '.join(bad)}; known: {', '.join(ARCHS)}")
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in variants if v not in HEAD_MODES]
+    if bad:
+        raise ValueError(f"unknown variant(s) {', '.join(bad)}; known: {', '.join(HEAD_MODES)}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    over = {k: v for k, v in (("width", args.width), ("epochs", args.epochs), ("batch_size", args.batch_size),
+                              ("lr", args.lr)) if v is not None}
+    spec = BenchSpec(args.benchmark, args.recipe, archs, variants, seeds, parse_detectors(args.detectors),
+                     Path(args.out or f"runs/bench-{args.benchmark}-{args.recipe}"), args.data_root, over,
+                     args.device, args.precision, args.n_ood, args.n_id, args.compile, not args.no_progress)
+    csv_path, md_path = run_bench(spec, log=_log)
+    print(md_path.read_text())
+    print(f"wrote {csv_path} and {md_path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``l2ood`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo, "calibrate": cmd_calibrate,
-                "screen": cmd_screen, "analyze": cmd_analyze}
+                "screen": cmd_screen, "analyze": cmd_analyze, "bench": cmd_bench}
     try:
         return handlers[args.command](args)
     except (DataError, ArtifactError, TrainingDiverged, ValueError, FileNotFoundError, OSError) as e:

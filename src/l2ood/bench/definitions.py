@@ -1,0 +1,79 @@
+"""Benchmark definitions and training recipes — data, not code branches.
+
+A benchmark names its ID data set and its OoD groups (near / far) by data-set names understood by
+:func:`l2ood.data.load_dataset`; ``{root}`` is replaced by ``--data-root`` (where the official
+files or OpenOOD's ``benchmark_imglist`` + images live). Averages per group are the unweighted means
+of the per-data-set metrics, as OpenOOD v1.5 reports them (Zhang et al., "OpenOOD v1.5: Enhanced
+Benchmark for Out-of-Distribution Detection", 2023).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+BENCHMARKS: dict[str, dict[str, Any]] = {
+    # OpenOOD v1.5 CIFAR-10: near = CIFAR-100, Tiny-ImageNet; far = MNIST, SVHN, Textures, Places365
+    "cifar10": {
+        "id": "cifar10", "channels": 3, "size": [32, 32],
+        "ood": {"near": ["cifar100", "tin"], "far": ["mnist", "svhn", "dtd", "places365"]},
+    },
+    "cifar100": {
+        "id": "cifar100", "channels": 3, "size": [32, 32],
+        "ood": {"near": ["cifar10", "tin"], "far": ["mnist", "svhn", "dtd", "places365"]},
+    },
+    # OpenOOD v1.5 ImageNet-200 through its image lists (benchmark_imglist/ + images_largescale/)
+    "imagenet200": {
+        "id": "imglist:{root}/benchmark_imglist/imagenet200/test_imagenet200.txt@{root}/images_largescale",
+        "train": "imglist:{root}/benchmark_imglist/imagenet200/train_imagenet200.txt@{root}/images_largescale",
+        "channels": 3, "size": [64, 64],
+        "ood": {
+            "near": ["imglist:{root}/benchmark_imglist/imagenet200/test_ssb_hard.txt@{root}/images_largescale",
+                     "imglist:{root}/benchmark_imglist/imagenet200/test_ninco.txt@{root}/images_largescale"],
+            "far": ["imglist:{root}/benchmark_imglist/imagenet200/test_inaturalist.txt@{root}/images_largescale",
+                    "imglist:{root}/benchmark_imglist/imagenet200/test_textures.txt@{root}/images_largescale",
+                    "imglist:{root}/benchmark_imglist/imagenet200/test_openimage_o.txt@{root}/images_largescale"],
+        },
+    },
+    # What exists offline on this project's machines (../shared/data, see its SOURCES.md): CIFAR-10 as a
+    # JPEG image-folder tree (lossy copy!), Tiny-ImageNet resized, MNIST, Fashion-MNIST, a DTD subset and
+    # scikit-image textures. No CIFAR-100, SVHN or Places365 here.
+    "cifar10-local": {
+        "id": "imagefolder:{root}/cifar10-jpeg/test",
+        "train": "imagefolder:{root}/cifar10-jpeg/train",
+        "channels": 3, "size": [32, 32],
+        "ood": {"near": ["npz:{root}/tinyimagenet_test_resize.npz"],
+                "far": ["npz:{root}/mnist_test.npz", "npz:{root}/fashionmnist_test.npz",
+                        "npz:{root}/dtd_partial10.npz", "npz:{root}/textures_skimage.npz"]},
+        "note": "CIFAR-10 (JPEG copy): re-encoded at JPEG quality 75; OoD sets come through other pipelines.",
+    },
+}
+
+# Training recipes (hyper-parameters only). "paper-*": Haas et al. (TMLR 2024), ResNet18 60 epochs and
+# ResNet50 100 epochs; "openood": the OpenOOD v1.5 CIFAR baseline (100 epochs); "cpu-small": what a
+# 2-core CPU can afford (narrow ResNet18, short schedule).
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper-resnet18": {"arch": "resnet18", "width": 64, "epochs": 60, "batch_size": 128, "lr": 0.1,
+                       "weight_decay": 5e-4, "schedule": "cosine", "pad": 4},
+    "paper-resnet50": {"arch": "resnet50", "width": 64, "epochs": 100, "batch_size": 128, "lr": 0.1,
+                       "weight_decay": 5e-4, "schedule": "cosine", "pad": 4},
+    "openood": {"arch": "resnet18", "width": 64, "epochs": 100, "batch_size": 128, "lr": 0.1,
+                "weight_decay": 5e-4, "schedule": "cosine", "pad": 4},
+    "cpu-small": {"arch": "resnet18", "width": 16, "epochs": 10, "batch_size": 128, "lr": 0.1,
+                  "weight_decay": 5e-4, "schedule": "cosine", "pad": 4},
+}
+
+VARIANTS = ("ce", "l2", "logitnorm", "t2fnorm")
+
+# OpenOOD v1.5 published CIFAR-10 / ResNet18 AUROC (near, far), for comparison in reports.
+OPENOOD_CIFAR10_RESNET18 = {
+    "knn": (90.64, 92.96), "msp": (88.03, 90.73), "t2fnorm": (92.79, 96.98), "logitnorm": (92.33, 96.74),
+}
+
+
+def resolve(name: str, root: str | None) -> str:
+    """Fill ``{root}`` in a data-set name (error if the name needs a root and none was given)."""
+    if "{root}" in name:
+        if root is None:
+            raise ValueError(f"benchmark data set '{name}' needs --data-root")
+        return name.replace("{root}", str(root).rstrip("/"))
+    return name

@@ -1,0 +1,177 @@
+"""``l2ood bench``: architecture × training variant × seed → every detector on every OoD set.
+
+Each cell trains (or resumes) one model into ``OUT/<arch>/<variant>/seed<k>/``, evaluates all
+requested detectors with one cached forward pass per data set, and writes
+``OUT/cells/<arch>-<variant>-seed<k>.json``. Finished cells are not recomputed (a cell is redone
+only when detectors are missing from it). The aggregate is ``OUT/results.csv`` (one row per
+cell × detector × OoD set) and ``OUT/results.md`` in OpenOOD's layout (near/far AUROC and FPR@95,
+ID accuracy; mean ± std over seeds; group values are the means over the group's data sets).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import ImageSet, load_dataset
+from ..evaluation import evaluate_model
+from ..models import ModelConfig
+from ..train import TrainConfig, load_artifact, train
+from ..train.artifact import WEIGHTS, update_meta
+from .definitions import BENCHMARKS, RECIPES, resolve
+
+
+@dataclass
+class BenchSpec:
+    benchmark: str
+    recipe: str
+    archs: list[str]
+    variants: list[str]
+    seeds: list[int]
+    detectors: list[str]
+    out: Path
+    data_root: str | None = None
+    overrides: dict[str, Any] | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    n_ood: int | None = None
+    n_id: int | None = None
+    compile: bool = False
+    progress: bool = True
+
+
+def _load(name: str, split: str, spec: BenchSpec, bdef: dict[str, Any], n: int | None = None) -> ImageSet:
+    return load_dataset(resolve(name, spec.data_root), split, root=spec.data_root, n=n, seed=0,
+                        channels=int(bdef["channels"]), size=tuple(bdef["size"]))
+
+
+def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> tuple[Path, Path]:
+    """Run (or resume) the whole matrix; returns the CSV and markdown paths."""
+    if spec.benchmark not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark '{spec.benchmark}'; known: {', '.join(BENCHMARKS)}")
+    if spec.recipe not in RECIPES:
+        raise ValueError(f"unknown recipe '{spec.recipe}'; known: {', '.join(RECIPES)}")
+    bdef = BENCHMARKS[spec.benchmark]
+    recipe = {**RECIPES[spec.recipe], **(spec.overrides or {})}
+    spec.out.mkdir(parents=True, exist_ok=True)
+    (spec.out / "cells").mkdir(exist_ok=True)
+    (spec.out / "spec.json").write_text(json.dumps({
+        "benchmark": spec.benchmark, "definition": bdef, "recipe": spec.recipe, "hyper": recipe,
+        "archs": spec.archs, "variants": spec.variants, "seeds": spec.seeds, "detectors": spec.detectors,
+        "n_ood": spec.n_ood, "n_id": spec.n_id}, indent=2))
+    train_set = _load(bdef.get("train", bdef["id"]), "train", spec, bdef)
+    id_test = _load(bdef["id"], "test", spec, bdef, spec.n_id)
+    groups: dict[str, str] = {}
+    ood_sets: list[ImageSet] = []
+    for group, names in bdef["ood"].items():
+        for nm in names:
+            ds = _load(nm, "test", spec, bdef, spec.n_ood)
+            groups[ds.name] = group
+            ood_sets.append(ds)
+    log(f"bench {spec.benchmark}: ID {train_set.name} ({len(train_set)} train / {len(id_test)} test), "
+        f"OoD {', '.join(f'{d.name} ({groups[d.name]}, {len(d)})' for d in ood_sets)}")
+    for arch in spec.archs:
+        for variant in spec.variants:
+            for seed in spec.seeds:
+                cell = spec.out / "cells" / f"{arch}-{variant}-seed{seed}.json"
+                if cell.is_file():
+                    done = json.loads(cell.read_text())
+                    if set(spec.detectors) <= set(done.get("requested", [])):
+                        log(f"cell {arch}/{variant}/seed{seed}: done")
+                        continue
+                run = spec.out / arch / variant / f"seed{seed}"
+                if not (run / "model.json").is_file():
+                    log(f"cell {arch}/{variant}/seed{seed}: training")
+                    t0 = time.perf_counter()
+                    mcfg = ModelConfig(arch=arch, width=int(recipe["width"]), head=variant)
+                    tcfg = TrainConfig(epochs=int(recipe["epochs"]), batch_size=int(recipe["batch_size"]),
+                                       lr=float(recipe["lr"]), weight_decay=float(recipe["weight_decay"]),
+                                       schedule=str(recipe["schedule"]), pad=int(recipe["pad"]), seed=seed,
+                                       device=spec.device, precision=spec.precision, compile=spec.compile)
+                    train(train_set, mcfg, tcfg, run, resume=True, progress=spec.progress, log=log)
+                    update_meta(run, dataset=train_set.name, data={"holdout": {"n": 0, "seed": 0}},
+                                train_seconds=time.perf_counter() - t0, recipe=spec.recipe)
+                log(f"cell {arch}/{variant}/seed{seed}: evaluating {len(spec.detectors)} detectors")
+                model, meta = load_artifact(run)
+                key = hashlib.sha1((run / WEIGHTS).read_bytes()).hexdigest()[:16]
+                r = evaluate_model(model, meta, id_test, ood_sets, spec.detectors, device=spec.device,
+                                   precision=spec.precision, progress=spec.progress, fit_set=train_set,
+                                   cache_dir=run / "eval" / "cache", model_key=key)
+                cell.write_text(json.dumps({"arch": arch, "variant": variant, "seed": seed,
+                                            "requested": spec.detectors, "groups": groups,
+                                            "train_seconds": meta.get("train_seconds"),
+                                            "results": r.results}, indent=1))
+    return aggregate(spec.out)
+
+
+def _fmt(v: list[float]) -> str:
+    a = 100 * np.asarray(v, dtype=float)
+    return f"{a.mean():.2f} ± {a.std(ddof=1):.2f}" if len(a) > 1 else f"{a.mean():.2f}"
+
+
+def aggregate(out: Path) -> tuple[Path, Path]:
+    """Write ``results.csv`` and ``results.md`` from the finished cells in ``out/cells``."""
+    cells = [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
+    if not cells:
+        raise ValueError(f"{out}: no finished cells")
+    spec = json.loads((out / "spec.json").read_text()) if (out / "spec.json").is_file() else {}
+    rows = []
+    for c in cells:
+        res = c["results"]
+        for s, d in res["ood"].items():
+            for det, m in d["detectors"].items():
+                rows.append({"arch": c["arch"], "variant": c["variant"], "seed": c["seed"], "detector": det,
+                             "ood": s, "group": c["groups"].get(s, "?"), "id_acc": res["id_accuracy"], **m})
+    csv_path = out / "results.csv"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    # group means per (arch, variant, detector, seed), then mean ± std over seeds
+    per: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    seeds_by: dict[tuple[str, str, str], dict[int, dict[str, list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list)))
+    for r in rows:
+        k = (r["arch"], r["variant"], r["detector"])
+        seeds_by[k][r["seed"]][f"{r['group']}_auroc"].append(r["auroc"])
+        seeds_by[k][r["seed"]][f"{r['group']}_fpr95"].append(r["fpr95"])
+        seeds_by[k][r["seed"]]["id_acc"] = [r["id_acc"]]
+    for k, by_seed in seeds_by.items():
+        for _seed, vals in by_seed.items():
+            for name, v in vals.items():
+                per[k][name].append(float(np.mean(v)))
+    groups = sorted({r["group"] for r in rows}, key=lambda g: {"near": 0, "far": 1}.get(g, 2))
+    header = ["arch", "variant", "detector", *[f"{g} AUROC" for g in groups], *[f"{g} FPR95" for g in groups],
+              "ID acc", "seeds"]
+    lines = [f"# l2ood bench: {spec.get('benchmark', '?')} ({spec.get('recipe', '?')})", "",
+             f"Hyper-parameters: `{json.dumps(spec.get('hyper', {}))}`", "",
+             "Mean ± std over seeds (sample std); group columns average the per-data-set metrics of the "
+             "group (OpenOOD v1.5 convention). AUROC / FPR@95TPR / accuracy in %.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (arch, variant, det), vals in sorted(per.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        cellv = [_fmt(vals.get(f"{g}_auroc", [])) if vals.get(f"{g}_auroc") else "-" for g in groups]
+        cellv += [_fmt(vals.get(f"{g}_fpr95", [])) if vals.get(f"{g}_fpr95") else "-" for g in groups]
+        lines.append(f"| {arch} | {variant} | {det} | " + " | ".join(cellv)
+                     + f" | {_fmt(vals['id_acc'])} | {len(vals['id_acc'])} |")
+    sets = sorted({(r["group"], r["ood"]) for r in rows}, key=lambda t: ({"near": 0, "far": 1}.get(t[0], 2), t[1]))
+    lines += ["", "Per data set (AUROC %, mean over seeds):", "",
+              "| arch | variant | detector | " + " | ".join(f"{s} ({g})" for g, s in sets) + " |",
+              "|" + "---|" * (3 + len(sets))]
+    by_ds: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        by_ds[(r["arch"], r["variant"], r["detector"])][r["ood"]].append(r["auroc"])
+    for (arch, variant, det), vals in sorted(by_ds.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        lines.append(f"| {arch} | {variant} | {det} | "
+                     + " | ".join(f"{100 * np.mean(vals[s]):.2f}" if s in vals else "-" for _, s in sets) + " |")
+    md_path = out / "results.md"
+    md_path.write_text("\n".join(lines) + "\n")
+    return csv_path, md_path
