@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
 from .classifier import Classifier, Output
+from .densenet import densenet100
 from .heads import DEFAULT_TAU, HEAD_MODES, HeadMode, head_logits, is_normalized
-from .resnet import ResNet, resnet18
+from .mobilenetv2 import mobilenetv2
+from .resnet import ResNet, resnet18, resnet34, resnet50
+from .vgg import vgg16_bn
+from .wideresnet import wrn28_10
 
 __all__ = ["ARCHITECTURES", "DEFAULT_TAU", "HEAD_MODES", "Classifier", "HeadMode", "ModelConfig", "Output",
-           "ResNet", "build_model", "head_logits", "is_normalized", "resnet18"]
+           "ResNet", "build_model", "densenet100", "head_logits", "is_normalized", "mobilenetv2", "resnet18",
+           "resnet34", "resnet50", "vgg16_bn", "wrn28_10"]
 
 # One source of truth for architecture names: name -> factory(width, in_channels) -> backbone.
-ARCHITECTURES = {"resnet18": resnet18}
+# All are CIFAR-style (32×32 input) backbones returning pooled features (N, .feature_dim); width=64
+# is the standard network of each family. Adapters for timm/torchvision backbones: models.adapters.
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "resnet18": resnet18,
+    "resnet34": resnet34,
+    "resnet50": resnet50,
+    "wrn28_10": wrn28_10,
+    "densenet100": densenet100,
+    "vgg16_bn": vgg16_bn,
+    "mobilenetv2": mobilenetv2,
+}
 
 
 @dataclass

@@ -1,0 +1,108 @@
+"""Optional adapters: use a timm or torchvision backbone with :class:`l2ood.models.classifier.Classifier`.
+
+Both return a :class:`PooledBackbone`: a module mapping images to pooled penultimate features
+``(N, feature_dim)`` and exposing ``.feature_dim``, i.e. the contract of the built-in backbones, so
+
+    backbone = from_timm("resnet50", pretrained=True)
+    model = Classifier(backbone, backbone.feature_dim, num_classes=10, head="l2")
+
+The libraries are imported lazily, only when an adapter is called; they are optional extras
+(``pip install 'l2ood[timm]'`` / ``pip install 'l2ood[torchvision]'``). These backbones are not in
+:data:`l2ood.models.ARCHITECTURES`, so a :class:`l2ood.models.ModelConfig` cannot rebuild them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+# Attributes holding the classification head in torchvision models, tried in this order:
+# ViT (heads), Swin (head), ResNet/RegNet/ShuffleNet/GoogLeNet/Inception (fc),
+# VGG/AlexNet/DenseNet/MobileNet/EfficientNet/ConvNeXt/MaxViT (classifier).
+_TORCHVISION_HEADS = ("heads", "head", "fc", "classifier")
+
+
+def _optional_import(module: str, package: str, caller: str) -> ModuleType:
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(
+            f"{caller} needs the optional dependency '{package}', which is not installed: "
+            f"pip install {package}  (or: pip install 'l2ood[{package}]')"
+        ) from e
+
+
+class PooledBackbone(nn.Module):
+    """Wrap a headless network so that it returns ``(N, feature_dim)`` features.
+
+    Tuple outputs (e.g. torchvision's Inception/GoogLeNet in training mode, which add auxiliary
+    logits) are reduced to their first element; the result is flattened from dimension 1.
+    """
+
+    def __init__(self, body: nn.Module, feature_dim: int) -> None:
+        super().__init__()
+        self.body = body
+        self.feature_dim = int(feature_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.body(x)
+        if isinstance(out, tuple):
+            out = out[0]
+        return torch.flatten(out, 1)
+
+
+def from_timm(name: str, pretrained: bool = False, in_channels: int = 3) -> PooledBackbone:
+    """A timm model without its classifier (``num_classes=0``: timm returns pooled pre-logits).
+
+    ``feature_dim`` is timm's ``head_hidden_size`` where the model defines one (models with a
+    pre-logits layer), else ``num_features``.
+    """
+    timm = _optional_import("timm", "timm", "from_timm")
+    body = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_channels)
+    dim = getattr(body, "head_hidden_size", None) or body.num_features
+    return PooledBackbone(body, int(dim))
+
+
+def _strip_head(body: nn.Module, name: str) -> None:
+    """Replace the classification head by Identity, in place.
+
+    A head that is a ``Sequential`` ending in a ``Linear`` (VGG, MobileNet, EfficientNet, ConvNeXt,
+    ViT's ``heads``) loses only that last ``Linear``, so the features are the true penultimate ones
+    (e.g. after ConvNeXt's final LayerNorm); any other head is replaced as a whole.
+    """
+    for attr in _TORCHVISION_HEADS:
+        head = getattr(body, attr, None)
+        if not isinstance(head, nn.Module):
+            continue
+        if isinstance(head, nn.Sequential) and len(head) > 0 and isinstance(head[-1], nn.Linear):
+            head[-1] = nn.Identity()
+        else:
+            setattr(body, attr, nn.Identity())
+        return
+    raise ValueError(f"torchvision model '{name}' has none of the head attributes {_TORCHVISION_HEADS}")
+
+
+def from_torchvision(name: str, weights: Any = None) -> PooledBackbone:
+    """A torchvision model (``torchvision.models.get_model(name, weights=weights)``) without its head.
+
+    ``weights`` is anything ``get_model`` accepts (``None``, ``"DEFAULT"``, a weights enum).
+    ``feature_dim`` is inferred by one forward pass of a ``(1, 3, 224, 224)`` zero batch in eval mode.
+    """
+    tv_models = _optional_import("torchvision.models", "torchvision", "from_torchvision")
+    body = tv_models.get_model(name, weights=weights)
+    _strip_head(body, name)
+    wrapped = PooledBackbone(body, 0)
+    was_training = body.training
+    body.eval()
+    try:
+        param = next(body.parameters(), None)
+        x = torch.zeros(1, 3, 224, 224, device=param.device if param is not None else None)
+        with torch.no_grad():
+            wrapped.feature_dim = int(wrapped(x).shape[1])
+    finally:
+        body.train(was_training)
+    return wrapped
