@@ -1,8 +1,13 @@
 """Data by name: the single registry of data sets l2ood knows.
 
 Names: ``fashion-mnist``, ``mnist`` (IDX, offline-first, see :mod:`l2ood.data.mnist`), ``textures``
-and ``noise`` (seeded, generated, see :mod:`l2ood.data.synthetic`) and ``npz:PATH`` (see
-:mod:`l2ood.data.npz`). All loaders return uint8 :class:`ImageSet` objects kept in memory.
+and ``noise`` (seeded, generated, see :mod:`l2ood.data.synthetic`), the CIFAR-scale OoD benchmark in
+its official formats — ``cifar10``, ``cifar100`` (:mod:`l2ood.data.cifar`, pickles read without
+unpickling by :mod:`l2ood.data.safepickle`), ``svhn`` (:mod:`l2ood.data.svhn`), ``dtd``, ``tin``,
+``places365`` (:mod:`l2ood.data.oodsets`) — and the parametric ``npz:PATH`` (see
+:mod:`l2ood.data.npz`), ``imagefolder:PATH`` (:mod:`l2ood.data.folders`) and
+``imglist:LISTFILE[@IMAGEROOT]`` (OpenOOD v1.5 image lists, :mod:`l2ood.data.imglist`). All loaders
+return uint8 :class:`ImageSet` objects kept in memory.
 """
 
 from __future__ import annotations
@@ -11,10 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cifar import load_cifar
 from .errors import DataError, DataFormatError, DataNotFoundError
+from .folders import load_image_folder
 from .imageset import ImageSet
+from .imglist import load_imglist, parse_imglist_spec
 from .mnist import load_idx_dataset
 from .npz import load_npz, save_npz
+from .oodsets import load_dtd, load_places365, load_tin
+from .safepickle import safe_load
+from .svhn import load_svhn
 from .synthetic import make_noise, make_textures
 from .transforms import augment_batch, channel_stats, convert_format, to_format
 
@@ -28,7 +39,10 @@ __all__ = [
     "channel_stats",
     "convert_format",
     "load_dataset",
+    "load_image_folder",
+    "load_imglist",
     "load_npz",
+    "safe_load",
     "save_npz",
     "to_format",
 ]
@@ -51,6 +65,24 @@ def _idx(name: str) -> Callable[..., ImageSet]:
     return load
 
 
+def _cifar(name: str) -> Callable[..., ImageSet]:
+    def load(split: str, root: str | Path | None, download: bool, **_: object) -> ImageSet:
+        return load_cifar(name, split, root=root, download_ok=download)
+
+    return load
+
+
+def _svhn(split: str, root: str | Path | None, download: bool, **_: object) -> ImageSet:
+    return load_svhn(split, root=root, download_ok=download)
+
+
+def _folder_set(fn: Callable[..., ImageSet]) -> Callable[..., ImageSet]:
+    def load(split: str, root: str | Path | None, download: bool, size: tuple[int, int], **_: object) -> ImageSet:
+        return fn(split, root=root, download_ok=download, size=size)
+
+    return load
+
+
 def _textures(split: str, n: int | None, seed: int, size: tuple[int, int], channels: int,
               **_: object) -> ImageSet:
     return make_textures(n or 2000, size=size, channels=channels, seed=seed + (0 if split == "test" else 1))
@@ -69,7 +101,21 @@ DATASETS: dict[str, DatasetInfo] = {
                             ("train", "test"), generated=True),
     "noise": DatasetInfo(_noise, "seeded uniform + Gaussian noise images", ("train", "test"),
                          generated=True),
+    "cifar10": DatasetInfo(_cifar("cifar10"), "CIFAR-10, 32×32 RGB, 10 classes (official python/binary tarball)",
+                           ("train", "test")),
+    "cifar100": DatasetInfo(_cifar("cifar100"), "CIFAR-100, 32×32 RGB, 100 fine classes (official tarball)",
+                            ("train", "test")),
+    "svhn": DatasetInfo(_svhn, "SVHN cropped digits, 32×32 RGB, labels 0–9 (official .mat)",
+                        ("train", "test", "extra")),
+    "dtd": DatasetInfo(_folder_set(load_dtd), "Describable Textures (all 5 640 images; shorter side + centre crop)",
+                       ("test",)),
+    "tin": DatasetInfo(_folder_set(load_tin), "Tiny-ImageNet-200, 64×64 resized; 'test' is the OoD split",
+                       ("test", "val", "train")),
+    "places365": DatasetInfo(_folder_set(load_places365), "Places365 (local subset folder or official val_256)",
+                             ("test",)),
 }
+
+PARAMETRIC = ("npz:PATH", "imagefolder:PATH", "imglist:LISTFILE[@IMAGEROOT]")
 
 
 def load_dataset(
@@ -83,13 +129,22 @@ def load_dataset(
     channels: int | None = None,
     download: bool = True,
 ) -> ImageSet:
-    """Load a data set by name (see :data:`DATASETS`, plus ``npz:PATH``).
+    """Load a data set by name (see :data:`DATASETS`, plus ``npz:PATH``, ``imagefolder:PATH`` and
+    ``imglist:LISTFILE[@IMAGEROOT]``).
+
+    Image folders and lists are decoded directly at ``size`` (default 32×32); ``split`` picks
+    ``PATH/<split>`` when an image folder holds only split folders (``train``, ``val``, ``test``).
 
     ``size``/``channels`` convert the images to that input format (OoD sets are brought to the ID
     format this way); ``n`` takes a seeded random subset (or the count of generated images).
     """
     if name.startswith("npz:"):
         ds = load_npz(name[4:])
+    elif name.startswith("imagefolder:"):
+        ds = load_image_folder(name[len("imagefolder:"):], split, size=size or (32, 32))
+    elif name.startswith("imglist:"):
+        list_file, image_root = parse_imglist_spec(name[len("imglist:"):])
+        ds = load_imglist(list_file, image_root, root=root, size=size or (32, 32))
     elif name in DATASETS:
         info = DATASETS[name]
         if split not in info.splits:
@@ -97,7 +152,7 @@ def load_dataset(
         ds = info.loader(split=split, root=root, download=download, n=n, seed=seed,
                          size=size or (32, 32), channels=channels or 1)
     else:
-        known = ", ".join([*DATASETS, "npz:PATH"])
+        known = ", ".join([*DATASETS, *PARAMETRIC])
         raise DataError(f"unknown dataset '{name}'; known: {known}")
     if n is not None and not (name in DATASETS and DATASETS[name].generated):
         ds = ds.subset(n, seed=seed)

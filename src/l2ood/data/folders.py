@@ -1,0 +1,252 @@
+"""Image folders (torchvision ``ImageFolder`` layout) decoded once and cached as npz.
+
+Format: ``ROOT/<class>/**/*.{jpg,jpeg,png,bmp}`` (any case) — class names are the sorted names of the
+sub-folders that hold images, label ``k`` is the ``k``-th name; files are taken in sorted order,
+recursively (Tiny-ImageNet's ``train/<wnid>/images/`` works). A folder with images and no class
+sub-folders is a flat, unlabelled set. If ``ROOT`` only holds split folders (``train``, ``val``,
+``test``), the requested split's folder is used (so ``imagefolder:cifar10-jpeg`` serves both splits).
+
+Decoding follows OpenOOD's test pipeline: Pillow ``convert('RGB')``, then either
+
+* ``mode="resize"``: bilinear resize of the whole image to the target size (default 32×32), or
+* ``mode="crop"``: bilinear resize of the shorter side to the target size, then a centre crop
+  (torchvision ``Resize(s)`` + ``CenterCrop(s)``; OpenOOD's processing of Textures/DTD).
+
+Unreadable images are skipped and counted in one warning. The decoded uint8 arrays are cached in
+``$L2OOD_CACHE/decoded/`` under a key made of the absolute file paths, their sizes and mtimes, the
+labels, the mode and the target size, so loading the same folder again decodes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DataFormatError, DataNotFoundError
+from .imageset import ImageSet
+from .mnist import cache_dir
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
+MODES = ("resize", "crop")
+SPLIT_NAMES = frozenset({"train", "val", "valid", "validation", "test"})
+_CACHE_VERSION = "l2ood-decoded-v1"
+
+
+def _is_image(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _images_under(folder: Path) -> list[Path]:
+    """All image files below ``folder`` (symlinks followed), sorted by relative path."""
+    out: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out += [Path(dirpath) / f for f in sorted(filenames) if _is_image(f)]
+    return sorted(out, key=lambda p: p.relative_to(folder).parts)
+
+
+def scan_image_folder(root: str | Path, per_class_limit: int | None = None
+                      ) -> tuple[list[Path], list[int] | None, list[str] | None]:
+    """``(files, labels, class_names)`` of an image folder (labels/names None for a flat folder).
+
+    ``per_class_limit`` keeps the first ``k`` files (sorted) of each class, or of a flat folder.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataNotFoundError(f"image folder not found: {root}")
+    subdirs = sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")),
+                     key=lambda d: d.name)
+    per_class = [(d.name, _images_under(d)) for d in subdirs]
+    per_class = [(c, fs[:per_class_limit] if per_class_limit else fs) for c, fs in per_class if fs]
+    if per_class:
+        files = [f for _, fs in per_class for f in fs]
+        labels = [k for k, (_, fs) in enumerate(per_class) for _ in fs]
+        return files, labels, [c for c, _ in per_class]
+    flat = sorted(root / f.name for f in root.iterdir() if f.is_file() and _is_image(f.name))
+    if per_class_limit:
+        flat = flat[:per_class_limit]
+    if not flat:
+        raise DataNotFoundError(
+            f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {root}: expected ROOT/<class>/*.jpg "
+            "or a flat folder of images")
+    return flat, None, None
+
+
+def _decode_image(path: Path, size: tuple[int, int], mode: str) -> np.ndarray:
+    """One image as uint8 ``(H, W, 3)`` at ``size = (H, W)`` (see the module doc for the modes)."""
+    from PIL import Image
+
+    h, w = size
+    with Image.open(path) as im:
+        rgb = im.convert("RGB")
+    if mode == "crop":
+        iw, ih = rgb.size
+        s = max(h, w)
+        nw, nh = (s, int(s * ih / iw)) if iw <= ih else (int(s * iw / ih), s)
+        if (nw, nh) != (iw, ih):
+            rgb = rgb.resize((nw, nh), Image.Resampling.BILINEAR)
+        left, top = round((nw - w) / 2), round((nh - h) / 2)
+        rgb = rgb.crop((left, top, left + w, top + h))
+    elif rgb.size != (w, h):
+        rgb = rgb.resize((w, h), Image.Resampling.BILINEAR)
+    arr = np.asarray(rgb, dtype=np.uint8)
+    if arr.shape != (h, w, 3):
+        raise ValueError(f"decoded shape {arr.shape}, expected {(h, w, 3)}")
+    return arr
+
+
+def _cache_key(files: Sequence[Path], labels: Sequence[int] | None, class_names: Sequence[str] | None,
+               size: tuple[int, int], mode: str) -> str:
+    h = hashlib.sha256()
+    h.update(f"{_CACHE_VERSION}\n{mode}\n{size[0]}x{size[1]}\n{list(class_names or [])!r}\n".encode())
+    for i, f in enumerate(files):
+        try:
+            st = f.stat()
+            stamp = f"{st.st_size}\t{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        lab = "" if labels is None else labels[i]
+        h.update(f"{f.absolute()}\t{stamp}\t{lab}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def _cache_path(name: str, key: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60] or "images"
+    return cache_dir() / "decoded" / f"{slug}-{key[:32]}.npz"
+
+
+def _read_cache(path: Path, n: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, int, str] | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            images, kept = z["images"], z["kept"]
+            skipped, first = int(z["skipped"]), str(z["first_error"])
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+    if images.dtype != np.uint8 or images.shape[1:] != (3, *size) or kept.shape != (len(images),) \
+            or (len(kept) and (kept.min() < 0 or kept.max() >= n)):
+        return None
+    return images, kept, skipped, first
+
+
+def _write_cache(path: Path, images: np.ndarray, kept: np.ndarray, skipped: int, first: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}.npz")
+        np.savez(tmp, images=images, kept=kept, skipped=np.int64(skipped), first_error=np.str_(first))
+        os.replace(tmp, path)
+    except OSError as e:
+        warnings.warn(f"could not write the decoded-image cache {path}: {e}", stacklevel=3)
+
+
+def decode_images(
+    files: Sequence[Path],
+    labels: Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
+    *,
+    name: str,
+    size: tuple[int, int] = (32, 32),
+    mode: str = "resize",
+    source: str = "",
+    fmt: str = "imagefolder",
+    hflip: bool = True,
+    progress: bool | None = None,
+    cache: bool = True,
+) -> ImageSet:
+    """Decode image files into an :class:`ImageSet` ``(N, 3, H, W)``, through the npz cache.
+
+    ``progress=None`` shows a tqdm bar only on a terminal. Unreadable files are skipped (one warning).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    size = (int(size[0]), int(size[1]))
+    files = [Path(f) for f in files]
+    if not files:
+        raise DataNotFoundError(f"{name}: no image files given")
+    if labels is not None and len(labels) != len(files):
+        raise ValueError(f"{len(labels)} labels for {len(files)} files")
+    key = _cache_key(files, labels, class_names, size, mode)
+    cpath = _cache_path(name, key)
+    hit = _read_cache(cpath, len(files), size) if cache else None
+    if hit is not None:
+        images, kept, skipped, first = hit
+    else:
+        from tqdm.auto import tqdm
+
+        images = np.empty((len(files), 3, *size), dtype=np.uint8)
+        ok = np.zeros(len(files), dtype=bool)
+        skipped, first = 0, ""
+        bar = tqdm(files, desc=f"decoding {name}", unit="img", disable=(None if progress is None else not progress))
+        for i, f in enumerate(bar):
+            try:
+                arr = _decode_image(f, size, mode)
+            except Exception as e:  # Pillow raises many types for corrupt files; skip them all
+                skipped += 1
+                first = first or f"{f}: {type(e).__name__}: {e}"
+                continue
+            images[i] = arr.transpose(2, 0, 1)
+            ok[i] = True
+        kept = np.flatnonzero(ok).astype(np.int64)
+        images = images[kept] if skipped else images
+        if len(kept) and cache:
+            _write_cache(cpath, images, kept, skipped, first)
+    if skipped:
+        warnings.warn(f"{name}: skipped {skipped} unreadable image(s) of {len(files)} (first: {first})",
+                      stacklevel=2)
+    if len(kept) == 0:
+        raise DataFormatError(f"{name}: none of the {len(files)} images could be decoded (first: {first})")
+    t_labels = None
+    if labels is not None:
+        t_labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)[kept])
+    return ImageSet(
+        name=name,
+        images=torch.from_numpy(np.ascontiguousarray(images)),
+        labels=t_labels,
+        class_names=list(class_names) if class_names is not None else None,
+        hflip=hflip,
+        meta={"source": source, "format": fmt, "decode": f"{mode} {size[0]}x{size[1]}",
+              "skipped": skipped},
+    )
+
+
+def _split_folder(root: Path, split: str | None) -> Path:
+    if split is None or not root.is_dir():
+        return root
+    subs = {d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")}
+    if subs and subs <= SPLIT_NAMES:
+        if split not in subs:
+            raise DataNotFoundError(f"{root} holds split folders ({', '.join(sorted(subs))}) but no '{split}'")
+        return root / split
+    return root
+
+
+def load_image_folder(
+    path: str | Path,
+    split: str | None = None,
+    *,
+    size: tuple[int, int] = (32, 32),
+    mode: str = "resize",
+    per_class_limit: int | None = None,
+    name: str | None = None,
+    progress: bool | None = None,
+    cache: bool = True,
+) -> ImageSet:
+    """Load an image folder (see the module doc) as an :class:`ImageSet` ``(N, 3, H, W)``."""
+    given = Path(path).expanduser()
+    root = _split_folder(given, split)
+    try:
+        files, labels, class_names = scan_image_folder(root, per_class_limit)
+    except DataNotFoundError as e:
+        raise DataNotFoundError(
+            f"{e}\nWays to supply it: pass imagefolder:DIR with DIR/<class>/*.jpg (sorted class names give the "
+            "labels) or a flat DIR/*.jpg (no labels); DIR may also hold train/ and test/ split folders.") from None
+    return decode_images(files, labels, class_names, name=name or given.absolute().name, size=size, mode=mode,
+                         source=str(root.absolute()), progress=progress, cache=cache)
