@@ -228,6 +228,9 @@ def _split_folder(root: Path, split: str | None) -> Path:
     return root
 
 
+_SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
+
+
 def load_image_folder(
     path: str | Path,
     split: str | None = None,
@@ -248,5 +251,8 @@ def load_image_folder(
         raise DataNotFoundError(
             f"{e}\nWays to supply it: pass imagefolder:DIR with DIR/<class>/*.jpg (sorted class names give the "
             "labels) or a flat DIR/*.jpg (no labels); DIR may also hold train/ and test/ split folders.") from None
-    return decode_images(files, labels, class_names, name=name or given.absolute().name, size=size, mode=mode,
+    default_name = given.absolute().name
+    if default_name in _SPLIT_NAMES and given.absolute().parent.name:  # cifar10/test -> "cifar10"
+        default_name = given.absolute().parent.name
+    return decode_images(files, labels, class_names, name=name or default_name, size=size, mode=mode,
                          source=str(root.absolute()), progress=progress, cache=cache)
