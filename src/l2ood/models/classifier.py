@@ -85,12 +85,13 @@ class Classifier(nn.Module):
             return F.normalize(z, p=2.0, dim=1, eps=self.eps) / self.tau
         return z
 
-    def logits_from_features(self, z: Tensor, variant: str = "trained") -> Tensor:
+    def logits_from_features(self, z: Tensor, variant: str = "trained", norm: Tensor | None = None) -> Tensor:
         """Logits (``"trained"`` or ``"raw"`` variant) in fp32, outside any autocast region."""
         with torch.autocast(device_type=z.device.type, enabled=False):
             return head_logits(z.float(), self.fc.weight, self.fc.bias, self.head, self.tau,
-                               variant, self.eps)  # type: ignore[arg-type]
+                               variant, self.eps, norm)  # type: ignore[arg-type]
 
     def forward(self, x: Tensor) -> Output:
         z = self.features(x)
-        return Output(self.logits_from_features(z), z, z.norm(p=2, dim=1))
+        norm = z.norm(p=2, dim=1)
+        return Output(self.logits_from_features(z, norm=norm), z, norm)

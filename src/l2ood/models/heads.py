@@ -38,17 +38,19 @@ def is_normalized(mode: str) -> bool:
 
 
 def head_logits(z: Tensor, weight: Tensor, bias: Tensor | None, mode: str, tau: float = 1.0,
-                variant: LogitVariant = "trained", eps: float = 1e-12) -> Tensor:
-    """Logits of ``z`` under ``mode`` and ``variant`` (see the module table); fp32 in, fp32 out."""
+                variant: LogitVariant = "trained", eps: float = 1e-12, norm: Tensor | None = None) -> Tensor:
+    """Logits of ``z`` under ``mode`` and ``variant`` (see the module table); fp32 in, fp32 out.
+
+    ``norm``: ‖z‖₂ per row when already computed (saves a reduction in the scoring pass).
+    """
     if mode not in HEAD_MODES:
         raise ValueError(f"head must be one of {HEAD_MODES}, got {mode!r}")
     if variant == "raw" or mode == "ce":
         return F.linear(z, weight, bias)
     if variant != "trained":
         raise ValueError(f"logit variant must be 'trained' or 'raw', got {variant!r}")
-    if mode == "l2":
-        return F.linear(F.normalize(z, dim=1, eps=eps), weight, bias)
-    if mode == "t2fnorm":
-        return F.linear(F.normalize(z, dim=1, eps=eps) / tau, weight, bias)
+    if mode in ("l2", "t2fnorm"):
+        n = (z.norm(p=2, dim=1) if norm is None else norm).clamp_min(eps)[:, None]  # = F.normalize
+        return F.linear(z / (n if mode == "l2" else n * tau), weight, bias)
     f = F.linear(z, weight, bias)  # logitnorm
     return f / (tau * f.norm(dim=1, keepdim=True).clamp_min(eps))
