@@ -46,7 +46,8 @@ def test_train_then_evaluate(tmp_path: Path, data_root: Path, capsys: pytest.Cap
                  "--detectors", "feature_norm,energy", "--no-progress"]) == 0
     res = json.loads((run / "eval" / "results.json").read_text())
     (only,) = res.values()
-    assert only["detectors"] == ["feature_norm", "energy"] and list(only["ood"]) == ["noise"]
+    # the L2 head is normalized: the logit-based energy is reported on both logit variants
+    assert only["detectors"] == ["feature_norm", "energy:trained", "energy:raw"] and list(only["ood"]) == ["noise"]
 
 
 @pytest.mark.parametrize(

@@ -60,6 +60,8 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise ValueError(f"invalid device '{name}': {e}") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device '{name}' requested but only {torch.cuda.device_count()} CUDA device(s) exist")
     return dev
 
 
