@@ -117,7 +117,9 @@ def write_results(raw: dict[str, dict[str, object]], args: argparse.Namespace) -
          .get("train_seconds", float("nan")) for k in raw]
     lines += [
         "",
-        f"Training time per model: {np.nanmean(t):.0f} s on average (this machine).",
+        f"Training time per model: {np.nanmean(t):.0f} s on average (wall clock on this 2-core machine, which "
+        "ran other jobs at the same time during parts of this benchmark; see docs/PERFORMANCE.md for clean "
+        "throughput numbers).",
         "",
         "**Published anchor**: DUQ (van Amersfoort et al., ICML 2020, Table 1) reports AUROC 0.955 for "
         "Fashion-MNIST (ID) vs MNIST (OoD). Their network and training differ (a small CNN with a "
