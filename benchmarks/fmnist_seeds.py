@@ -84,7 +84,8 @@ def write_results(raw: dict[str, dict[str, object]], args: argparse.Namespace) -
         "Produced by:",
         "",
         "```",
-        "python " + " ".join(shlex.quote(a) for a in ["benchmarks/fmnist_seeds.py", *sys.argv[1:]]),
+        "python " + " ".join(shlex.quote(a) for a in ["benchmarks/fmnist_seeds.py", *sys.argv[1:]]
+                             if a != "--render-only"),
         "```",
         "",
         f"Config: CIFAR-style ResNet18, width {args.width} (feature dim {8 * args.width}), "
