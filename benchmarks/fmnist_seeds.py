@@ -117,6 +117,24 @@ def write_results(raw: dict[str, dict[str, object]], args: argparse.Namespace) -
                 cells += [fmt(au), fmt(fp)]
             name = f"**{det}**" if det == "feature_norm" and h == "l2" else det
             lines.append(f"| {heads[h]} | {name} | " + " | ".join(cells) + " |")
+    # computed summary: where does the method's score rank among all (model, detector) pairs?
+    means: dict[tuple[str, str], dict[str, float]] = {}
+    for h in heads:
+        keys = [k for k in raw if k.startswith(h + "/")]
+        if not keys:
+            continue
+        for det in raw[keys[0]]["detectors"]:
+            means[(heads[h], det)] = {s: float(np.mean([raw[k]["ood"][s]["detectors"][det]["auroc"] for k in keys]))
+                                      for s in OOD}
+    lines += ["", "Summary (computed from the table, mean AUROC over seeds):", ""]
+    for s in OOD:
+        ranked = sorted(means, key=lambda md: -means[md][s])
+        best = ranked[0]
+        ours = ("L2", "feature_norm")
+        if ours in means:
+            lines.append(f"- {s}: best {best[0]} {best[1]} ({100 * means[best][s]:.2f}); L2 feature_norm "
+                         f"{100 * means[ours][s]:.2f} ranks {ranked.index(ours) + 1} of {len(ranked)}; "
+                         f"CE feature_norm {100 * means[('CE', 'feature_norm')][s]:.2f}.")
     base = Path(args.runs) / f"e{args.epochs}-w{args.width}"
     t = [json.loads((base / k.split("/")[1] / k.split("/")[0] / "model.json").read_text())
          .get("train_seconds", float("nan")) for k in raw]
