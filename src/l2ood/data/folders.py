@@ -31,7 +31,7 @@ import torch
 
 from .errors import DataFormatError, DataNotFoundError
 from .imageset import ImageSet
-from .mnist import cache_dir
+from .lookup import cache_dir
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
 MODES = ("resize", "crop")

@@ -21,9 +21,18 @@ from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
 from .errors import DataFormatError, DataNotFoundError
-from .mnist import cache_dir
 
 Searched = list[tuple[str, Path]]
+
+
+def cache_dir() -> Path:
+    """Download cache: ``$L2OOD_CACHE`` or the OS cache folder for ``l2ood``."""
+    env = os.environ.get("L2OOD_CACHE")
+    if env:
+        return Path(env)
+    import pooch
+
+    return Path(pooch.os_cache("l2ood"))
 
 
 def search_dirs(name: str, root: str | Path | None = None, aliases: Iterable[str] = ()) -> Searched:

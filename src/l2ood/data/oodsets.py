@@ -28,8 +28,7 @@ from pathlib import Path
 from .errors import DataError, DataFormatError, DataNotFoundError
 from .folders import decode_images, scan_image_folder
 from .imageset import ImageSet
-from .lookup import Searched, download, extract, missing_message, search_dirs
-from .mnist import cache_dir
+from .lookup import Searched, cache_dir, download, extract, missing_message, search_dirs
 
 DTD_URL = "https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz"
 DTD_MD5 = "fff73e5086ae6bdbea199a49dfb8a4c1"

@@ -18,6 +18,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ._common import check_sizes, init_conv_bn
+
 
 class DenseBottleneck(nn.Module):
     """BN-ReLU-conv1×1 (``4k``) → BN-ReLU-conv3×3 (``k``); returns ``cat([x, new], dim=1)``."""
@@ -68,10 +70,7 @@ class DenseNet(nn.Module):
         in_channels: int = 3,
     ) -> None:
         super().__init__()
-        if width < 1:
-            raise ValueError(f"width must be >= 1, got {width}")
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+        check_sizes(width, in_channels)
         if (depth - 4) % 6 != 0 or depth < 10:
             raise ValueError(f"depth must be 6n + 4 with n >= 1, got {depth}")
         if not 0 < compression <= 1:
@@ -93,12 +92,7 @@ class DenseNet(nn.Module):
         self.bn = nn.BatchNorm2d(planes)
         self.growth_rate = k
         self.feature_dim = planes
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.layers(self.conv1(x))

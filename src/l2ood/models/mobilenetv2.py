@@ -21,6 +21,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ._common import check_sizes
+
 # (expansion t, output channels c, repeats n, stride s of the first block); CIFAR strides.
 MOBILENETV2_CIFAR_CONFIG: tuple[tuple[int, int, int, int], ...] = (
     (1, 16, 1, 1),
@@ -84,10 +86,7 @@ class MobileNetV2(nn.Module):
         config: tuple[tuple[int, int, int, int], ...] = MOBILENETV2_CIFAR_CONFIG,
     ) -> None:
         super().__init__()
-        if width < 1:
-            raise ValueError(f"width must be >= 1, got {width}")
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+        check_sizes(width, in_channels)
         planes = _scaled(32, width)
         layers: list[nn.Module] = _conv_bn(in_channels, planes, 3, stride=1)  # stride 2 on ImageNet
         for t, c, n, s in config:

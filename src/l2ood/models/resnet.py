@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ._common import check_sizes, init_conv_bn
+
 
 class BasicBlock(nn.Module):
     """Two 3×3 convolutions with a residual shortcut (1×1 conv when shape changes)."""
@@ -87,10 +89,7 @@ class ResNet(nn.Module):
         block: type[BasicBlock | Bottleneck] = BasicBlock,
     ) -> None:
         super().__init__()
-        if width < 1:
-            raise ValueError(f"width must be >= 1, got {width}")
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+        check_sizes(width, in_channels)
         self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         layers: list[nn.Module] = []
@@ -103,12 +102,7 @@ class ResNet(nn.Module):
                 in_planes = planes * block.expansion
         self.layers = nn.Sequential(*layers)
         self.feature_dim = in_planes
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
 
     def forward(self, x: Tensor) -> Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))

@@ -18,6 +18,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ._common import check_sizes
+
 VGG16_CONFIG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
                                        512, 512, 512, "M", 512, 512, 512, "M")
 
@@ -38,10 +40,7 @@ class VGG(nn.Module):
 
     def __init__(self, config: tuple[int | str, ...] = VGG16_CONFIG, width: int = 64, in_channels: int = 3) -> None:
         super().__init__()
-        if width < 1:
-            raise ValueError(f"width must be >= 1, got {width}")
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+        check_sizes(width, in_channels)
         layers: list[nn.Module] = []
         planes = in_channels
         for v in config:

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ._common import check_sizes, init_conv_bn
+
 
 def _scaled(channels: int, width: int) -> int:
     """``channels · width / 64`` rounded, at least 1 (``width = 64`` is the standard network)."""
@@ -70,10 +72,7 @@ class WideResNet(nn.Module):
         drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        if width < 1:
-            raise ValueError(f"width must be >= 1, got {width}")
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+        check_sizes(width, in_channels)
         if (depth - 4) % 6 != 0 or depth < 10:
             raise ValueError(f"depth must be 6n + 4 with n >= 1, got {depth}")
         n = (depth - 4) // 6
@@ -89,12 +88,7 @@ class WideResNet(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.bn = nn.BatchNorm2d(in_planes)
         self.feature_dim = in_planes
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.layers(self.conv1(x))
