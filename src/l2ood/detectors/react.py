@@ -7,10 +7,10 @@ Sun, Guo & Li, "ReAct: Out-of-distribution Detection With Rectified Activations"
 
 Fit: ``c`` is the ``p``-th percentile (default ``p = 90``, as in OpenOOD) of *all* ID training
 feature activations (every entry of the ``N×D`` training features pooled together), with linear
-interpolation (``torch.quantile``, identical to ``numpy.percentile``'s default). The quantile is
-exact when ``N·D ≤ 2**24 = 16 777 216`` (the input limit of ``torch.quantile``); above that it is
-computed on ``2**24`` values drawn uniformly at random *with replacement* from the ``N·D``
-activations with a seeded generator (``seed``, default 0) — the sampling error of the percentile
+interpolation (``numpy.percentile``'s default rule, computed with two ``kthvalue`` selections). The
+percentile is exact when ``N·D ≤ 2**24 = 16 777 216``; above that it is computed on a seeded
+Bernoulli subsample of expected size ``2**24`` taken chunk by chunk (``seed``, default 0) — the
+sampling error of the percentile
 is then of order ``1/√(2**24) ≈ 2.4e-4`` in quantile level, far below anything that matters for a
 clipping threshold. Extra memory is O(chunk·D + 2**24) whatever N.
 """
@@ -34,18 +34,24 @@ def activation_percentile(train: Extraction, percentile: float, seed: int = 0,
     if total == 0:
         raise ValueError("cannot fit a percentile on empty training features")
     if total <= max_values:
-        values = torch.cat([c.features.reshape(-1).double() for c in train.chunks()])
-    else:
+        values = torch.cat([c.features.reshape(-1).float() for c in train.chunks()])
+    else:  # seeded Bernoulli subsample, chunk by chunk: every chunk contributes, no global index
         gen = torch.Generator().manual_seed(seed)
-        idx = torch.randint(total, (max_values,), generator=gen).sort().values
-        parts, start = [], 0
-        for c in train.chunks():
-            flat = c.features.reshape(-1)
-            lo, hi = torch.searchsorted(idx, torch.tensor([start, start + flat.numel()])).tolist()
-            parts.append(flat[idx[lo:hi] - start].double())
-            start += flat.numel()
-        values = torch.cat(parts)
-    return float(torch.quantile(values, percentile / 100.0))
+        keep = max_values / total
+        values = torch.cat([c.features.reshape(-1)[torch.rand(c.features.numel(), generator=gen) < keep].float()
+                            for c in train.chunks()])
+    return _percentile_linear(values, percentile)
+
+
+def _percentile_linear(values: Tensor, percentile: float) -> float:
+    """``numpy.percentile``'s default (linear) rule via two ``kthvalue`` selections (no full sort)."""
+    n = values.numel()
+    pos = percentile / 100.0 * (n - 1)
+    lo = int(pos)
+    hi = min(lo + 1, n - 1)
+    v_lo = float(torch.kthvalue(values, lo + 1).values)
+    v_hi = float(torch.kthvalue(values, hi + 1).values) if hi != lo else v_lo
+    return v_lo + (pos - lo) * (v_hi - v_lo)
 
 
 @register
