@@ -130,6 +130,8 @@ def main() -> None:
         "- Mahalanobis / RMDS / Mahalanobis++ / ViM stream the training features in chunks of 8192 rows and "
         "accumulate D × D float64 moments (2 MiB for D = 512): extra memory O(chunk·D + D²), independent "
         "of N.",
+        "- ReAct keeps at most a seeded subsample of 2**24 activations (64 MiB in fp32) for its percentile, "
+        "plus the selection's working copies: bounded whatever N.",
         "",
     ]
     Path(args.out).write_text("\n".join(lines))
