@@ -1,0 +1,80 @@
+"""The CPU-sized CIFAR-10 benchmark on the offline data of ../shared/data, written to docs/RESULTS-cifar10.md.
+
+    python benchmarks/cifar10_local.py --seeds 0 1 2 --epochs 8     # resumable; add seeds later
+
+Runs ``l2ood bench --benchmark cifar10-local --recipe cpu-small`` (ResNet18 width 16) for CE, L2,
+LogitNorm and T2FNorm with every detector, then writes the OpenOOD-layout table beside OpenOOD v1.5's
+published CIFAR-10 / ResNet18 numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from l2ood.bench import OPENOOD_CIFAR10_RESNET18, BenchSpec, aggregate, run_bench
+from l2ood.evaluation import parse_detectors
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--n-ood", type=int, default=2000)
+    ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--out", default=str(ROOT / "runs" / "bench-cifar10-local"))
+    ap.add_argument("--render-only", action="store_true")
+    args = ap.parse_args()
+    out = Path(args.out)
+    if args.render_only:
+        _, md = aggregate(out)
+    else:
+        spec = BenchSpec("cifar10-local", "cpu-small", ["resnet18"], ["ce", "l2", "logitnorm", "t2fnorm"],
+                         args.seeds, parse_detectors("all"), out, args.data_root,
+                         {"epochs": args.epochs, "width": args.width}, n_ood=args.n_ood, progress=False)
+        _, md = run_bench(spec)
+    table = md.read_text().split("\n", 2)[2]
+    ref = "\n".join(f"| {k} | {v[0]:.2f} | {v[1]:.2f} |" for k, v in OPENOOD_CIFAR10_RESNET18.items())
+    cmd = "python benchmarks/cifar10_local.py " + " ".join(a for a in sys.argv[1:] if a != "--render-only")
+    doc = f"""# Results: CIFAR-10 (JPEG copy) on a 2-core CPU
+
+Produced by `{cmd}` (= `l2ood bench --benchmark cifar10-local --recipe cpu-small --epochs {args.epochs}
+--width {args.width} --n-ood {args.n_ood} --variants ce,l2,logitnorm,t2fnorm --detectors all`).
+
+Data (../shared/data, see its SOURCES.md): ID = **CIFAR-10 (JPEG copy)** — a public copy re-encoded as JPEG
+quality 75 with 4:2:0 chroma subsampling, train 50 000 / test 10 000; near-OoD = Tiny-ImageNet test resized to
+32×32; far-OoD = MNIST, Fashion-MNIST, a 10-class DTD subset, scikit-image texture patches (seeded subsets of
+{args.n_ood} images per OoD set). The OoD sets come through other pipelines than the JPEG-compressed ID images,
+so a detector may partly pick up compression differences. CIFAR-100, SVHN and Places365 are not available here.
+
+Model and schedule: CIFAR ResNet18 at width {args.width} (¼ of the standard 64: ~0.7 M parameters, feature dim
+{8 * args.width}), {args.epochs} epochs, batch 128, SGD Nesterov lr 0.1 cosine, wd 5e-4, crop (pad 4) + flip, bf16
+autocast on CPU. The paper trains the full-width network for 60 epochs; this is a CPU-sized stand-in and the
+numbers are not comparable in absolute terms.
+
+{table}
+OpenOOD v1.5, CIFAR-10, full-width ResNet18 (published AUROC %, near / far; their far set is MNIST, SVHN,
+Textures, Places365):
+
+| method | near | far |
+|---|---|---|
+{ref}
+
+Differences in scale, stated plainly: our network has 1/16 of the parameters of theirs and ~1/10 of the
+epochs; our ID data are JPEG-degraded; our near group lacks CIFAR-100 and our far group differs (Fashion-MNIST
+and two texture sets instead of SVHN and Places365). Compare rankings between rows of our table, not our
+numbers with theirs.
+"""
+    (ROOT / "docs" / "RESULTS-cifar10.md").write_text(doc)
+    (ROOT / "docs" / "results").mkdir(parents=True, exist_ok=True)
+    shutil.copy(out / "results.csv", ROOT / "docs" / "results" / "cifar10-local.csv")
+    print(doc)
+
+
+if __name__ == "__main__":
+    main()
