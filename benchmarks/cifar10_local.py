@@ -44,7 +44,8 @@ def main() -> None:
     doc = f"""# Results: CIFAR-10 (JPEG copy) on a 2-core CPU
 
 Produced by `{cmd}` (= `l2ood bench --benchmark cifar10-local --recipe cpu-small --epochs {args.epochs}
---width {args.width} --n-ood {args.n_ood} --variants ce,l2,logitnorm,t2fnorm --detectors all`).
+--width {args.width} --n-ood {args.n_ood} --variants ce,l2,logitnorm,t2fnorm --detectors all
+--data-root ../shared/data`).
 
 Data (../shared/data, see its SOURCES.md): ID = **CIFAR-10 (JPEG copy)** — a public copy re-encoded as JPEG
 quality 75 with 4:2:0 chroma subsampling, train 50 000 / test 10 000; near-OoD = Tiny-ImageNet test resized to
