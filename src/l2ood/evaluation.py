@@ -189,14 +189,18 @@ def load_ood_sets(names: list[str], *, root: str | Path | None, n: int | None, s
             for nm in names]
 
 
+def recorded_split(meta: dict[str, Any], root: str | Path | None = None) -> tuple[ImageSet, ImageSet | None]:
+    """``(training images, held-out ID images or None)`` of a run, rebuilt from its recorded holdout."""
+    full = load_dataset(meta.get("dataset", "fashion-mnist"), "train", root=root)
+    hold = meta.get("data", {}).get("holdout", {"n": 0, "seed": 0})
+    if not hold.get("n"):
+        return full, None
+    return full.split(int(hold["n"]), seed=int(hold.get("seed", 0)))
+
+
 def training_split(meta: dict[str, Any], root: str | Path | None = None) -> ImageSet:
     """The exact images a run was trained on (its data set minus the recorded holdout)."""
-    name = meta.get("dataset", "fashion-mnist")
-    full = load_dataset(name, "train", root=root)
-    hold = meta.get("data", {}).get("holdout", {"n": 0, "seed": 0})
-    if hold.get("n"):
-        full, _ = full.split(int(hold["n"]), seed=int(hold.get("seed", 0)))
-    return full
+    return recorded_split(meta, root)[0]
 
 
 def evaluate_run(

@@ -328,13 +328,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         cal_set = load_dataset(args.calibration_data, "test", root=args.data_root)
         split = {"source": args.calibration_data}
     else:
-        hold = meta.get("data", {}).get("holdout", {})
-        if not hold.get("n"):
+        from ..evaluation import recorded_split
+
+        _, held_out = recorded_split(meta, args.data_root)
+        if held_out is None:
             raise ValueError(f"{args.run} was trained without a held-out ID split (--holdout 0); pass "
                              "--calibration-data with ID images not used in training")
-        full = load_dataset(meta.get("dataset", "fashion-mnist"), "train", root=args.data_root)
-        _, cal_set = full.split(int(hold["n"]), seed=int(hold.get("seed", 0)))
-        split = {"source": f"{meta.get('dataset')} train holdout", **hold}
+        cal_set = held_out
+        split = {"source": f"{meta.get('dataset')} train holdout", **meta["data"]["holdout"]}
     scores = [scr.score(cal_set.images[i : i + args.batch_size]).scores
               for i in range(0, len(cal_set), args.batch_size)]
     cal = calibrate(np.concatenate(scores), args.detector, args.tpr, args.alpha, split)
