@@ -135,3 +135,16 @@ def test_bf16_training_runs_when_supported(tmp_path: Path, data_root: Path) -> N
                 progress=False, log=None)
     assert json.loads((tmp_path / "model.json").read_text())["runtime"] == "cpu / bf16 / channels_last"
     assert all(torch.isfinite(p).all() for p in res.model.parameters())
+
+
+def test_class_count_comes_from_the_data(tmp_path: Path) -> None:
+    from l2ood.data import ImageSet
+    from l2ood.train import train
+
+    imgs = torch.randint(0, 256, (24, 3, 8, 8), dtype=torch.uint8)
+    two = ImageSet(name="two", images=imgs, labels=torch.arange(24) % 2)
+    model = train(two, ModelConfig(width=4), _cfg(epochs=1, batch_size=8), tmp_path / "two", progress=False).model
+    assert model.fc.out_features == 2  # not the config's default of 10
+    one = ImageSet(name="one", images=imgs, labels=torch.zeros(24, dtype=torch.long))
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        train(one, ModelConfig(width=4), _cfg(epochs=1, batch_size=8), tmp_path / "one", progress=False)

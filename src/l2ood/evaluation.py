@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import ImageSet, load_dataset, to_format
+from .data import DataError, ImageSet, has_split, load_dataset, to_format
 from .detectors import DETECTORS, Detector, Extraction, Head, all_detectors, extract, make_detector
 from .detectors.base import InputDetector
 from .metrics import ood_metrics
@@ -198,6 +198,26 @@ def recorded_split(meta: dict[str, Any], root: str | Path | None = None) -> tupl
     return full.split(int(hold["n"]), seed=int(hold.get("seed", 0)))
 
 
+def id_test_set(meta: dict[str, Any], root: str | Path | None = None) -> tuple[ImageSet, str]:
+    """``(ID test images, where they come from)`` of a run — never images it was trained on.
+
+    In order: the ``--test-data`` set recorded at training; the data set's own ``test`` split
+    (registered sets, image folders with a ``test/`` folder); else the run's recorded holdout
+    (npz packs, image lists and class-folder trees have no separate test split).
+    """
+    data = meta.get("data", {})
+    if data.get("test"):
+        return load_dataset(data["test"], "test", root=root), str(data["test"])
+    name = meta.get("dataset", "fashion-mnist")
+    if has_split(name, "test"):
+        return load_dataset(name, "test", root=root), f"{name} (test split)"
+    _, hold = recorded_split(meta, root)
+    if hold is None:
+        raise DataError(f"{name} has no separate test split and the run kept no holdout (--holdout 0): "
+                        "retrain with --holdout N or --test-data SPEC so ID test images are not training images")
+    return hold, f"{name} (holdout of {len(hold)}, seed {data['holdout'].get('seed', 0)})"
+
+
 def training_split(meta: dict[str, Any], root: str | Path | None = None) -> ImageSet:
     """The exact images a run was trained on (its data set minus the recorded holdout)."""
     return recorded_split(meta, root)[0]
@@ -225,8 +245,10 @@ def evaluate_run(
     model, meta = load_artifact(run_dir)
     cfg = meta["model"]
     c, size = int(cfg["in_channels"]), tuple(cfg["image_size"])
-    id_name = meta.get("dataset", "fashion-mnist")
-    id_test = load_dataset(id_name, "test", root=data_root, n=n_id, seed=seed, channels=c, size=size)
+    id_test, _ = id_test_set(meta, data_root)
+    if n_id is not None:
+        id_test = id_test.subset(n_id, seed=seed)
+    id_test = to_format(id_test, c, size)
     ood_sets = load_ood_sets(ood, root=data_root, n=n_ood, seed=seed, channels=c, size=size)
     fit_set = training_split(meta, data_root) if any(DETECTORS[d].needs_fit for d in detectors) else None
     key = hashlib.sha1((Path(run_dir) / WEIGHTS).read_bytes()).hexdigest()[:16]

@@ -69,10 +69,14 @@ class Tracker:
         self.num_classes = train_set.num_classes
 
     @classmethod
-    def build(cls, cfg: TrackConfig, train_set: ImageSet, id_name: str, run_dir: str | Path, rt: Runtime,
+    def build(cls, cfg: TrackConfig, train_set: ImageSet, data: dict[str, Any], run_dir: str | Path, rt: Runtime,
               total_epochs: int, root: str | Path | None = None) -> Tracker:
+        """``data``: the run's data record (``{"dataset": NAME, "data": {"holdout": ..., "test": ...}}``);
+        the ID test images are chosen by :func:`l2ood.evaluation.id_test_set` (never training images)."""
+        from ..evaluation import id_test_set
+
         c, h, w = train_set.shape
-        id_test = load_dataset(id_name, "test", root=root)
+        id_test, _ = id_test_set(data, root)
         ood = [load_dataset(n, "test", root=root, n=cfg.n_ood, seed=0, channels=c, size=(h, w))
                for n in cfg.ood]
         return cls(cfg, train_set, id_test, ood, run_dir, rt, total_epochs)

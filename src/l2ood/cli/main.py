@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..data import DATASETS, DataError, ImageSet, load_dataset
+from ..data import DATASETS, PARAMETRIC, DataError, ImageSet, load_dataset
 from ..models import ARCHITECTURES, HEAD_MODES, ModelConfig
 from ..runtime import PRECISIONS
 from ..train import ArtifactError, TrainConfig, TrainingDiverged
@@ -58,7 +58,7 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
 def _add_train_args(p: argparse.ArgumentParser, epochs: int, width: int) -> None:
     p.add_argument("--dataset", default="fashion-mnist",
                    help=f"ID training data: {', '.join(k for k, v in DATASETS.items() if not v.generated)} "
-                        "or npz:PATH (with labels)")
+                        f"or {', '.join(PARAMETRIC)} (labelled)")
     p.add_argument("--arch", default="resnet18", choices=list(ARCHITECTURES))
     p.add_argument("--width", type=_positive_int, default=width, help="first-stage channels (64 = standard)")
     p.add_argument("--epochs", type=_positive_int, default=epochs)
@@ -69,6 +69,9 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int, width: int) -> None
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-subset", type=_positive_int, default=None, metavar="N",
                    help="train on a seeded subset of N images")
+    p.add_argument("--test-data", default=None, metavar="SPEC",
+                   help="ID test set for --track and `l2ood evaluate` (default: the data set's test split; "
+                        "for npz packs, image lists and class-folder trees without test/, the holdout)")
     p.add_argument("--holdout", type=_nonneg_int, default=5000, metavar="N",
                    help="ID training images held out for calibration/validation (seed 0 split)")
 
@@ -104,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="AUROC, FPR@95TPR, AUPR-In/Out per OoD set and detector.")
     e.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s) written by `l2ood train`")
     e.add_argument("--ood", default=DEMO_OOD, help=f"comma-separated OoD sets (default {DEMO_OOD}); "
-                   f"known: {', '.join(DATASETS)}, npz:PATH")
+                   f"known: {', '.join([*DATASETS, *PARAMETRIC])}")
     e.add_argument("--detectors", default="feature_norm,msp,maxlogit,energy", help="comma list or 'all'")
     e.add_argument("--n-ood", type=_positive_int, default=None, help="seeded subset size per OoD set")
     e.add_argument("--n-id", type=_positive_int, default=None, help="seeded subset of the ID test set")
@@ -208,6 +211,8 @@ def _train_sets(args: argparse.Namespace) -> tuple[ImageSet, dict[str, Any]]:
     if full.labels is None:
         raise DataError(f"{args.dataset}: training data need labels")
     info: dict[str, Any] = {"holdout": {"n": args.holdout, "seed": 0}}
+    if getattr(args, "test_data", None):
+        info["test"] = args.test_data
     train_set = full
     if args.holdout:
         if args.holdout >= len(full):
@@ -236,7 +241,8 @@ def _train_one(args: argparse.Namespace, head: str, out: Path, train_set: ImageS
         from ..analysis.track import TrackConfig, Tracker
         from ..runtime import resolve_runtime
 
-        tracker = Tracker.build(TrackConfig.parse(args.track, args.track_ood), train_set, args.dataset, out,
+        tracker = Tracker.build(TrackConfig.parse(args.track, args.track_ood), train_set,
+                                {"dataset": args.dataset, "data": info}, out,
                                 resolve_runtime(args.device, args.precision), args.epochs, root=args.data_root)
     t0 = time.perf_counter()
     train(train_set, mcfg, tcfg, out, resume=resume, progress=not args.no_progress, log=_log,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .cifar import load_cifar
 from .errors import DataError, DataFormatError, DataNotFoundError
-from .folders import load_image_folder
+from .folders import load_image_folder, split_folder
 from .imageset import ImageSet
 from .imglist import load_imglist, parse_imglist_spec
 from .mnist import load_idx_dataset
@@ -31,6 +31,7 @@ from .transforms import augment_batch, channel_stats, convert_format, to_format
 
 __all__ = [
     "DATASETS",
+    "PARAMETRIC",
     "DataError",
     "DataFormatError",
     "DataNotFoundError",
@@ -38,6 +39,7 @@ __all__ = [
     "augment_batch",
     "channel_stats",
     "convert_format",
+    "has_split",
     "load_dataset",
     "load_image_folder",
     "load_imglist",
@@ -116,6 +118,24 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 PARAMETRIC = ("npz:PATH", "imagefolder:PATH", "imglist:LISTFILE[@IMAGEROOT]")
+
+
+def has_split(name: str, split: str) -> bool:
+    """Whether ``name`` holds a ``split`` of its own, distinct from its other images.
+
+    Registered sets answer from their split list; ``imagefolder:DIR`` only when ``DIR`` holds split
+    folders including ``split``; ``npz:`` packs and image lists are single sets (``False``): for them
+    ``load_dataset(name, "test")`` returns the same images as ``"train"``.
+    """
+    if name in DATASETS:
+        return split in DATASETS[name].splits
+    if name.startswith("imagefolder:"):
+        root = Path(name[len("imagefolder:"):])
+        try:
+            return root.is_dir() and split_folder(root, split) != root
+        except DataNotFoundError:  # split folders exist, but not this one
+            return False
+    return False
 
 
 def load_dataset(

@@ -217,7 +217,8 @@ def decode_images(
     )
 
 
-def _split_folder(root: Path, split: str | None) -> Path:
+def split_folder(root: Path, split: str | None) -> Path:
+    """``root/split`` when ``root`` holds only split folders (train/val/test), else ``root`` itself."""
     if split is None or not root.is_dir():
         return root
     subs = {d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")}
@@ -244,7 +245,7 @@ def load_image_folder(
 ) -> ImageSet:
     """Load an image folder (see the module doc) as an :class:`ImageSet` ``(N, 3, H, W)``."""
     given = Path(path).expanduser()
-    root = _split_folder(given, split)
+    root = split_folder(given, split)
     try:
         files, labels, class_names = scan_image_folder(root, per_class_limit)
     except DataNotFoundError as e:

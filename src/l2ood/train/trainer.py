@@ -163,7 +163,10 @@ def train(
         model_cfg.mean, model_cfg.std = channel_stats(train_set.images)
     model_cfg.in_channels, h, w = train_set.shape
     model_cfg.image_size = (h, w)
-    model_cfg.num_classes = max(model_cfg.num_classes, train_set.num_classes)
+    model_cfg.num_classes = train_set.num_classes  # like channels and size, the classes come from the data
+    if model_cfg.num_classes < 2:
+        raise ValueError(f"{train_set.name}: training needs labelled images of at least 2 classes "
+                         f"(found {model_cfg.num_classes})")
     model_cfg.class_names = train_set.class_names
 
     torch.manual_seed(cfg.seed)
