@@ -46,3 +46,30 @@ def test_track_and_analyze(tmp_path: Path, data_root: Path, capsys: pytest.Captu
     for f in ("nc.png", "auroc.png", "norm_hist.png"):
         assert (out / f).stat().st_size > 1000
     assert main(["analyze", str(tmp_path / "missing")]) == 2
+
+
+def _recs(aurocs: dict[str, list[float]], nc1: float) -> list[dict]:
+    eps = len(next(iter(aurocs.values())))
+    nc = {"nc1": nc1, "nc2_equinorm": 0.2, "nc2_equiangularity": 0.1, "nc3": 0.3, "nc4": 0.05}
+    return [{"epoch": e + 1, "test_acc": 0.9, "nc": nc, "ood": {s: {"auroc": v[e]} for s, v in aurocs.items()}}
+            for e in range(eps)]
+
+
+def test_verdicts_with_seeds_count_only_differences_beyond_the_spread() -> None:
+    from l2ood.analysis.report import verdicts
+
+    # "far": L2 0.90/0.92 vs CE 0.80/0.82 (gap 0.10 >> sd); "near": L2 0.70/0.74 vs CE 0.71/0.73 (gap 0)
+    loaded = [("s0/l2", "l2", _recs({"far": [0.85, 0.90], "near": [0.6, 0.70]}, nc1=1.0)),
+              ("s1/l2", "l2", _recs({"far": [0.86, 0.92], "near": [0.6, 0.74]}, nc1=1.2)),
+              ("s0/ce", "ce", _recs({"far": [0.70, 0.80], "near": [0.6, 0.71]}, nc1=0.5)),
+              ("s1/ce", "ce", _recs({"far": [0.72, 0.82], "near": [0.6, 0.73]}, nc1=0.52))]
+    text = "\n".join(verdicts(loaded, ["far", "near"]))
+    assert "PARTLY HOLDS** (L2 better on 1/2 OoD sets, CE better on 0)" in text
+    assert "| far | 91.00 ± 1.41 | 81.00 ± 1.41 | +10.00 |" in text
+    assert "| near | 72.00 ± 2.83 | 72.00 ± 1.41 | +0.00 (within seed spread) |" in text
+    # (b): CE's final mean AUROC is (81 + 72) / 2 = 76.5; L2's mean curve is 72.75 then 81.5 -> epoch 2 both
+    assert "DOES NOT HOLD: L2 reaches the CE final mean AUROC (76.50 %) at epoch 2; CE itself first" in text
+    # (c): nc1 1.1 ± 0.14 vs 0.51 ± 0.014 differs (54 %, beyond spread); the other metrics are equal
+    assert "1/5 metrics differ by more than 25 % and beyond the seed spread" in text
+    single = "\n".join(verdicts([loaded[0], loaded[2]], ["far", "near"]))
+    assert "one run each" in single and "PARTLY HOLDS** (L2 better on 1/2 OoD sets, CE better on 1)" in single

@@ -8,6 +8,10 @@ Claims checked, from the numbers alone (Haas, Yolland & Rabus, TMLR 2024):
     runs' mean AUROC (averaged over OoD sets) is ≥ the CE runs' final mean AUROC.
 (c) NC metrics differ between L2 and CE: final-epoch values; a metric "differs" when the relative
     difference |L2 − CE| / max(|L2|, |CE|) exceeds 25 % (a threshold we state, not a test).
+
+With several runs (seeds) per head, curves and tables show mean ± standard deviation over runs, and a
+difference counts in (a) and (c) only when it also exceeds the seed spread
+sqrt(sd_L2² + sd_CE²); smaller differences are reported as "within seed spread".
 """
 
 from __future__ import annotations
@@ -58,7 +62,8 @@ def _series(recs: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarra
 Loaded = list[tuple[str, str, list[dict[str, Any]]]]  # (run path, head, track records)
 
 
-def _mean_by_head(runs: Loaded, key: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _mean_by_head(runs: Loaded, key: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+    """Per head: ``(epochs tracked by all its runs, mean, std over runs, number of runs)``."""
     groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
     for _, head, recs in runs:
         groups[head].append(_series(recs, key))
@@ -66,8 +71,22 @@ def _mean_by_head(runs: Loaded, key: str) -> dict[str, tuple[np.ndarray, np.ndar
     for head, ss in groups.items():
         common = sorted(set.intersection(*[set(e.tolist()) for e, _ in ss]))
         vals = np.array([[v[list(e).index(c)] for c in common] for e, v in ss])
-        out[head] = (np.array(common), vals.mean(0))
+        out[head] = (np.array(common), vals.mean(0), vals.std(0, ddof=1) if len(ss) > 1 else 0 * vals[0], len(ss))
     return out
+
+
+def _pm(mean: float, sd: float, n: int, scale: float = 1.0, fmt: str = ".2f") -> str:
+    return f"{scale * mean:{fmt}}" + (f" ± {scale * sd:{fmt}}" if n > 1 else "")
+
+
+def _plot_heads(ax: Any, loaded: Loaded, key: str, scale: float = 1.0) -> None:
+    """One line per head: the run itself, or the mean over runs with a ±1 std band."""
+    for head, (ep, mean, sd, n) in _mean_by_head(loaded, key).items():
+        color = COLORS.get(head)
+        label = head.upper() + (f" (mean ± sd, {n} runs)" if n > 1 else "")
+        ax.plot(ep, scale * mean, "-o", ms=3, color=color, label=label)
+        if n > 1:
+            ax.fill_between(ep, scale * (mean - sd), scale * (mean + sd), color=color, alpha=0.2)
 
 
 def analyze(runs: list[str | Path], out_dir: str | Path, hist_epochs: list[int] | None = None) -> Path:
@@ -79,10 +98,7 @@ def analyze(runs: list[str | Path], out_dir: str | Path, hist_epochs: list[int] 
 
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
     for ax, key in zip(axes.flat, (*NC_KEYS, "test_acc"), strict=True):
-        for name, head, recs in loaded:
-            ep, v = _series(recs, key)
-            label = f"{head.upper()} {Path(name).parent.name}/{Path(name).name}"
-            ax.plot(ep, v, "-o", ms=3, color=COLORS.get(head), alpha=0.8, label=label)
+        _plot_heads(ax, loaded, key)
         if key == "nc1":
             ax.set_yscale("log")
         ax.set_title(key)
@@ -95,9 +111,7 @@ def analyze(runs: list[str | Path], out_dir: str | Path, hist_epochs: list[int] 
 
     fig, axes = plt.subplots(1, len(ood_sets), figsize=(4 * len(ood_sets), 3.4), squeeze=False)
     for ax, s in zip(axes[0], ood_sets, strict=True):
-        for _, head, recs in loaded:
-            ep, v = _series(recs, f"auroc:{s}")
-            ax.plot(ep, 100 * v, "-o", ms=3, color=COLORS.get(head), alpha=0.8, label=f"{head.upper()}")
+        _plot_heads(ax, loaded, f"auroc:{s}", scale=100)
         ax.set_title(f"feature-norm AUROC vs {s}")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -107,10 +121,11 @@ def analyze(runs: list[str | Path], out_dir: str | Path, hist_epochs: list[int] 
     fig.savefig(out / "auroc.png", dpi=100)
     plt.close(fig)
 
-    # histograms at chosen epochs (default: first and last tracked), one row per run
+    # histograms at chosen epochs (default: first and last tracked), one row per head (its first run)
     eps = hist_epochs or sorted({loaded[0][2][0]["epoch"], loaded[0][2][-1]["epoch"]})
-    fig, axes = plt.subplots(len(loaded), len(eps), figsize=(4.2 * len(eps), 2.8 * len(loaded)), squeeze=False)
-    for i, (name, head, _) in enumerate(loaded):
+    firsts = list({head: (name, head, recs) for name, head, recs in reversed(loaded)}.values())[::-1]
+    fig, axes = plt.subplots(len(firsts), len(eps), figsize=(4.2 * len(eps), 2.8 * len(firsts)), squeeze=False)
+    for i, (name, head, _) in enumerate(firsts):
         for j, e in enumerate(eps):
             ax = axes[i][j]
             f = Path(name) / "track" / f"epoch-{e:04d}.npz"
@@ -123,7 +138,7 @@ def analyze(runs: list[str | Path], out_dir: str | Path, hist_epochs: list[int] 
             bins = np.linspace(0, hi, 60)
             for k, a in arrays.items():
                 ax.hist(a, bins=bins, density=True, alpha=0.45, label="ID" if k == "id" else k)
-            ax.set_title(f"{head.upper()} ({Path(name).name}) epoch {e}: ‖z‖", fontsize=8)
+            ax.set_title(f"{head.upper()} ({Path(name).parent.name}/{Path(name).name}) epoch {e}: ‖z‖", fontsize=8)
             ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(out / "norm_hist.png", dpi=100)
@@ -138,26 +153,37 @@ def analyze(runs: list[str | Path], out_dir: str | Path, hist_epochs: list[int] 
     return path
 
 
+def _beyond_spread(a: float, sa: float, b: float, sb: float, n: int) -> bool:
+    return n < 2 or abs(a - b) > float(np.hypot(sa, sb))
+
+
 def verdicts(loaded: Loaded, ood_sets: list[str]) -> list[str]:
     """Markdown verdict section for claims (a)–(c); needs runs of both heads ``l2`` and ``ce``."""
     heads = {h for _, h, _ in loaded}
     if not {"l2", "ce"} <= heads:
         return ["## Verdicts", "", f"Not computed: need runs of both heads l2 and ce (got {sorted(heads)})."]
-    out = ["## Verdicts", ""]
+    counts = {h: sum(1 for _, hh, _ in loaded if hh == h) for h in ("l2", "ce")}
+    n = min(counts.values())
+    out = ["## Verdicts", "", f"Runs: {counts['l2']} L2, {counts['ce']} CE"
+           + (" — values are mean ± sd over runs; a difference counts only beyond the seed spread "
+              "sqrt(sd_L2² + sd_CE²)." if n > 1 else " (one run each: no seed spread to compare against)."), ""]
     rows = []
-    better = 0
+    better = worse = 0
     for s in ood_sets:
         m = _mean_by_head(loaded, f"auroc:{s}")
-        l2, ce = m["l2"][1][-1], m["ce"][1][-1]
-        better += l2 > ce
-        rows.append(f"| {s} | {100 * l2:.2f} | {100 * ce:.2f} | {100 * (l2 - ce):+.2f} |")
+        (_, l2, l2s, _), (_, ce, ces, _) = m["l2"], m["ce"]
+        real = _beyond_spread(l2[-1], l2s[-1], ce[-1], ces[-1], n)
+        better += real and l2[-1] > ce[-1]
+        worse += real and l2[-1] < ce[-1]
+        rows.append(f"| {s} | {_pm(l2[-1], l2s[-1], n, 100)} | {_pm(ce[-1], ces[-1], n, 100)} | "
+                    f"{100 * (l2[-1] - ce[-1]):+.2f}{'' if real else ' (within seed spread)'} |")
     holds = "HOLDS" if better == len(ood_sets) else ("PARTLY HOLDS" if better else "DOES NOT HOLD")
     out += [f"**(a) ‖z‖ separates ID/OoD better after L2 than after CE: {holds}** "
-            f"({better}/{len(ood_sets)} OoD sets).", "",
+            f"(L2 better on {better}/{len(ood_sets)} OoD sets, CE better on {worse}).", "",
             "| OoD set | L2 final AUROC | CE final AUROC | L2 − CE |", "|---|---|---|---|", *rows, ""]
     m = _mean_by_head(loaded, "auroc_mean")
-    ce_ep, ce_v = m["ce"]
-    l2_ep, l2_v = m["l2"]
+    ce_ep, ce_v = m["ce"][:2]
+    l2_ep, l2_v = m["l2"][:2]
     target = ce_v[-1]
     reach = next((int(e) for e, v in zip(l2_ep, l2_v, strict=True) if v >= target), None)
     ce_reach = next((int(e) for e, v in zip(ce_ep, ce_v, strict=True) if v >= target), int(ce_ep[-1]))
@@ -167,15 +193,19 @@ def verdicts(loaded: Loaded, ood_sets: list[str]) -> list[str]:
         verdict_b = (f"{'HOLDS' if reach < ce_reach else 'DOES NOT HOLD'}: L2 reaches the CE final mean AUROC "
                      f"({100 * target:.2f} %) at epoch {reach}; CE itself first reaches it at epoch {ce_reach} "
                      f"(of {int(ce_ep[-1])})")
-    out += [f"**(b) L2 reaches CE's final AUROC in fewer epochs: {verdict_b}.**", ""]
+    curve = " · ".join(f"{int(e)}: {100 * a:.1f}/{100 * b:.1f}" for e, a, b in zip(l2_ep, l2_v, ce_v, strict=False))
+    out += [f"**(b) L2 reaches CE's final AUROC in fewer epochs: {verdict_b}.**", "",
+            f"Mean feature-norm AUROC over the OoD sets, epoch: L2/CE — {curve}.", ""]
     rows, n_diff = [], 0
     for k in NC_KEYS:
         mm = _mean_by_head(loaded, k)
-        a, b = mm["l2"][1][-1], mm["ce"][1][-1]
-        rel = abs(a - b) / max(abs(a), abs(b), 1e-12)
-        n_diff += rel > DIFF_THRESHOLD
-        rows.append(f"| {k} | {a:.4g} | {b:.4g} | {100 * rel:.0f} % |")
+        (_, a, sa, _), (_, b, sb, _) = mm["l2"], mm["ce"]
+        rel = abs(a[-1] - b[-1]) / max(abs(a[-1]), abs(b[-1]), 1e-12)
+        real = _beyond_spread(a[-1], sa[-1], b[-1], sb[-1], n)
+        n_diff += rel > DIFF_THRESHOLD and real
+        rows.append(f"| {k} | {_pm(a[-1], sa[-1], n, fmt='.4g')} | {_pm(b[-1], sb[-1], n, fmt='.4g')} | "
+                    f"{100 * rel:.0f} %{'' if real else ' (within seed spread)'} |")
     out += [f"**(c) NC metrics differ between L2 and CE: {n_diff}/{len(NC_KEYS)} metrics differ by more than "
-            f"{100 * DIFF_THRESHOLD:.0f} %.**", "", "| metric (final epoch) | L2 | CE | relative difference |",
-            "|---|---|---|---|", *rows, ""]
+            f"{100 * DIFF_THRESHOLD:.0f} %" + (" and beyond the seed spread" if n > 1 else "") + ".**", "",
+            "| metric (final epoch) | L2 | CE | relative difference |", "|---|---|---|---|", *rows, ""]
     return out
