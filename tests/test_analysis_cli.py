@@ -50,9 +50,10 @@ def test_track_and_analyze(tmp_path: Path, data_root: Path, capsys: pytest.Captu
 
 def _recs(aurocs: dict[str, list[float]], nc1: float) -> list[dict]:
     eps = len(next(iter(aurocs.values())))
-    nc = {"nc1": nc1, "nc2_equinorm": 0.2, "nc2_equiangularity": 0.1, "nc3": 0.3, "nc4": 0.05}
-    return [{"epoch": e + 1, "test_acc": 0.9, "nc": nc, "ood": {s: {"auroc": v[e]} for s, v in aurocs.items()}}
-            for e in range(eps)]
+    nc = {"nc1": nc1, "nc2_equinorm": 0.2, "nc2_equiangularity": 0.1, "nc3": 0.3, "nc4": 0.05,
+          "norm_mean_per_class": [4.0, 6.0]}
+    return [{"epoch": e + 1, "test_acc": 0.9, "nc": nc, "id_norm_mean": 5.0, "id_norm_std": 1.0,
+             "ood": {s: {"auroc": v[e], "norm_mean": 2.0} for s, v in aurocs.items()}} for e in range(eps)]
 
 
 def test_verdicts_with_seeds_count_only_differences_beyond_the_spread() -> None:
@@ -73,3 +74,11 @@ def test_verdicts_with_seeds_count_only_differences_beyond_the_spread() -> None:
     assert "1/5 metrics differ by more than 25 % and beyond the seed spread" in text
     single = "\n".join(verdicts([loaded[0], loaded[2]], ["far", "near"]))
     assert "one run each" in single and "PARTLY HOLDS** (L2 better on 1/2 OoD sets, CE better on 1)" in single
+
+
+def test_norm_table_ratios() -> None:
+    from l2ood.analysis.report import norm_table
+
+    loaded = [("s0/l2", "l2", _recs({"far": [0.9]}, nc1=1.0)), ("s1/l2", "l2", _recs({"far": [0.9]}, nc1=1.0))]
+    text = "\n".join(norm_table(loaded, ["far"]))
+    assert "| L2 | 2 | 5 (1) | 0.40 | 0.200 |" in text  # OoD 2 / ID 5; per-class means 4, 6: sd 1 / mean 5

@@ -148,6 +148,7 @@ def analyze(runs: list[str | Path], out_dir: str | Path, hist_epochs: list[int] 
              "![NC metrics](nc.png)", "", "![feature-norm AUROC](auroc.png)", "",
              "![norm histograms](norm_hist.png)", ""]
     lines += verdicts(loaded, ood_sets)
+    lines += norm_table(loaded, ood_sets)
     path = out / "analysis.md"
     path.write_text("\n".join(lines))
     return path
@@ -209,3 +210,25 @@ def verdicts(loaded: Loaded, ood_sets: list[str]) -> list[str]:
             f"{100 * DIFF_THRESHOLD:.0f} %" + (" and beyond the seed spread" if n > 1 else "") + ".**", "",
             "| metric (final epoch) | L2 | CE | relative difference |", "|---|---|---|---|", *rows, ""]
     return out
+
+
+def norm_table(loaded: Loaded, ood_sets: list[str]) -> list[str]:
+    """Final-epoch ‖z‖ per head: ID test mean, each OoD set's mean as a ratio of it, and the spread of
+    the per-class means of the training features (coefficient of variation); mean over runs."""
+    out = ["## Feature norms at the final epoch", "",
+           "‖z‖ of the ID test images, each OoD set's mean ‖z‖ divided by the ID mean (< 1: OoD smaller, as "
+           "the method needs), and the coefficient of variation of the per-class mean ‖z‖ on training images.",
+           "", "| head | runs | ID ‖z‖ mean (sd) | " + " | ".join(f"{s} / ID" for s in ood_sets)
+           + " | per-class CV |", "|---|---|---|" + "---|" * len(ood_sets) + "---|"]
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for _, head, recs in loaded:
+        groups[head].append(recs[-1])
+    for head, finals in groups.items():
+        idm = float(np.mean([r["id_norm_mean"] for r in finals]))
+        ids = float(np.mean([r["id_norm_std"] for r in finals]))
+        ratios = [float(np.mean([r["ood"][s]["norm_mean"] / r["id_norm_mean"] for r in finals])) for s in ood_sets]
+        cv = float(np.mean([np.std(r["nc"]["norm_mean_per_class"]) / np.mean(r["nc"]["norm_mean_per_class"])
+                            for r in finals]))
+        out.append(f"| {head.upper()} | {len(finals)} | {idm:.3g} ({ids:.3g}) | "
+                   + " | ".join(f"{x:.2f}" for x in ratios) + f" | {cv:.3f} |")
+    return [*out, ""]
