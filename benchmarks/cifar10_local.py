@@ -16,6 +16,7 @@ from pathlib import Path
 
 from l2ood.bench import OPENOOD_CIFAR10_RESNET18, BenchSpec, aggregate, run_bench
 from l2ood.evaluation import parse_detectors
+from l2ood.models import ModelConfig, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,11 +42,12 @@ def main() -> None:
     table = md.read_text().split("\n", 2)[2]
     ref = "\n".join(f"| {k} | {v[0]:.2f} | {v[1]:.2f} |" for k, v in OPENOOD_CIFAR10_RESNET18.items())
     cmd = "python benchmarks/cifar10_local.py " + " ".join(a for a in sys.argv[1:] if a != "--render-only")
+    n_params = sum(p.numel() for p in build_model(ModelConfig(width=args.width)).parameters())
     doc = f"""# Results: CIFAR-10 (JPEG copy) on a 2-core CPU
 
 Produced by `{cmd}` (= `l2ood bench --benchmark cifar10-local --recipe cpu-small --epochs {args.epochs}
 --width {args.width} --n-ood {args.n_ood} --variants ce,l2,logitnorm,t2fnorm --detectors all
---data-root ../shared/data`).
+--data-root {args.data_root}`).
 
 Data (../shared/data, see its SOURCES.md): ID = **CIFAR-10 (JPEG copy)** — a public copy re-encoded as JPEG
 quality 75 with 4:2:0 chroma subsampling, train 50 000 / test 10 000; near-OoD = Tiny-ImageNet test resized to
@@ -53,8 +55,9 @@ quality 75 with 4:2:0 chroma subsampling, train 50 000 / test 10 000; near-OoD =
 {args.n_ood} images per OoD set). The OoD sets come through other pipelines than the JPEG-compressed ID images,
 so a detector may partly pick up compression differences. CIFAR-100, SVHN and Places365 are not available here.
 
-Model and schedule: CIFAR ResNet18 at width {args.width} (¼ of the standard 64: ~0.7 M parameters, feature dim
-{8 * args.width}), {args.epochs} epochs, batch 128, SGD Nesterov lr 0.1 cosine, wd 5e-4, crop (pad 4) + flip, bf16
+Model and schedule: CIFAR ResNet18 at width {args.width} ({args.width}/64 of the standard width:
+{n_params / 1e6:.1f} M parameters, feature dim {8 * args.width}), {args.epochs} epochs, batch 128, SGD Nesterov
+lr 0.1 cosine, wd 5e-4, crop (pad 4) + flip, bf16
 autocast on CPU. The paper trains the full-width network for 60 epochs; this is a CPU-sized stand-in and the
 numbers are not comparable in absolute terms.
 

@@ -2,8 +2,9 @@
 
 50 000 × 512 ID training features (the size of ResNet18 features on CIFAR-10's training set),
 10 000 × 512 test features, 10 classes; synthetic class-conditional Gaussians (seeded). Each
-detector runs in a fresh subprocess; peak memory = the process's peak RSS (``ru_maxrss``) during
-fit + score minus the RSS after the inputs were created, so the inputs themselves are not counted.
+detector runs in a fresh subprocess; peak memory = the process's peak RSS (``VmHWM``, reset through
+``/proc/self/clear_refs`` after the inputs were created) during fit + score minus the RSS at that point, so
+the inputs themselves are not counted.
 ODIN is not included (it needs images and the model: its cost is ≈ 3 forward passes per image).
 
     python benchmarks/detector_cost.py            # writes docs/DETECTOR_COST.md
@@ -126,7 +127,8 @@ def main() -> None:
         f"- A dense test × train distance matrix would need {nn_bytes:.0f} MiB in fp32; no detector "
         "allocates one.",
         f"- KNN keeps its normalized bank ({bank:.0f} MiB here, N·D·4 bytes) plus per query chunk a "
-        "`query_chunk × (bank_chunk + k)` similarity block (defaults 1024 × (16384 + 50) × 4 B ≈ 64 MiB).",
+        "similarity block and running top-k of `4·q·(b + D) + 28·q·k` bytes (q = query_chunk 1024, b = bank_chunk "
+        "16384, D = 512, k = 50: ≈ 67 MiB; see `l2ood.detectors.knn`).",
         "- Mahalanobis / RMDS / Mahalanobis++ / ViM stream the training features in chunks of 8192 rows and "
         "accumulate D × D float64 moments (2 MiB for D = 512): extra memory O(chunk·D + D²), independent "
         "of N.",

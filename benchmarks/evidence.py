@@ -10,12 +10,14 @@ Runs ``l2ood train --track every=1`` for each head and seed (reusing finished ru
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
 
 from l2ood.analysis.report import analyze
 from l2ood.cli import main as cli
+from l2ood.evaluation import id_test_set
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,6 +44,8 @@ def main() -> None:
                 if rc:
                     sys.exit(rc)
             runs.append(run)
+    meta = json.loads((runs[0] / "model.json").read_text())
+    id_source = id_test_set(meta)[1]
     out = Path(args.runs) / args.name / "analysis"
     report = analyze(runs, out, [1, args.epochs // 2, args.epochs])
     dest = ROOT / "docs" / "evidence" / args.name
@@ -54,8 +58,8 @@ def main() -> None:
     section = "\n".join([
         f"## {args.name}: {args.dataset} (ID) vs {args.ood.replace(',', ', ')}", "",
         f"Command: `{cmd}` — ResNet18 width {args.width}, {args.epochs} epochs, seeds "
-        f"{', '.join(map(str, args.seeds))}, tracking `{args.track}` (NC metrics on 5 000 un-augmented "
-        "training images; ‖z‖ and AUROC on 2 000 ID test images and 2 000 images per OoD set).", "",
+        f"{', '.join(map(str, args.seeds))}, tracking `{args.track}` (NC metrics on un-augmented training "
+        f"images; ‖z‖ and AUROC on ID test images from {id_source} and on each OoD set).", "",
         f"![NC metrics](evidence/{args.name}/nc.png)", "", f"![AUROC](evidence/{args.name}/auroc.png)", "",
         f"![norm histograms](evidence/{args.name}/norm_hist.png)", "", body, ""])
     doc = ROOT / "docs" / "EVIDENCE.md"

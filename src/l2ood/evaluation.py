@@ -236,6 +236,7 @@ def evaluate_run(
     precision: str = "auto",
     progress: bool = False,
     cache: bool = True,
+    batch_size: int = 512,
 ) -> EvalResult:
     """Load a trained run, its ID test split and the named OoD sets, and evaluate.
 
@@ -252,6 +253,6 @@ def evaluate_run(
     ood_sets = load_ood_sets(ood, root=data_root, n=n_ood, seed=seed, channels=c, size=size)
     fit_set = training_split(meta, data_root) if any(DETECTORS[d].needs_fit for d in detectors) else None
     key = hashlib.sha1((Path(run_dir) / WEIGHTS).read_bytes()).hexdigest()[:16]
-    return evaluate_model(model, meta, id_test, ood_sets, detectors, device=device,
+    return evaluate_model(model, meta, id_test, ood_sets, detectors, device=device, batch_size=batch_size,
                           precision=precision, progress=progress, fit_set=fit_set,
                           cache_dir=Path(run_dir) / "eval" / "cache" if cache else None, model_key=key)

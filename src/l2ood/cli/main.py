@@ -1,4 +1,4 @@
-"""The ``l2ood`` command line: ``train``, ``evaluate``, ``demo``.
+"""The ``l2ood`` command line: ``train``, ``evaluate``, ``demo``, ``calibrate``, ``screen``, ``analyze``, ``bench``.
 
 Errors a user can fix (missing data, bad arguments, unloadable runs) end in one message on stderr
 and exit status 2 — never a traceback.
@@ -46,19 +46,20 @@ def _positive_float(s: str) -> float:
     return v
 
 
-def _add_runtime(p: argparse.ArgumentParser) -> None:
+def _add_runtime(p: argparse.ArgumentParser, data: bool = True) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto: bf16 autocast + channels_last where supported, else fp32")
-    p.add_argument("--data-root", default=None,
-                   help="folder holding data sets (else $L2OOD_DATA, offline copies, download)")
+    if data:
+        p.add_argument("--data-root", default=None,
+                       help="folder holding data sets (else $L2OOD_DATA, offline copies, download)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def _add_train_args(p: argparse.ArgumentParser, epochs: int, width: int) -> None:
+    trainable = [k for k, v in DATASETS.items() if not v.generated and "train" in v.splits]
     p.add_argument("--dataset", default="fashion-mnist",
-                   help=f"ID training data: {', '.join(k for k, v in DATASETS.items() if not v.generated)} "
-                        f"or {', '.join(PARAMETRIC)} (labelled)")
+                   help=f"ID training data: {', '.join(trainable)} or {', '.join(PARAMETRIC)} (labelled)")
     p.add_argument("--arch", default="resnet18", choices=list(ARCHITECTURES))
     p.add_argument("--width", type=_positive_int, default=width, help="first-stage channels (64 = standard)")
     p.add_argument("--epochs", type=_positive_int, default=epochs)
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "RUN/track.jsonl (also n_train=N,n_test=N,n_ood=N); see `l2ood analyze`")
     t.add_argument("--track-ood", default=DEMO_OOD, help=f"OoD sets for --track (default {DEMO_OOD})")
     t.add_argument("--compile", action="store_true",
-                   help="torch.compile the model (GPU: faster after warm-up)")
+                   help="torch.compile the model (measured: no gain on an H200, see docs/PERFORMANCE.md)")
     t.add_argument("--sync-bn", action="store_true",
                    help="under torchrun: BatchNorm statistics over the global batch (CPU and CUDA)")
     _add_runtime(t)
@@ -112,11 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n-ood", type=_positive_int, default=None, help="seeded subset size per OoD set")
     e.add_argument("--n-id", type=_positive_int, default=None, help="seeded subset of the ID test set")
     e.add_argument("--out", default=None, help="report folder (default: RUN/eval, or runs/compare-*)")
-    e.add_argument("--batch-size", type=_positive_int, default=512)
+    e.add_argument("--batch-size", type=_positive_int, default=512, help="images per forward pass")
     _add_runtime(e)
 
-    d = sub.add_parser("demo", help="train L2 + CE twins on Fashion-MNIST, evaluate, report",
-                       description="The main job: trains the L2 model and its CE twin on Fashion-MNIST, "
+    d = sub.add_parser("demo", help="train L2 + CE twins (default Fashion-MNIST), evaluate, report",
+                       description="The main job: trains the L2 model and its CE twin on --dataset "
+                                   "(default Fashion-MNIST), "
                                    f"evaluates against {DEMO_OOD}, prints the table and writes a report. "
                                    "About 5-6 minutes on a 2-core CPU with bf16 (AVX-512-BF16), "
                                    "~2.5x longer in fp32.")
@@ -180,8 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "expectation (assumes exchangeable ID data)")
     c.add_argument("--detector", default="feature_norm", help="screening score (default feature_norm)")
     c.add_argument("--calibration-data", default=None, metavar="NAME",
-                   help="ID data to calibrate on instead of the run's holdout (e.g. npz:PATH); must not "
-                        "overlap the training data")
+                   help="ID data to calibrate on instead of the run's holdout (e.g. npz:PATH; a registered name "
+                        "gives its test split); must overlap neither the training nor the evaluation data")
     c.add_argument("--batch-size", type=_positive_int, default=512)
     _add_runtime(c)
 
@@ -198,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=_positive_int, default=256)
     s.add_argument("--max-pixels", type=_positive_int, default=40_000_000,
                    help="refuse images with more pixels (decompression-bomb guard)")
-    _add_runtime(s)
+    _add_runtime(s, data=False)
     return ap
 
 
@@ -283,7 +285,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     named = []
     for run in args.runs:
         r = evaluate_run(run, ood, detectors, data_root=args.data_root, n_ood=args.n_ood, n_id=args.n_id,
-                         device=args.device, precision=args.precision, progress=not args.no_progress)
+                         device=args.device, precision=args.precision, progress=not args.no_progress,
+                         batch_size=args.batch_size)
         label = f"{Path(run).name} ({r.results['head'].upper()})"
         r.save(Path(run) / "eval")
         named.append((label, r))
@@ -311,7 +314,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                          progress=not args.no_progress)
         r.save(run / "eval")
         named.append((head.upper(), r))
-    _print_and_report(named, out, "l2ood demo: Fashion-MNIST, L2 vs CE")
+    _print_and_report(named, out, f"l2ood demo: {args.dataset}, L2 vs CE")
     print(f"demo finished in {time.perf_counter() - t0:.0f} s")
     return 0
 
