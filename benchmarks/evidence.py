@@ -53,7 +53,7 @@ def main() -> None:
     for f in ("nc.png", "auroc.png", "norm_hist.png"):
         shutil.copy(out / f, dest / f)
     text = report.read_text()
-    body = text[text.index("## Verdicts"):].replace("## Verdicts", "### Verdicts")
+    body = text[text.index("## Verdicts"):].replace("\n## ", "\n### ").replace("## Verdicts", "### Verdicts", 1)
     cmd = "python benchmarks/evidence.py " + " ".join(sys.argv[1:])
     section = "\n".join([
         f"## {args.name}: {args.dataset} (ID) vs {args.ood.replace(',', ', ')}", "",
