@@ -15,7 +15,8 @@ def test_track_spec_parsing() -> None:
     c = TrackConfig.parse("every=3,n_train=100", "mnist,noise")
     assert (c.every, c.n_train, c.ood) == (3, 100, ["mnist", "noise"])
     assert TrackConfig.parse("2").every == 2
-    for bad in ("every=0", "often=2", "every=x"):
+    assert TrackConfig.parse("every=1,n_train=all").n_train is None and TrackConfig.parse("1").n_train == 5000
+    for bad in ("every=0", "often=2", "every=x", "n_test=all"):
         with pytest.raises(ValueError):
             TrackConfig.parse(bad)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from l2ood.analysis.collapse import nc_from_tensors
+from l2ood.analysis.collapse import nc_from_tensors, nc_metrics
 
 
 def simplex_etf(c: int, d: int, scale: float = 3.0) -> torch.Tensor:
@@ -93,3 +93,25 @@ def test_needs_two_classes() -> None:
     with pytest.raises(ValueError, match="two classes"):
         nc_from_tensors(torch.randn(5, 3), torch.randn(5, 2), torch.zeros(5, dtype=torch.long),
                         torch.randn(2, 3))
+
+
+def test_nc_streamed_through_the_model_equals_in_memory_extraction() -> None:
+    from l2ood.data import ImageSet
+    from l2ood.detectors import extract, iter_batches
+    from l2ood.models import ModelConfig, build_model
+    from l2ood.runtime import resolve_runtime
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(width=4, num_classes=3, in_channels=1, image_size=(16, 16)))
+    ds = ImageSet(name="x", images=torch.randint(0, 256, (70, 1, 16, 16), dtype=torch.uint8),
+                  labels=torch.arange(70) % 3)
+    rt = resolve_runtime("cpu", "fp32")
+    w = model.fc.weight.detach().float()
+    ext = extract(model, ds, rt)
+    a = nc_from_tensors(ext.features, ext.logits, ext.labels, w, 3)
+    gen = iter_batches(model, ds, rt, batch_size=16)
+    next(gen)
+    assert torch.is_grad_enabled()  # a suspended generator does not leak no-grad into the caller
+    b = nc_metrics(lambda: iter_batches(model, ds, rt, batch_size=16), w, 3)
+    for k in ("nc1", "nc2_equinorm", "nc2_equiangularity", "nc3", "nc4", "norm_mean"):
+        assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), k

@@ -2,10 +2,11 @@
 
 Every K epochs (and after the last), on rank 0 with the model in eval mode, the tracker records to
 ``RUN/track.jsonl``: the NC metrics (:mod:`l2ood.analysis.collapse`) of a fixed seeded subset of the
-ID training images (un-augmented), ID test accuracy, ‖z‖ statistics for the ID test subset and for
+ID training images (un-augmented; ``n_train=all``: the whole training split), streamed in batches
+so memory stays O(batch·D) whatever the size, ID test accuracy, ‖z‖ statistics for the ID test subset and for
 each configured OoD set, and the AUROC / FPR@95 of the feature-norm score per OoD set. The raw
 norms of that epoch go to ``RUN/track/epoch-XXXX.npz`` for histograms. Cost per tracked epoch:
-one forward pass over ``n_train + n_test + Σ n_ood`` images.
+forward passes over ``2·n_train + n_test + Σ n_ood`` images (NC4 needs a second pass).
 """
 
 from __future__ import annotations
@@ -17,24 +18,25 @@ from typing import Any
 import numpy as np
 
 from ..data import ImageSet, load_dataset, to_format
-from ..detectors import extract
+from ..detectors import extract, iter_batches
 from ..metrics import ood_metrics
 from ..models import Classifier
 from ..runtime import Runtime
-from .collapse import nc_from_tensors
+from .collapse import nc_metrics
 
 
 @dataclass
 class TrackConfig:
     every: int = 1
     ood: list[str] = field(default_factory=lambda: ["mnist", "textures", "noise"])
-    n_train: int = 5000
+    n_train: int | None = 5000  # None: the whole training split (streamed)
     n_test: int = 2000
     n_ood: int = 2000
 
     @classmethod
     def parse(cls, spec: str, ood: str | None = None) -> TrackConfig:
-        """``"every=K"`` (or ``"K"``), optionally ``",n_train=N,n_test=N,n_ood=N"``."""
+        """``"every=K"`` (or ``"K"``), optionally ``",n_train=N,n_test=N,n_ood=N"``; ``n_train=all`` streams
+        the NC metrics over the whole training split."""
         cfg = cls()
         for part in spec.split(","):
             part = part.strip()
@@ -43,6 +45,9 @@ class TrackConfig:
             key, _, val = part.partition("=") if "=" in part else ("every", "", part)
             if key not in ("every", "n_train", "n_test", "n_ood"):
                 raise ValueError(f"--track: unknown key '{key}' (use every=K, n_train=N, n_test=N, n_ood=N)")
+            if key == "n_train" and val == "all":
+                cfg.n_train = None
+                continue
             try:
                 v = int(val)
             except ValueError:
@@ -84,9 +89,9 @@ class Tracker:
     def __call__(self, epoch: int, model: Classifier) -> dict[str, Any] | None:
         if epoch % self.cfg.every and epoch != self.total:
             return None
-        tr = extract(model, self.train, self.rt)
-        nc = nc_from_tensors(tr.features, tr.logits, tr.labels, model.fc.weight.detach().float().cpu(),
-                             self.num_classes)
+        # streamed: two forward passes over the training images (moments, then NC4), memory O(batch·D)
+        nc = nc_metrics(lambda: iter_batches(model, self.train, self.rt), model.fc.weight.detach().float().cpu(),
+                        self.num_classes)
         te = extract(model, self.test, self.rt)
         acc = float((te.logits.argmax(1) == te.labels).float().mean()) if te.labels is not None else None
         id_norm = te.features.norm(dim=1).numpy()

@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also checkpoint every N steps inside an epoch (0: at epoch ends only)")
     t.add_argument("--track", default=None, metavar="every=K",
                    help="every K epochs record NC metrics, ||z|| statistics and feature-norm AUROC to "
-                        "RUN/track.jsonl (also n_train=N,n_test=N,n_ood=N); see `l2ood analyze`")
+                        "RUN/track.jsonl (also n_train=N|all,n_test=N,n_ood=N); see `l2ood analyze`")
     t.add_argument("--track-ood", default=DEMO_OOD, help=f"OoD sets for --track (default {DEMO_OOD})")
     t.add_argument("--compile", action="store_true",
                    help="torch.compile the model (measured: no gain on an H200, see docs/PERFORMANCE.md)")

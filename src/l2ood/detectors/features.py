@@ -90,11 +90,13 @@ class Extraction:
 
 
 @torch.no_grad()
-def extract(model: Classifier, data: ImageSet, rt: Runtime, batch_size: int = 512,
-            progress: bool = False, desc: str | None = None) -> Extraction:
-    """Features and logits of every image in ``data`` (one forward pass, eval mode)."""
+def iter_batches(model: Classifier, data: ImageSet, rt: Runtime, batch_size: int = 512, progress: bool = False,
+                 desc: str | None = None) -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
+    """``(features, logits, labels)`` per batch of ``data`` (fp32, on the CPU; eval mode; no grad — the
+    decorator switches it off around each step of the generator only).
+
+    For statistics streamed over a large set without keeping all features (memory O(batch·D))."""
     model.eval()
-    feats, logits = [], []
     n = len(data)
     for s in tqdm(range(0, n, batch_size), desc=desc or f"extract {data.name}", disable=not progress,
                   leave=False, unit="batch"):
@@ -103,8 +105,17 @@ def extract(model: Classifier, data: ImageSet, rt: Runtime, batch_size: int = 51
             x = x.contiguous(memory_format=torch.channels_last)
         with rt.autocast():
             out = model(x)
-        feats.append(out.features.float().cpu())
-        logits.append(out.logits.float().cpu())
+        yield (out.features.float().cpu(), out.logits.float().cpu(),
+               None if data.labels is None else data.labels[s : s + batch_size])
+
+
+def extract(model: Classifier, data: ImageSet, rt: Runtime, batch_size: int = 512,
+            progress: bool = False, desc: str | None = None) -> Extraction:
+    """Features and logits of every image in ``data`` (one forward pass, eval mode)."""
+    feats, logits = [], []
+    for f, lg, _ in iter_batches(model, data, rt, batch_size, progress, desc):
+        feats.append(f)
+        logits.append(lg)
     d = model.fc.in_features
     c = model.fc.out_features
     return Extraction(
