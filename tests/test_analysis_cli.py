@@ -46,6 +46,8 @@ def test_track_and_analyze(tmp_path: Path, data_root: Path, capsys: pytest.Captu
     assert "HOLD" in text
     for f in ("nc.png", "auroc.png", "norm_hist.png"):
         assert (out / f).stat().st_size > 1000
+    summary = json.loads((out / "analysis.json").read_text())
+    assert [r["head"] for r in summary["runs"]] == ["l2", "ce"] and summary["verdicts"]["a"]["verdict"] in text
     assert main(["analyze", str(tmp_path / "missing")]) == 2
 
 
@@ -58,7 +60,7 @@ def _recs(aurocs: dict[str, list[float]], nc1: float) -> list[dict]:
 
 
 def test_verdicts_with_seeds_count_only_differences_beyond_the_spread() -> None:
-    from l2ood.analysis.report import verdicts
+    from l2ood.analysis.report import verdict_data, verdicts
 
     # "far": L2 0.90/0.92 vs CE 0.80/0.82 (gap 0.10 >> sd); "near": L2 0.70/0.74 vs CE 0.71/0.73 (gap 0)
     loaded = [("s0/l2", "l2", _recs({"far": [0.85, 0.90], "near": [0.6, 0.70]}, nc1=1.0)),
@@ -75,6 +77,9 @@ def test_verdicts_with_seeds_count_only_differences_beyond_the_spread() -> None:
     assert "L2 runs: 2, 2; CE runs: never, 2." in text
     # (c): nc1 1.1 ± 0.14 vs 0.51 ± 0.014 differs (54 %, beyond spread); the other metrics are equal
     assert "1/5 metrics differ by more than 25 % and beyond the seed spread" in text
+    data = json.loads(json.dumps(verdict_data(loaded, ["far", "near"])))  # JSON-ready
+    assert data["a"]["l2_better"] == 1 and data["b"]["per_run"] == {"l2": [2, 2], "ce": [None, 2]}
+    assert [r["differs"] for r in data["c"]["metrics"]] == [True, False, False, False, False]
     single = "\n".join(verdicts([loaded[0], loaded[2]], ["far", "near"]))
     assert "one run each" in single and "PARTLY HOLDS** (L2 better on 1/2 OoD sets, CE better on 1)" in single
 

@@ -90,7 +90,8 @@ def _plot_heads(ax: Any, loaded: Loaded, key: str, scale: float = 1.0) -> None:
 
 
 def analyze(runs: list[str | Path], out_dir: str | Path, hist_epochs: list[int] | None = None) -> Path:
-    """Write ``nc.png``, ``auroc.png``, ``norm_hist.png`` and ``analysis.md`` (with verdicts)."""
+    """Write ``nc.png``, ``auroc.png``, ``norm_hist.png``, ``analysis.md`` (with verdicts) and
+    ``analysis.json`` (the numbers behind the verdicts)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     loaded = [(str(r), *load_track(r)) for r in runs]
@@ -151,67 +152,94 @@ def analyze(runs: list[str | Path], out_dir: str | Path, hist_epochs: list[int] 
     lines += norm_table(loaded, ood_sets)
     path = out / "analysis.md"
     path.write_text("\n".join(lines))
+    summary = {"runs": [{"run": name, "head": head} for name, head, _ in loaded], "ood_sets": ood_sets,
+               "verdicts": verdict_data(loaded, ood_sets)}
+    (out / "analysis.json").write_text(json.dumps(summary, indent=1))
     return path
 
 
 def _beyond_spread(a: float, sa: float, b: float, sb: float, n: int) -> bool:
-    return n < 2 or abs(a - b) > float(np.hypot(sa, sb))
+    return bool(n < 2 or abs(a - b) > float(np.hypot(sa, sb)))
 
 
-def verdicts(loaded: Loaded, ood_sets: list[str]) -> list[str]:
-    """Markdown verdict section for claims (a)–(c); needs runs of both heads ``l2`` and ``ce``."""
-    heads = {h for _, h, _ in loaded}
-    if not {"l2", "ce"} <= heads:
-        return ["## Verdicts", "", f"Not computed: need runs of both heads l2 and ce (got {sorted(heads)})."]
+def verdict_data(loaded: Loaded, ood_sets: list[str]) -> dict[str, Any] | None:
+    """The numbers behind claims (a)–(c) (JSON-ready); ``None`` without runs of both ``l2`` and ``ce``."""
+    if not {"l2", "ce"} <= {h for _, h, _ in loaded}:
+        return None
     counts = {h: sum(1 for _, hh, _ in loaded if hh == h) for h in ("l2", "ce")}
     n = min(counts.values())
-    out = ["## Verdicts", "", f"Runs: {counts['l2']} L2, {counts['ce']} CE"
-           + (" — values are mean ± sd over runs; a difference counts only beyond the seed spread "
-              "sqrt(sd_L2² + sd_CE²)." if n > 1 else " (one run each: no seed spread to compare against)."), ""]
-    rows = []
-    better = worse = 0
+    rows_a = []
     for s in ood_sets:
         m = _mean_by_head(loaded, f"auroc:{s}")
         (_, l2, l2s, _), (_, ce, ces, _) = m["l2"], m["ce"]
-        real = _beyond_spread(l2[-1], l2s[-1], ce[-1], ces[-1], n)
-        better += real and l2[-1] > ce[-1]
-        worse += real and l2[-1] < ce[-1]
-        rows.append(f"| {s} | {_pm(l2[-1], l2s[-1], n, 100)} | {_pm(ce[-1], ces[-1], n, 100)} | "
-                    f"{100 * (l2[-1] - ce[-1]):+.2f}{'' if real else ' (within seed spread)'} |")
-    holds = "HOLDS" if better == len(ood_sets) else ("PARTLY HOLDS" if better else "DOES NOT HOLD")
-    out += [f"**(a) ‖z‖ separates ID/OoD better after L2 than after CE: {holds}** "
-            f"(L2 better on {better}/{len(ood_sets)} OoD sets, CE better on {worse}).", "",
-            "| OoD set | L2 final AUROC | CE final AUROC | L2 − CE |", "|---|---|---|---|", *rows, ""]
+        rows_a.append({"ood": s, "l2": float(l2[-1]), "l2_sd": float(l2s[-1]), "ce": float(ce[-1]),
+                       "ce_sd": float(ces[-1]), "beyond_spread": _beyond_spread(l2[-1], l2s[-1], ce[-1], ces[-1], n)})
+    better = sum(r["beyond_spread"] and r["l2"] > r["ce"] for r in rows_a)
+    worse = sum(r["beyond_spread"] and r["l2"] < r["ce"] for r in rows_a)
     m = _mean_by_head(loaded, "auroc_mean")
     ce_ep, ce_v = m["ce"][:2]
     l2_ep, l2_v = m["l2"][:2]
-    target = ce_v[-1]
+    target = float(ce_v[-1])
     reach = next((int(e) for e, v in zip(l2_ep, l2_v, strict=True) if v >= target), None)
     ce_reach = next((int(e) for e, v in zip(ce_ep, ce_v, strict=True) if v >= target), int(ce_ep[-1]))
-    if reach is None:
-        verdict_b = f"DOES NOT HOLD: L2 never reaches the CE final mean AUROC {100 * target:.2f} %"
-    else:
-        verdict_b = (f"{'HOLDS' if reach < ce_reach else 'DOES NOT HOLD'}: L2 reaches the CE final mean AUROC "
-                     f"({100 * target:.2f} %) at epoch {reach}; CE itself first reaches it at epoch {ce_reach} "
-                     f"(of {int(ce_ep[-1])})")
     per_run = {h: [next((int(e) for e, v in zip(*_series(recs, "auroc_mean"), strict=True) if v >= target), None)
                    for _, hh, recs in loaded if hh == h] for h in ("l2", "ce")}
-    runs_b = "; ".join(f"{h.upper()} runs: " + ", ".join("never" if e is None else str(e) for e in eps)
-                       for h, eps in per_run.items())
-    curve = " · ".join(f"{int(e)}: {100 * a:.1f}/{100 * b:.1f}" for e, a, b in zip(l2_ep, l2_v, ce_v, strict=False))
-    out += [f"**(b) L2 reaches CE's final AUROC in fewer epochs: {verdict_b}.**", "",
-            f"First epoch at which each run's own mean AUROC reaches that target — {runs_b}.", "",
-            f"Mean feature-norm AUROC over the OoD sets, epoch: L2/CE — {curve}.", ""]
-    rows, n_diff = [], 0
+    rows_c = []
     for k in NC_KEYS:
         mm = _mean_by_head(loaded, k)
         (_, a, sa, _), (_, b, sb, _) = mm["l2"], mm["ce"]
         rel = abs(a[-1] - b[-1]) / max(abs(a[-1]), abs(b[-1]), 1e-12)
         real = _beyond_spread(a[-1], sa[-1], b[-1], sb[-1], n)
-        n_diff += rel > DIFF_THRESHOLD and real
-        rows.append(f"| {k} | {_pm(a[-1], sa[-1], n, fmt='.3g')} | {_pm(b[-1], sb[-1], n, fmt='.3g')} | "
-                    f"{100 * rel:.0f} %{'' if real else ' (within seed spread)'} |")
-    out += [f"**(c) NC metrics differ between L2 and CE: {n_diff}/{len(NC_KEYS)} metrics differ by more than "
+        rows_c.append({"metric": k, "l2": float(a[-1]), "l2_sd": float(sa[-1]), "ce": float(b[-1]),
+                       "ce_sd": float(sb[-1]), "relative_difference": float(rel), "beyond_spread": real,
+                       "differs": bool(rel > DIFF_THRESHOLD and real)})
+    return {
+        "runs": counts,
+        "a": {"verdict": "HOLDS" if better == len(ood_sets) else ("PARTLY HOLDS" if better else "DOES NOT HOLD"),
+              "l2_better": better, "ce_better": worse, "sets": rows_a},
+        "b": {"verdict": "HOLDS" if reach is not None and reach < ce_reach else "DOES NOT HOLD",
+              "target_auroc": target, "l2_epoch": reach, "ce_epoch": ce_reach, "epochs": int(ce_ep[-1]),
+              "per_run": per_run,
+              "curve": [{"epoch": int(e), "l2": float(a), "ce": float(b)}
+                        for e, a, b in zip(l2_ep, l2_v, ce_v, strict=False)]},
+        "c": {"threshold": DIFF_THRESHOLD, "n_differ": sum(r["differs"] for r in rows_c), "metrics": rows_c},
+    }
+
+
+def verdicts(loaded: Loaded, ood_sets: list[str]) -> list[str]:
+    """Markdown verdict section for claims (a)–(c); needs runs of both heads ``l2`` and ``ce``."""
+    v = verdict_data(loaded, ood_sets)
+    if v is None:
+        heads = sorted({h for _, h, _ in loaded})
+        return ["## Verdicts", "", f"Not computed: need runs of both heads l2 and ce (got {heads})."]
+    counts, n = v["runs"], min(v["runs"].values())
+    out = ["## Verdicts", "", f"Runs: {counts['l2']} L2, {counts['ce']} CE"
+           + (" — values are mean ± sd over runs; a difference counts only beyond the seed spread "
+              "sqrt(sd_L2² + sd_CE²)." if n > 1 else " (one run each: no seed spread to compare against)."), ""]
+    a = v["a"]
+    rows = [f"| {r['ood']} | {_pm(r['l2'], r['l2_sd'], n, 100)} | {_pm(r['ce'], r['ce_sd'], n, 100)} | "
+            f"{100 * (r['l2'] - r['ce']):+.2f}{'' if r['beyond_spread'] else ' (within seed spread)'} |"
+            for r in a["sets"]]
+    out += [f"**(a) ‖z‖ separates ID/OoD better after L2 than after CE: {a['verdict']}** "
+            f"(L2 better on {a['l2_better']}/{len(a['sets'])} OoD sets, CE better on {a['ce_better']}).", "",
+            "| OoD set | L2 final AUROC | CE final AUROC | L2 − CE |", "|---|---|---|---|", *rows, ""]
+    b = v["b"]
+    if b["l2_epoch"] is None:
+        verdict_b = f"DOES NOT HOLD: L2 never reaches the CE final mean AUROC {100 * b['target_auroc']:.2f} %"
+    else:
+        verdict_b = (f"{b['verdict']}: L2 reaches the CE final mean AUROC ({100 * b['target_auroc']:.2f} %) at "
+                     f"epoch {b['l2_epoch']}; CE itself first reaches it at epoch {b['ce_epoch']} (of {b['epochs']})")
+    runs_b = "; ".join(f"{h.upper()} runs: " + ", ".join("never" if e is None else str(e) for e in eps)
+                       for h, eps in b["per_run"].items())
+    curve = " · ".join(f"{p['epoch']}: {100 * p['l2']:.1f}/{100 * p['ce']:.1f}" for p in b["curve"])
+    out += [f"**(b) L2 reaches CE's final AUROC in fewer epochs: {verdict_b}.**", "",
+            f"First epoch at which each run's own mean AUROC reaches that target — {runs_b}.", "",
+            f"Mean feature-norm AUROC over the OoD sets, epoch: L2/CE — {curve}.", ""]
+    c = v["c"]
+    rows = [f"| {r['metric']} | {_pm(r['l2'], r['l2_sd'], n, fmt='.3g')} | {_pm(r['ce'], r['ce_sd'], n, fmt='.3g')} | "
+            f"{100 * r['relative_difference']:.0f} %{'' if r['beyond_spread'] else ' (within seed spread)'} |"
+            for r in c["metrics"]]
+    out += [f"**(c) NC metrics differ between L2 and CE: {c['n_differ']}/{len(NC_KEYS)} metrics differ by more than "
             f"{100 * DIFF_THRESHOLD:.0f} %" + (" and beyond the seed spread" if n > 1 else "") + ".**", "",
             "| metric (final epoch) | L2 | CE | relative difference |", "|---|---|---|---|", *rows, ""]
     return out
