@@ -22,6 +22,11 @@ from l2ood.evaluation import id_test_set
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _short(spec: str) -> str:
+    """``npz:dir/mnist_test.npz`` → ``mnist_test``; registered names unchanged."""
+    return Path(spec.split(":", 1)[1]).stem if ":" in spec else spec
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="fashion-mnist")
@@ -56,7 +61,7 @@ def main() -> None:
     body = text[text.index("## Verdicts"):].replace("\n## ", "\n### ").replace("## Verdicts", "### Verdicts", 1)
     cmd = "python benchmarks/evidence.py " + " ".join(sys.argv[1:])
     section = "\n".join([
-        f"## {args.name}: {args.dataset} (ID) vs {args.ood.replace(',', ', ')}", "",
+        f"## {args.name}: {_short(args.dataset)} (ID) vs {', '.join(_short(o) for o in args.ood.split(','))}", "",
         f"Command: `{cmd}` — ResNet18 width {args.width}, {args.epochs} epochs, seeds "
         f"{', '.join(map(str, args.seeds))}, tracking `{args.track}` (NC metrics on un-augmented training "
         f"images; ‖z‖ and AUROC on ID test images from {id_source} and on each OoD set).", "",

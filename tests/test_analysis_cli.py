@@ -74,7 +74,7 @@ def test_verdicts_with_seeds_count_only_differences_beyond_the_spread() -> None:
     # (b): CE's final mean AUROC is (81 + 72) / 2 = 76.5; L2's mean curve is 72.75 then 81.5 -> epoch 2 both
     assert "DOES NOT HOLD: L2 reaches the CE final mean AUROC (76.50 %) at epoch 2; CE itself first" in text
     # per run: L2 means (0.725, 0.80), (0.73, 0.83); CE (0.65, 0.755) never reaches 0.765, (0.66, 0.775) at 2
-    assert "L2 runs: 2, 2; CE runs: never, 2." in text
+    assert "L2 runs: 2, 2; CE runs: never, 2. Paired" in text and "L2 earlier in 1, CE earlier in 0, ties 1" in text
     # (c): nc1 1.1 ± 0.14 vs 0.51 ± 0.014 differs (54 %, beyond spread); the other metrics are equal
     assert "1/5 metrics differ by more than 25 % and beyond the seed spread" in text
     data = json.loads(json.dumps(verdict_data(loaded, ["far", "near"])))  # JSON-ready

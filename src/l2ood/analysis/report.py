@@ -184,6 +184,11 @@ def verdict_data(loaded: Loaded, ood_sets: list[str]) -> dict[str, Any] | None:
     ce_reach = next((int(e) for e, v in zip(ce_ep, ce_v, strict=True) if v >= target), int(ce_ep[-1]))
     per_run = {h: [next((int(e) for e, v in zip(*_series(recs, "auroc_mean"), strict=True) if v >= target), None)
                    for _, hh, recs in loaded if hh == h] for h in ("l2", "ce")}
+    inf = float("inf")
+    pairs = [(inf if a is None else a, inf if b is None else b)
+             for a, b in zip(per_run["l2"], per_run["ce"], strict=False)]  # unpaired extra runs are left out
+    paired = {"l2_earlier": sum(a < b for a, b in pairs), "ce_earlier": sum(a > b for a, b in pairs),
+              "ties": sum(a == b for a, b in pairs)}
     rows_c = []
     for k in NC_KEYS:
         mm = _mean_by_head(loaded, k)
@@ -199,7 +204,7 @@ def verdict_data(loaded: Loaded, ood_sets: list[str]) -> dict[str, Any] | None:
               "l2_better": better, "ce_better": worse, "sets": rows_a},
         "b": {"verdict": "HOLDS" if reach is not None and reach < ce_reach else "DOES NOT HOLD",
               "target_auroc": target, "l2_epoch": reach, "ce_epoch": ce_reach, "epochs": int(ce_ep[-1]),
-              "per_run": per_run,
+              "per_run": per_run, "paired": paired,
               "curve": [{"epoch": int(e), "l2": float(a), "ce": float(b)}
                         for e, a, b in zip(l2_ep, l2_v, ce_v, strict=False)]},
         "c": {"threshold": DIFF_THRESHOLD, "n_differ": sum(r["differs"] for r in rows_c), "metrics": rows_c},
@@ -233,7 +238,9 @@ def verdicts(loaded: Loaded, ood_sets: list[str]) -> list[str]:
                        for h, eps in b["per_run"].items())
     curve = " · ".join(f"{p['epoch']}: {100 * p['l2']:.1f}/{100 * p['ce']:.1f}" for p in b["curve"])
     out += [f"**(b) L2 reaches CE's final AUROC in fewer epochs: {verdict_b}.**", "",
-            f"First epoch at which each run's own mean AUROC reaches that target — {runs_b}.", "",
+            f"First epoch at which each run's own mean AUROC reaches that target — {runs_b}. Paired in the "
+            f"order given (i-th L2 run with i-th CE run, i.e. by seed): L2 earlier in {b['paired']['l2_earlier']}, "
+            f"CE earlier in {b['paired']['ce_earlier']}, ties {b['paired']['ties']}.", "",
             f"Mean feature-norm AUROC over the OoD sets, epoch: L2/CE — {curve}.", ""]
     c = v["c"]
     rows = [f"| {r['metric']} | {_pm(r['l2'], r['l2_sd'], n, fmt='.3g')} | {_pm(r['ce'], r['ce_sd'], n, fmt='.3g')} | "
