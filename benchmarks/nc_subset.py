@@ -1,0 +1,57 @@
+"""Is the tracker's 5 000-image subset enough? NC metrics on the subset vs the whole training split.
+
+    python benchmarks/nc_subset.py runs/evidence/cifar10/seed0/l2 runs/evidence/cifar10/seed0/ce
+
+For each trained run: the NC metrics of its final model on the seeded subset that ``--track`` uses
+(``n_train`` images, seed 123) and on all its training images (``n_train=all``), both streamed
+through the model in batches (memory O(batch·D)). Writes ``docs/evidence/nc_subset.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from l2ood.analysis.collapse import nc_metrics
+from l2ood.analysis.report import NC_KEYS
+from l2ood.detectors import iter_batches
+from l2ood.evaluation import training_split
+from l2ood.runtime import resolve_runtime
+from l2ood.train import load_artifact
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+")
+    ap.add_argument("--n-train", type=int, default=5000)
+    ap.add_argument("--out", default=str(ROOT / "docs" / "evidence" / "nc_subset.md"))
+    args = ap.parse_args()
+    rt = resolve_runtime("auto", "auto")
+    lines = ["# NC metrics: tracker subset vs whole training split", "",
+             f"`python benchmarks/nc_subset.py {' '.join(args.runs)}` — final models; subset = the {args.n_train} "
+             "images (seed 123) that `--track` uses; all = every training image (the holdout excluded). "
+             "Both streamed through the model.", "",
+             "| run | images | " + " | ".join(NC_KEYS) + " | seconds |", "|---|---|" + "---|" * (len(NC_KEYS) + 1)]
+    for run in args.runs:
+        model, meta = load_artifact(run)
+        model = model.to(rt.device)
+        train = training_split(meta)
+        w = model.fc.weight.detach().float().cpu()
+        for label, ds in ((f"subset {args.n_train}", train.subset(args.n_train, seed=123)),
+                          (f"all {len(train)}", train)):
+            t0 = time.perf_counter()
+            nc = nc_metrics(lambda ds=ds, m=model: iter_batches(m, ds, rt), w, train.num_classes)
+            dt = time.perf_counter() - t0
+            row = f"| {Path(run).parent.name}/{Path(run).name} | {label} | " + " | ".join(
+                f"{nc[k]:.4g}" for k in NC_KEYS) + f" | {dt:.1f} |"
+            print(row, flush=True)
+            lines.append(row)
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
