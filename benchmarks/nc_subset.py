@@ -33,7 +33,7 @@ def main() -> None:
     lines = ["# NC metrics: tracker subset vs whole training split", "",
              f"`python benchmarks/nc_subset.py {' '.join(args.runs)}` — final models; subset = the {args.n_train} "
              "images (seed 123) that `--track` uses; all = every training image (the holdout excluded). "
-             "Both streamed through the model.", "",
+             "Both streamed through the model (seconds: wall time on this machine, with other work running).", "",
              "| run | images | " + " | ".join(NC_KEYS) + " | seconds |", "|---|---|" + "---|" * (len(NC_KEYS) + 1)]
     for run in args.runs:
         model, meta = load_artifact(run)
@@ -45,7 +45,7 @@ def main() -> None:
             t0 = time.perf_counter()
             nc = nc_metrics(lambda ds=ds, m=model: iter_batches(m, ds, rt), w, train.num_classes)
             dt = time.perf_counter() - t0
-            row = f"| {Path(run).parent.name}/{Path(run).name} | {label} | " + " | ".join(
+            row = f"| {'/'.join(Path(run).parts[-3:])} | {label} | " + " | ".join(
                 f"{nc[k]:.4g}" for k in NC_KEYS) + f" | {dt:.1f} |"
             print(row, flush=True)
             lines.append(row)
