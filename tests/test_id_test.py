@@ -82,3 +82,22 @@ def test_train_records_test_data_and_tracks_on_it(tmp_path: Path) -> None:
     assert meta["data"]["test"] == other and meta["data"]["holdout"]["n"] == 10
     with np.load(run / "track" / "epoch-0001.npz") as z:
         assert z["id"].shape == (9,)  # the 9 images of --test-data, not the 10 held out or the 70 trained on
+
+
+def test_a_split_already_made_is_used_not_reloaded(tmp_path: Path) -> None:
+    spec = _pack(tmp_path / "id.npz")
+    meta = {"dataset": spec, "data": {"holdout": {"n": 12, "seed": 0}}}
+    train, hold = training_split(meta), id_test_set(meta)[0]
+    (tmp_path / "id.npz").unlink()  # a reload would now fail
+    test, where = id_test_set(meta, split=(train, hold))
+    assert test is hold and "holdout of 12" in where
+
+
+def test_tracking_single_set_data_uses_the_holdout(tmp_path: Path) -> None:
+    spec = _pack(tmp_path / "id.npz", n=80)
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", spec, "--holdout", "10", "--epochs", "1", "--width", "4", "--batch-size",
+                 "16", "--out", str(run), "--track", "every=1,n_train=40,n_test=100,n_ood=20", "--track-ood",
+                 "noise", "--no-progress"]) == 0
+    with np.load(run / "track" / "epoch-0001.npz") as z:
+        assert z["id"].shape == (10,)  # the 10 held-out images, not the 70 trained on

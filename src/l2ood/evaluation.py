@@ -189,7 +189,10 @@ def load_ood_sets(names: list[str], *, root: str | Path | None, n: int | None, s
             for nm in names]
 
 
-def recorded_split(meta: dict[str, Any], root: str | Path | None = None) -> tuple[ImageSet, ImageSet | None]:
+Split = tuple[ImageSet, ImageSet | None]  # (training images, held-out ID images or None)
+
+
+def recorded_split(meta: dict[str, Any], root: str | Path | None = None) -> Split:
     """``(training images, held-out ID images or None)`` of a run, rebuilt from its recorded holdout."""
     full = load_dataset(meta.get("dataset", "fashion-mnist"), "train", root=root)
     hold = meta.get("data", {}).get("holdout", {"n": 0, "seed": 0})
@@ -198,12 +201,14 @@ def recorded_split(meta: dict[str, Any], root: str | Path | None = None) -> tupl
     return full.split(int(hold["n"]), seed=int(hold.get("seed", 0)))
 
 
-def id_test_set(meta: dict[str, Any], root: str | Path | None = None) -> tuple[ImageSet, str]:
+def id_test_set(meta: dict[str, Any], root: str | Path | None = None,
+                split: Split | None = None) -> tuple[ImageSet, str]:
     """``(ID test images, where they come from)`` of a run — never images it was trained on.
 
     In order: the ``--test-data`` set recorded at training; the data set's own ``test`` split
     (registered sets, image folders with a ``test/`` folder); else the run's recorded holdout
-    (npz packs, image lists and class-folder trees have no separate test split).
+    (npz packs, image lists and class-folder trees have no separate test split). ``split``: the
+    run's :func:`recorded_split` when the caller already has it (saves loading the data again).
     """
     data = meta.get("data", {})
     if data.get("test"):
@@ -211,7 +216,7 @@ def id_test_set(meta: dict[str, Any], root: str | Path | None = None) -> tuple[I
     name = meta.get("dataset", "fashion-mnist")
     if has_split(name, "test"):
         return load_dataset(name, "test", root=root), f"{name} (test split)"
-    _, hold = recorded_split(meta, root)
+    _, hold = split if split is not None else recorded_split(meta, root)
     if hold is None:
         raise DataError(f"{name} has no separate test split and the run kept no holdout (--holdout 0): "
                         "retrain with --holdout N or --test-data SPEC so ID test images are not training images")
@@ -246,12 +251,13 @@ def evaluate_run(
     model, meta = load_artifact(run_dir)
     cfg = meta["model"]
     c, size = int(cfg["in_channels"]), tuple(cfg["image_size"])
-    id_test, _ = id_test_set(meta, data_root)
+    split = recorded_split(meta, data_root) if any(DETECTORS[d].needs_fit for d in detectors) else None
+    id_test, _ = id_test_set(meta, data_root, split)
     if n_id is not None:
         id_test = id_test.subset(n_id, seed=seed)
     id_test = to_format(id_test, c, size)
     ood_sets = load_ood_sets(ood, root=data_root, n=n_ood, seed=seed, channels=c, size=size)
-    fit_set = training_split(meta, data_root) if any(DETECTORS[d].needs_fit for d in detectors) else None
+    fit_set = split[0] if split is not None else None
     key = hashlib.sha1((Path(run_dir) / WEIGHTS).read_bytes()).hexdigest()[:16]
     return evaluate_model(model, meta, id_test, ood_sets, detectors, device=device, batch_size=batch_size,
                           precision=precision, progress=progress, fit_set=fit_set,

@@ -124,7 +124,10 @@ def analyze(runs: list[str | Path], out_dir: str | Path, hist_epochs: list[int] 
 
     # histograms at chosen epochs (default: first and last tracked), one row per head (its first run)
     eps = hist_epochs or sorted({loaded[0][2][0]["epoch"], loaded[0][2][-1]["epoch"]})
-    firsts = list({head: (name, head, recs) for name, head, recs in reversed(loaded)}.values())[::-1]
+    first_by_head: dict[str, tuple[str, str, list[dict[str, Any]]]] = {}
+    for run in loaded:
+        first_by_head.setdefault(run[1], run)
+    firsts = list(first_by_head.values())
     fig, axes = plt.subplots(len(firsts), len(eps), figsize=(4.2 * len(eps), 2.8 * len(firsts)), squeeze=False)
     for i, (name, head, _) in enumerate(firsts):
         for j, e in enumerate(eps):

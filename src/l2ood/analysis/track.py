@@ -19,6 +19,7 @@ import numpy as np
 
 from ..data import ImageSet, load_dataset, to_format
 from ..detectors import extract, iter_batches
+from ..evaluation import Split, id_test_set
 from ..metrics import ood_metrics
 from ..models import Classifier
 from ..runtime import Runtime
@@ -75,13 +76,12 @@ class Tracker:
 
     @classmethod
     def build(cls, cfg: TrackConfig, train_set: ImageSet, data: dict[str, Any], run_dir: str | Path, rt: Runtime,
-              total_epochs: int, root: str | Path | None = None) -> Tracker:
+              total_epochs: int, root: str | Path | None = None, split: Split | None = None) -> Tracker:
         """``data``: the run's data record (``{"dataset": NAME, "data": {"holdout": ..., "test": ...}}``);
-        the ID test images are chosen by :func:`l2ood.evaluation.id_test_set` (never training images)."""
-        from ..evaluation import id_test_set
-
+        the ID test images are chosen by :func:`l2ood.evaluation.id_test_set` (never training images);
+        ``split``: the run's (training split, holdout) when already made, so it is not loaded again."""
         c, h, w = train_set.shape
-        id_test, _ = id_test_set(data, root)
+        id_test, _ = id_test_set(data, root, split)
         ood = [load_dataset(n, "test", root=root, n=cfg.n_ood, seed=0, channels=c, size=(h, w))
                for n in cfg.ood]
         return cls(cfg, train_set, id_test, ood, run_dir, rt, total_epochs)

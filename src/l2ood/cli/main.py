@@ -208,26 +208,28 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _train_sets(args: argparse.Namespace) -> tuple[ImageSet, dict[str, Any]]:
+def _train_sets(args: argparse.Namespace) -> tuple[ImageSet, dict[str, Any], tuple[ImageSet, ImageSet | None]]:
+    """``(images to train on, the run's data record, (training split, holdout or None))``."""
     full = load_dataset(args.dataset, "train", root=args.data_root)
     if full.labels is None:
         raise DataError(f"{args.dataset}: training data need labels")
     info: dict[str, Any] = {"holdout": {"n": args.holdout, "seed": 0}}
     if getattr(args, "test_data", None):
         info["test"] = args.test_data
-    train_set = full
+    split: tuple[ImageSet, ImageSet | None] = (full, None)
     if args.holdout:
         if args.holdout >= len(full):
             raise DataError(f"--holdout {args.holdout} leaves no training images ({len(full)} in total)")
-        train_set, _ = full.split(args.holdout, seed=0)
+        split = full.split(args.holdout, seed=0)
+    train_set = split[0]
     if args.train_subset:
         train_set = train_set.subset(args.train_subset, seed=args.seed)
         info["train_subset"] = args.train_subset
-    return train_set, info
+    return train_set, info, split
 
 
-def _train_one(args: argparse.Namespace, head: str, out: Path, train_set: ImageSet,
-               info: dict[str, Any], resume: bool = False) -> Path:
+def _train_one(args: argparse.Namespace, head: str, out: Path, train_set: ImageSet, info: dict[str, Any],
+               split: tuple[ImageSet, ImageSet | None], resume: bool = False) -> Path:
     from ..train import train
     from ..train.artifact import update_meta
 
@@ -245,7 +247,8 @@ def _train_one(args: argparse.Namespace, head: str, out: Path, train_set: ImageS
 
         tracker = Tracker.build(TrackConfig.parse(args.track, args.track_ood), train_set,
                                 {"dataset": args.dataset, "data": info}, out,
-                                resolve_runtime(args.device, args.precision), args.epochs, root=args.data_root)
+                                resolve_runtime(args.device, args.precision), args.epochs, root=args.data_root,
+                                split=split)
     t0 = time.perf_counter()
     train(train_set, mcfg, tcfg, out, resume=resume, progress=not args.no_progress, log=_log,
           on_epoch_end=tracker)
@@ -259,8 +262,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                           f"-w{args.width}-s{args.seed}")
     if (out / "model.json").exists() and not args.resume and dist_from_env().is_main:
         raise ValueError(f"{out} already holds a trained model; pass another --out or --resume")
-    train_set, info = _train_sets(args)
-    _train_one(args, args.head, out, train_set, info, resume=args.resume)
+    train_set, info, split = _train_sets(args)
+    _train_one(args, args.head, out, train_set, info, split, resume=args.resume)
     if dist_from_env().is_main:
         print(f"saved {out}/model.safetensors and {out}/model.json")
     return 0
@@ -303,12 +306,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if (out / "l2" / "model.json").exists() or (out / "ce" / "model.json").exists():
         raise ValueError(f"{out} already holds a demo; pass another --out")
     t0 = time.perf_counter()
-    train_set, info = _train_sets(args)
+    train_set, info, split = _train_sets(args)
     ood = [s.strip() for s in args.ood.split(",") if s.strip()]
     named = []
     for head in ("l2", "ce"):
         _log(f"== {head.upper()} model ==")
-        run = _train_one(args, head, out / head, train_set, info)
+        run = _train_one(args, head, out / head, train_set, info, split)
         r = evaluate_run(run, ood, list(DEFAULT_DETECTORS), data_root=args.data_root, n_ood=args.n_ood,
                          n_id=args.n_id, device=args.device, precision=args.precision,
                          progress=not args.no_progress)
