@@ -31,7 +31,10 @@ def test_demo_tiny(tmp_path: Path, data_root: Path, capsys: pytest.CaptureFixtur
         assert (out / f).stat().st_size > 0
     for head in ("l2", "ce"):
         meta = json.loads((out / head / "model.json").read_text())
-        assert meta["data"]["holdout"] == {"n": 100, "seed": 0} and meta["n_train"] == 500
+        assert meta["schema"] == "l2ood.run/2" and meta["data"]["n_train"] == 500
+        assert meta["data"]["holdout"]["ops"] == [{"op": "holdout", "n": 100, "seed": 0, "part": "holdout"}]
+        assert meta["data"]["train"]["ops"] == [{"op": "holdout", "n": 100, "seed": 0, "part": "rest"}]
+        assert meta["data"]["test_origin"] == "test-split" and meta["data"]["test"]["split"] == "test"
 
 
 def test_train_then_evaluate(tmp_path: Path, data_root: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,7 +9,8 @@ import torch
 from torch.nn import functional as F
 
 from l2ood.detectors import Head
-from l2ood.evaluation import columns, evaluate_model
+from l2ood.evaluation import columns, evaluate
+from l2ood.run import Run
 from l2ood.models import DEFAULT_TAU, ModelConfig, build_model, head_logits, is_normalized
 
 
@@ -67,10 +68,11 @@ def test_evaluate_reports_both_variants(data_root: Path) -> None:
     from l2ood.data import load_dataset
 
     m = _model("l2")
-    meta = {"model": {"in_channels": 1, "image_size": [28, 28], "head": "l2", "arch": "resnet18", "width": 4}}
+    cfg = ModelConfig(in_channels=1, image_size=(28, 28), head="l2", arch="resnet18", width=4)
+    run = Run.from_model(m, cfg, device="cpu", precision="fp32")
     id_test = load_dataset("fashion-mnist", "test", root=data_root, n=40)
     ood = load_dataset("noise", n=20, size=(28, 28), channels=1)
-    r = evaluate_model(m, meta, id_test, [ood], ["maxlogit"], device="cpu", precision="fp32")
+    r = evaluate(run, id_test, [ood], ["maxlogit"])
     assert r.results["detectors"] == ["maxlogit:trained", "maxlogit:raw"]
     head = Head.of(m)
     with torch.no_grad():

@@ -11,7 +11,7 @@ from PIL import Image
 
 from l2ood.cli import main
 from l2ood.data import DataError, has_split, save_npz
-from l2ood.evaluation import id_test_set, training_split
+from l2ood.pipeline import id_test_for, training_data
 
 RNG = np.random.default_rng(5)
 
@@ -45,29 +45,33 @@ def test_has_split(tmp_path: Path) -> None:
 
 def test_single_set_data_are_tested_on_the_holdout(tmp_path: Path) -> None:
     spec = _pack(tmp_path / "id.npz")
-    meta = {"dataset": spec, "data": {"holdout": {"n": 12, "seed": 0}}}
-    test, where = id_test_set(meta)
-    train = training_split(meta)
-    assert len(test) == 12 and len(train) == 48 and "holdout of 12" in where
+    train, hold = training_data(spec, holdout=12)
+    test, where = id_test_for(train, None, hold)
+    assert test is hold and len(test) == 12 and len(train) == 48 and "holdout" in where
     seen = {int(v) for v in train.images[:, 0, 0, 0]}
     held = {int(v) for v in test.images[:, 0, 0, 0]}
     assert seen and not (seen & held) and len(seen | held) == 60
+    test2, _ = id_test_for(train)  # rebuilt from the recorded source: the same images
+    assert {int(v) for v in test2.images[:, 0, 0, 0]} == held
 
 
 def test_explicit_test_data_win_and_no_holdout_is_an_error(tmp_path: Path) -> None:
     spec = _pack(tmp_path / "id.npz")
     other = _pack(tmp_path / "other.npz", n=7)
-    test, where = id_test_set({"dataset": spec, "data": {"holdout": {"n": 12, "seed": 0}, "test": other}})
-    assert len(test) == 7 and where == other
+    train, hold = training_data(spec, holdout=12)
+    test, where = id_test_for(train, other, hold)
+    assert len(test) == 7 and "other.npz" in where and "test-data" in where
+    train0, _ = training_data(spec, holdout=0)
     with pytest.raises(DataError, match="no separate test split"):
-        id_test_set({"dataset": spec, "data": {"holdout": {"n": 0, "seed": 0}}})
+        id_test_for(train0)
 
 
 def test_split_folder_tree_uses_its_test_folder(tmp_path: Path) -> None:
     _tree(tmp_path / "d" / "train", 5)
     _tree(tmp_path / "d" / "test", 3)
-    test, where = id_test_set({"dataset": f"imagefolder:{tmp_path / 'd'}", "data": {"holdout": {"n": 2}}})
-    assert len(test) == 6 and "test split" in where
+    train, hold = training_data(f"imagefolder:{tmp_path / 'd'}", holdout=2)
+    test, where = id_test_for(train, None, hold)
+    assert len(test) == 6 and "test-split" in where
 
 
 def test_train_records_test_data_and_tracks_on_it(tmp_path: Path) -> None:
@@ -79,18 +83,10 @@ def test_train_records_test_data_and_tracks_on_it(tmp_path: Path) -> None:
                "--track-ood", "noise", "--no-progress"])
     assert rc == 0
     meta = json.loads((run / "model.json").read_text())
-    assert meta["data"]["test"] == other and meta["data"]["holdout"]["n"] == 10
+    assert "npz:" + meta["data"]["test"]["spec"][4:] == other and meta["data"]["test_origin"] == "test-data"
+    assert meta["data"]["holdout"]["ops"][0]["n"] == 10
     with np.load(run / "track" / "epoch-0001.npz") as z:
         assert z["id"].shape == (9,)  # the 9 images of --test-data, not the 10 held out or the 70 trained on
-
-
-def test_a_split_already_made_is_used_not_reloaded(tmp_path: Path) -> None:
-    spec = _pack(tmp_path / "id.npz")
-    meta = {"dataset": spec, "data": {"holdout": {"n": 12, "seed": 0}}}
-    train, hold = training_split(meta), id_test_set(meta)[0]
-    (tmp_path / "id.npz").unlink()  # a reload would now fail
-    test, where = id_test_set(meta, split=(train, hold))
-    assert test is hold and "holdout of 12" in where
 
 
 def test_tracking_single_set_data_uses_the_holdout(tmp_path: Path) -> None:

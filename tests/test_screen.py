@@ -15,6 +15,7 @@ from PIL import Image
 
 from l2ood.cli import main
 from l2ood.data import load_dataset
+from l2ood.data import preprocess as preprocess_mod
 from l2ood.screen import Screener, calibrate, conformal_p_values, decode_image, threshold_for_tpr
 from l2ood.screen import images as images_mod
 
@@ -175,7 +176,7 @@ def test_permission_denied_is_a_record(monkeypatch: pytest.MonkeyPatch, tmp_path
     def deny(path: str) -> bytes:
         raise PermissionError(13, "Permission denied", path)
 
-    monkeypatch.setattr(images_mod, "_read_bytes", deny)
+    monkeypatch.setattr(preprocess_mod, "_open_fd", deny)
     (rec,) = list(scr.screen([p]))
     assert rec["status"] == "error" and rec["error"] == "permission denied"
 
@@ -234,7 +235,7 @@ def test_train_calibrate_screen_round_trip(tmp_path: Path, data_root: Path,
     assert main(["calibrate", str(run), "--tpr", "0.95", "--data-root", str(data_root), "--no-progress",
                  "--precision", "fp32"]) == 0
     meta = json.loads((run / "model.json").read_text())
-    cal = meta["calibration"]
+    cal = meta["calibrations"]["default"]
     assert len(cal["scores"]) == 150 and cal["split"]["n"] == 150
     # predicted flag rate from the evaluation path
     scr = Screener.from_run(run, device="cpu", precision="fp32")

@@ -13,12 +13,12 @@ from l2ood.models import ModelConfig, build_model
 from l2ood.train import (
     ArtifactError,
     TrainConfig,
-    load_artifact,
     load_checkpoint,
     lr_at,
     save_checkpoint,
     train,
 )
+from l2ood.run import Run
 from l2ood.train.trainer import epoch_permutation, make_optimizer
 
 
@@ -102,8 +102,9 @@ def test_training_learns_and_artifact_round_trip(tmp_path: Path, data_root: Path
                 progress=False, log=None)
     assert res.history[-1]["train_acc"] > 0.5  # chance is 0.1; the gratings are easy to learn
     assert res.history[-1]["loss"] < res.history[0]["loss"]
-    model, meta = load_artifact(tmp_path)
-    assert meta["model"]["head"] == head and meta["model"]["in_channels"] == 1
+    run = Run.load(tmp_path, device="cpu", precision="fp32")
+    model = run.model
+    assert run.config.head == head and run.config.in_channels == 1
     x = ds.images[:8].float() / 255
     with torch.no_grad():
         torch.testing.assert_close(model(x).logits, res.model.eval()(x).logits)
@@ -114,9 +115,9 @@ def test_training_learns_and_artifact_round_trip(tmp_path: Path, data_root: Path
 def test_pickle_files_are_refused(tmp_path: Path) -> None:
     (tmp_path / "weights.pt").write_bytes(b"\x80\x04K\x01.")
     with pytest.raises(ArtifactError, match="pickle"):
-        load_artifact(tmp_path / "weights.pt")
+        Run.load(tmp_path / "weights.pt")
     with pytest.raises(ArtifactError, match="not a trained"):
-        load_artifact(tmp_path)
+        Run.load(tmp_path)
 
 
 def test_invalid_train_config() -> None:
@@ -133,7 +134,7 @@ def test_bf16_training_runs_when_supported(tmp_path: Path, data_root: Path) -> N
     ds = load_dataset("fashion-mnist", "train", root=data_root).subset(128)
     res = train(ds, ModelConfig(width=4), _cfg(epochs=1, precision="auto"), tmp_path,
                 progress=False, log=None)
-    assert json.loads((tmp_path / "model.json").read_text())["runtime"] == "cpu / bf16 / channels_last"
+    assert json.loads((tmp_path / "model.json").read_text())["provenance"]["runtime"] == "cpu / bf16 / channels_last"
     assert all(torch.isfinite(p).all() for p in res.model.parameters())
 
 

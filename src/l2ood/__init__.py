@@ -6,4 +6,9 @@ Normalization", TMLR 2024 (arXiv:2306.04072): train with ``logits = fc(z/‖z‖
 Convention for every score in l2ood: higher = more in-distribution.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:  # single source: the version in pyproject.toml, as installed
+    __version__ = version("l2ood")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"

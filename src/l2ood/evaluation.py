@@ -3,32 +3,30 @@
 OoD sets are converted to the model's input format (channels, size) and normalized with the ID
 statistics stored in the model. Every detector's score follows the convention higher = ID.
 
-One forward pass per data set serves all detectors (:func:`l2ood.detectors.extract`); with a cache
-folder the extractions are stored as safetensors keyed by the model weights' and the images'
-SHA-1, so adding a detector later costs no forward pass. For models with a normalized head
+One forward pass per data set serves all detectors (:meth:`l2ood.run.Run.forward`); for run folders
+the extractions are stored as safetensors keyed by the weights' digest, the images' SHA-1 and the
+precision, so adding a detector later costs no forward pass. For models with a normalized head
 (l2, t2fnorm, logitnorm) every logit-based detector is reported twice, as ``name:trained`` (the
 logits the model was trained with) and ``name:raw`` (``W·z + b``, all normalization removed).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from .data import DataError, ImageSet, has_split, load_dataset, to_format
-from .detectors import DETECTORS, Detector, Extraction, Head, all_detectors, extract, make_detector
+from .data import ImageSet, load_dataset
+from .detectors import DETECTORS, Detector, Extraction, Head, all_detectors, make_detector
 from .detectors.base import InputDetector
+from .errors import ConfigError
 from .metrics import ood_metrics
-from .models import Classifier, is_normalized
-from .runtime import Runtime, resolve_runtime
-from .train import load_artifact
-from .train.artifact import WEIGHTS
+from .models import is_normalized
+from .provenance import code_version
+from .run import Run
 
 DEFAULT_DETECTORS = ("feature_norm", "msp", "maxlogit", "energy")
 
@@ -39,9 +37,9 @@ def parse_detectors(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     names = [n.strip() for n in names if n.strip()]
     unknown = [n for n in names if n not in DETECTORS]
     if unknown:
-        raise ValueError(f"unknown detector(s) {', '.join(unknown)}; known: {', '.join(DETECTORS)}, all")
+        raise ConfigError(f"unknown detector(s) {', '.join(unknown)}; known: {', '.join(DETECTORS)}, all")
     if not names:
-        raise ValueError("no detector given")
+        raise ConfigError("no detector given")
     return list(dict.fromkeys(names))
 
 
@@ -74,71 +72,39 @@ class EvalResult:
                                                    for d, v in dd.items()})
 
 
-def _sha1(t: torch.Tensor) -> str:
-    return hashlib.sha1(t.contiguous().numpy().tobytes()).hexdigest()[:16]
-
-
-class _Extractor:
-    """Runs (or loads from the cache) one forward pass per data set."""
-
-    def __init__(self, model: Classifier, rt: Runtime, batch_size: int, progress: bool,
-                 cache_dir: Path | None, model_key: str) -> None:
-        self.model, self.rt, self.batch_size, self.progress = model, rt, batch_size, progress
-        self.cache_dir, self.model_key = cache_dir, model_key
-
-    def __call__(self, ds: ImageSet, desc: str | None = None) -> Extraction:
-        path = None
-        if self.cache_dir is not None:
-            name = f"{ds.name.replace('/', '_')}-{len(ds)}-{self.model_key}-{_sha1(ds.images)}"
-            path = self.cache_dir / f"{name}.safetensors"
-            if path.is_file():
-                return Extraction.load(path)
-        ext = extract(self.model, ds, self.rt, self.batch_size, self.progress, desc=desc)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            ext.save(path)
-        return ext
-
-
-def _score(det: Detector, ext: Extraction, head: Head, ds: ImageSet, model: Classifier, rt: Runtime,
-           variant: str) -> np.ndarray:
+def _score(det: Detector, ext: Extraction, head: Head, ds: ImageSet, run: Run, variant: str) -> np.ndarray:
     if isinstance(det, InputDetector):
-        return det.score_images(model, ds.images.float() / 255.0, rt, variant=variant).numpy()
+        return det.score_images(run.model, ds.images, run.runtime, variant=variant).numpy()
     if variant == "raw":
         head = head.raw()
         ext = ext.with_head(head)
     return det.score(ext, head).float().numpy()
 
 
-def evaluate_model(
-    model: Classifier,
-    meta: dict[str, Any],
+def evaluate(
+    run: Run,
     id_test: ImageSet,
     ood_sets: list[ImageSet],
     detectors: list[str],
     *,
-    device: str = "auto",
-    precision: str = "auto",
+    fit_set: ImageSet | None = None,
     batch_size: int = 512,
     progress: bool = False,
-    fit_set: ImageSet | None = None,
-    cache_dir: str | Path | None = None,
-    model_key: str = "model",
+    cache: bool = True,
     detector_kwargs: dict[str, dict[str, Any]] | None = None,
+    id_source: str | None = None,
 ) -> EvalResult:
-    """Evaluate an already-loaded model; ``fit_set`` feeds detectors that need ID statistics."""
-    rt = resolve_runtime(device, precision)
-    model = model.to(rt.device)
-    if rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model.eval()
-    cfg = meta["model"]
-    c, size = int(cfg["in_channels"]), tuple(cfg["image_size"])
-    head = Head.of(model)
-    run_extract = _Extractor(model, rt, batch_size, progress, Path(cache_dir) if cache_dir else None,
-                             model_key)
-    id_test = to_format(id_test, c, size)
-    id_ext = run_extract(id_test)
+    """Evaluate a run on given ID test and OoD sets; ``fit_set`` feeds detectors that need ID statistics.
+
+    Every set is brought to the model's input format and scored with one forward pass
+    (:meth:`l2ood.run.Run.forward`, cached on disk for run folders)."""
+    head = run.head
+    id_test = run.to_input_format(id_test)
+
+    def fwd(ds: ImageSet, desc: str | None = None) -> Extraction:
+        return run.forward(ds, batch_size=batch_size, progress=progress, desc=desc, cache=cache)
+
+    id_ext = fwd(id_test)
     acc = float((id_ext.logits.argmax(1) == id_ext.labels).float().mean()) if id_ext.labels is not None \
         else float("nan")
     cols = columns(detectors, head.mode)
@@ -148,35 +114,38 @@ def evaluate_model(
     need_fit = [col for col, d in dets.items() if d.needs_fit]
     if need_fit:
         if fit_set is None:
-            raise ValueError("these detectors need ID training data: " + ", ".join(need_fit))
-        fit_ext = run_extract(to_format(fit_set, c, size), desc="extract ID train")
+            raise ConfigError("these detectors need ID training data: " + ", ".join(need_fit))
+        fit_ext = fwd(run.to_input_format(fit_set), desc="extract ID train")
         fit_raw = fit_ext.with_head(head.raw()) if any(variants[col] == "raw" for col in need_fit) else None
         for col in need_fit:
             if variants[col] == "raw":
                 dets[col].fit(fit_raw, head.raw())  # type: ignore[arg-type]
             else:
                 dets[col].fit(fit_ext, head)
-    id_scores = {col: _score(d, id_ext, head, id_test, model, rt, variants[col]) for col, d in dets.items()}
+    id_scores = {col: _score(d, id_ext, head, id_test, run, variants[col]) for col, d in dets.items()}
     scores: dict[str, dict[str, np.ndarray]] = {id_test.name: id_scores}
     ood_res: dict[str, Any] = {}
     for ds in ood_sets:
-        ds = to_format(ds, c, size)
-        ext = run_extract(ds)
-        s = {col: _score(d, ext, head, ds, model, rt, variants[col]) for col, d in dets.items()}
-        scores[ds.name] = s
-        ood_res[ds.name] = {"n": len(ds), "detectors": {col: dict(ood_metrics(id_scores[col], s[col]))
+        ds = run.to_input_format(ds)
+        ext = fwd(ds)
+        sc = {col: _score(d, ext, head, ds, run, variants[col]) for col, d in dets.items()}
+        scores[ds.name] = sc
+        ood_res[ds.name] = {"n": len(ds), "detectors": {col: dict(ood_metrics(id_scores[col], sc[col]))
                                                         for col in dets}}
     results = {
-        "model": cfg,
-        "head": cfg["head"],
+        "model": run.config.to_dict(),
+        "head": run.config.head,
         "id_dataset": id_test.name,
+        "id_source": id_source,
         "n_id_test": len(id_test),
         "id_accuracy": acc,
         "detectors": list(dets),
         "detector_params": {col: d.params() for col, d in dets.items()},
         "ood": ood_res,
-        "runtime": rt.describe(),
-        "train": meta.get("train", {}),
+        "runtime": run.runtime.describe(),
+        "train": asdict(run.record.train),
+        "run": str(run.path) if run.path else None,
+        "code_version": code_version(),
         "convention": "higher score = more in-distribution; ID is the positive class",
     }
     return EvalResult(results, scores)
@@ -189,47 +158,8 @@ def load_ood_sets(names: list[str], *, root: str | Path | None, n: int | None, s
             for nm in names]
 
 
-Split = tuple[ImageSet, ImageSet | None]  # (training images, held-out ID images or None)
-
-
-def recorded_split(meta: dict[str, Any], root: str | Path | None = None) -> Split:
-    """``(training images, held-out ID images or None)`` of a run, rebuilt from its recorded holdout."""
-    full = load_dataset(meta.get("dataset", "fashion-mnist"), "train", root=root)
-    hold = meta.get("data", {}).get("holdout", {"n": 0, "seed": 0})
-    if not hold.get("n"):
-        return full, None
-    return full.split(int(hold["n"]), seed=int(hold.get("seed", 0)))
-
-
-def id_test_set(meta: dict[str, Any], root: str | Path | None = None,
-                split: Split | None = None) -> tuple[ImageSet, str]:
-    """``(ID test images, where they come from)`` of a run — never images it was trained on.
-
-    In order: the ``--test-data`` set recorded at training; the data set's own ``test`` split
-    (registered sets, image folders with a ``test/`` folder); else the run's recorded holdout
-    (npz packs, image lists and class-folder trees have no separate test split). ``split``: the
-    run's :func:`recorded_split` when the caller already has it (saves loading the data again).
-    """
-    data = meta.get("data", {})
-    if data.get("test"):
-        return load_dataset(data["test"], "test", root=root), str(data["test"])
-    name = meta.get("dataset", "fashion-mnist")
-    if has_split(name, "test"):
-        return load_dataset(name, "test", root=root), f"{name} (test split)"
-    _, hold = split if split is not None else recorded_split(meta, root)
-    if hold is None:
-        raise DataError(f"{name} has no separate test split and the run kept no holdout (--holdout 0): "
-                        "retrain with --holdout N or --test-data SPEC so ID test images are not training images")
-    return hold, f"{name} (holdout of {len(hold)}, seed {data['holdout'].get('seed', 0)})"
-
-
-def training_split(meta: dict[str, Any], root: str | Path | None = None) -> ImageSet:
-    """The exact images a run was trained on (its data set minus the recorded holdout)."""
-    return recorded_split(meta, root)[0]
-
-
 def evaluate_run(
-    run_dir: str | Path,
+    run: Run | str | Path,
     ood: list[str],
     detectors: list[str],
     *,
@@ -243,22 +173,21 @@ def evaluate_run(
     cache: bool = True,
     batch_size: int = 512,
 ) -> EvalResult:
-    """Load a trained run, its ID test split and the named OoD sets, and evaluate.
+    """Evaluate a trained run on its recorded ID test images and the named OoD sets.
 
-    Detectors that need ID statistics are fitted on the run's training split (holdout excluded).
-    Extractions are cached in ``RUN/eval/cache`` unless ``cache=False``.
+    Detectors that need ID statistics are fitted on the run's exact training images
+    (:meth:`l2ood.run.Run.train_split`: holdout and unused subset excluded, pixel fingerprint checked).
+    Extractions are cached in ``RUN/cache`` unless ``cache=False``.
     """
-    model, meta = load_artifact(run_dir)
-    cfg = meta["model"]
-    c, size = int(cfg["in_channels"]), tuple(cfg["image_size"])
-    split = recorded_split(meta, data_root) if any(DETECTORS[d].needs_fit for d in detectors) else None
-    id_test, _ = id_test_set(meta, data_root, split)
+    if not isinstance(run, Run):
+        run = Run.load(run, device=device, precision=precision, data_root=data_root)
+    elif data_root is not None:
+        run.data_root = data_root
+    fit_set = run.train_split() if any(DETECTORS[d].needs_fit for d in detectors) else None
+    id_test, where = run.id_test()
     if n_id is not None:
         id_test = id_test.subset(n_id, seed=seed)
-    id_test = to_format(id_test, c, size)
-    ood_sets = load_ood_sets(ood, root=data_root, n=n_ood, seed=seed, channels=c, size=size)
-    fit_set = split[0] if split is not None else None
-    key = hashlib.sha1((Path(run_dir) / WEIGHTS).read_bytes()).hexdigest()[:16]
-    return evaluate_model(model, meta, id_test, ood_sets, detectors, device=device, batch_size=batch_size,
-                          precision=precision, progress=progress, fit_set=fit_set,
-                          cache_dir=Path(run_dir) / "eval" / "cache" if cache else None, model_key=key)
+    c, size = run.config.in_channels, tuple(run.config.image_size)
+    ood_sets = load_ood_sets(ood, root=data_root, n=n_ood, seed=seed, channels=c, size=size)  # type: ignore[arg-type]
+    return evaluate(run, id_test, ood_sets, detectors, fit_set=fit_set, batch_size=batch_size, progress=progress,
+                    cache=cache, id_source=where)

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+M = TypeVar("M", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,25 @@ class Runtime:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def prepare(self, model: M) -> M:
+        """Move a model to the device (and channels_last memory format where used)."""
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        return model
+
+    def layout(self, x: Tensor) -> Tensor:
+        """A float batch already on the device, in the memory format the model expects."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def batch(self, images: Tensor) -> Tensor:
+        """uint8 ``(N, C, H, W)`` in the model's format → float [0, 1] on the device, laid out for the model.
+
+        The only place model inputs are made (training adds its augmentation between the two steps)."""
+        x = images.to(self.device, non_blocking=True)
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        return self.layout(x)
 
     def describe(self) -> str:
         return f"{self.device.type} / {self.precision}{' / channels_last' if self.channels_last else ''}"
@@ -57,18 +81,18 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError as e:
-        raise ValueError(f"invalid device '{name}': {e}") from e
+        raise ConfigError(f"invalid device '{name}': {e}") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available")
+        raise ConfigError("device 'cuda' requested but CUDA is not available")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device '{name}' requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+        raise ConfigError(f"device '{name}' requested but only {torch.cuda.device_count()} CUDA device(s) exist")
     return dev
 
 
 def resolve_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     """Resolve device and precision strings into a :class:`Runtime`."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     dev = resolve_device(device)
     amp: torch.dtype | None
     if precision == "fp32":

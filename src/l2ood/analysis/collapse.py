@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
+
 ChunkSource = Callable[[], Iterable[tuple[Tensor, Tensor, Tensor]]]  # yields (features, logits, labels)
 
 
@@ -66,7 +68,7 @@ class ClassMoments:
             st.norm_sum.index_add_(0, y, nrm)
             st.norm_sq.index_add_(0, y, nrm * nrm)
         if st is None:
-            raise ValueError("no features given")
+            raise ConfigError("no features given")
         return st
 
     @property
@@ -90,7 +92,7 @@ def nc_metrics(source: ChunkSource, weight: Tensor, num_classes: int) -> dict[st
     p = st.present
     c = int(p.sum())
     if c < 2:
-        raise ValueError("NC metrics need at least two classes present")
+        raise ConfigError("NC metrics need at least two classes present")
     mu = st.means()[p]  # (C, D)
     mu_g = mu.mean(0)
     m = mu - mu_g  # centred class means

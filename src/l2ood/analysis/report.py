@@ -23,6 +23,10 @@ from typing import Any
 
 import matplotlib
 
+from ..errors import ConfigError
+from ..provenance import code_version
+from ..record import META, read_record
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
@@ -36,13 +40,13 @@ DIFF_THRESHOLD = 0.25
 def load_track(run: str | Path) -> tuple[str, list[dict[str, Any]]]:
     """``(head, records)`` of a tracked run; clear errors for untracked folders."""
     run = Path(run)
-    meta_p, track_p = run / "model.json", run / "track.jsonl"
+    track_p = run / "track.jsonl"
     if not track_p.is_file():
-        raise FileNotFoundError(f"{run}: no track.jsonl — train with `l2ood train --track every=K`")
-    head = json.loads(meta_p.read_text())["model"]["head"] if meta_p.is_file() else "?"
+        raise ConfigError(f"{run}: no track.jsonl — train with `l2ood train --track every=K`")
+    head = read_record(run).model.head if (run / META).is_file() else "?"
     recs = [json.loads(line) for line in track_p.read_text().splitlines() if line.strip()]
     if not recs:
-        raise ValueError(f"{run}: track.jsonl is empty")
+        raise ConfigError(f"{run}: track.jsonl is empty")
     return head, recs
 
 
@@ -156,7 +160,7 @@ def analyze(runs: list[str | Path], out_dir: str | Path, hist_epochs: list[int] 
     path = out / "analysis.md"
     path.write_text("\n".join(lines))
     summary = {"runs": [{"run": name, "head": head} for name, head, _ in loaded], "ood_sets": ood_sets,
-               "verdicts": verdict_data(loaded, ood_sets)}
+               "verdicts": verdict_data(loaded, ood_sets), "code_version": code_version()}
     (out / "analysis.json").write_text(json.dumps(summary, indent=1))
     return path
 

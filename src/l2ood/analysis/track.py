@@ -19,7 +19,7 @@ import numpy as np
 
 from ..data import ImageSet, load_dataset, to_format
 from ..detectors import extract, iter_batches
-from ..evaluation import Split, id_test_set
+from ..errors import ConfigError
 from ..metrics import ood_metrics
 from ..models import Classifier
 from ..runtime import Runtime
@@ -45,16 +45,16 @@ class TrackConfig:
                 continue
             key, _, val = part.partition("=") if "=" in part else ("every", "", part)
             if key not in ("every", "n_train", "n_test", "n_ood"):
-                raise ValueError(f"--track: unknown key '{key}' (use every=K, n_train=N, n_test=N, n_ood=N)")
+                raise ConfigError(f"--track: unknown key '{key}' (use every=K, n_train=N, n_test=N, n_ood=N)")
             if key == "n_train" and val == "all":
                 cfg.n_train = None
                 continue
             try:
                 v = int(val)
             except ValueError:
-                raise ValueError(f"--track: '{part}' needs an integer value") from None
+                raise ConfigError(f"--track: '{part}' needs an integer value") from None
             if v < 1:
-                raise ValueError(f"--track: {key} must be >= 1")
+                raise ConfigError(f"--track: {key} must be >= 1")
             setattr(cfg, key, v)
         if ood is not None:
             cfg.ood = [s.strip() for s in ood.split(",") if s.strip()]
@@ -75,13 +75,11 @@ class Tracker:
         self.num_classes = train_set.num_classes
 
     @classmethod
-    def build(cls, cfg: TrackConfig, train_set: ImageSet, data: dict[str, Any], run_dir: str | Path, rt: Runtime,
-              total_epochs: int, root: str | Path | None = None, split: Split | None = None) -> Tracker:
-        """``data``: the run's data record (``{"dataset": NAME, "data": {"holdout": ..., "test": ...}}``);
-        the ID test images are chosen by :func:`l2ood.evaluation.id_test_set` (never training images);
-        ``split``: the run's (training split, holdout) when already made, so it is not loaded again."""
+    def build(cls, cfg: TrackConfig, train_set: ImageSet, id_test: ImageSet, run_dir: str | Path, rt: Runtime,
+              total_epochs: int, root: str | Path | None = None) -> Tracker:
+        """``id_test``: the run's ID test images (never training images; see
+        :func:`l2ood.pipeline.id_test_for`); the OoD sets of ``cfg`` are loaded here."""
         c, h, w = train_set.shape
-        id_test, _ = id_test_set(data, root, split)
         ood = [load_dataset(n, "test", root=root, n=cfg.n_ood, seed=0, channels=c, size=(h, w))
                for n in cfg.ood]
         return cls(cfg, train_set, id_test, ood, run_dir, rt, total_epochs)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import ConfigError
+
 BENCHMARKS: dict[str, dict[str, Any]] = {
     # OpenOOD v1.5 CIFAR-10: near = CIFAR-100, Tiny-ImageNet; far = MNIST, SVHN, Textures, Places365
     "cifar10": {
@@ -74,6 +76,6 @@ def resolve(name: str, root: str | None) -> str:
     """Fill ``{root}`` in a data-set name (error if the name needs a root and none was given)."""
     if "{root}" in name:
         if root is None:
-            raise ValueError(f"benchmark data set '{name}' needs --data-root")
+            raise ConfigError(f"benchmark data set '{name}' needs --data-root")
         return name.replace("{root}", str(root).rstrip("/"))
     return name

@@ -11,9 +11,7 @@ ID accuracy; mean ± std over seeds; group values are the means over the group's
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,10 +21,11 @@ from typing import Any
 import numpy as np
 
 from ..data import ImageSet, load_dataset
-from ..evaluation import evaluate_model
-from ..models import ModelConfig
-from ..train import TrainConfig, load_artifact, train
-from ..train.artifact import WEIGHTS, update_meta
+from ..errors import ConfigError
+from ..models import ARCHITECTURES, HEAD_MODES, ModelConfig
+from ..pipeline import train_and_evaluate
+from ..provenance import code_version, code_version_line
+from ..train import TrainConfig
 from .definitions import BENCHMARKS, RECIPES, resolve
 
 
@@ -48,6 +47,17 @@ class BenchSpec:
     compile: bool = False
     progress: bool = True
 
+    def validate(self) -> None:
+        """Check the matrix before anything is loaded or trained."""
+        bad = [a for a in self.archs if a not in ARCHITECTURES]
+        if bad:
+            raise ConfigError(f"unknown architecture(s) {', '.join(bad)}; known: {', '.join(ARCHITECTURES)}")
+        bad = [v for v in self.variants if v not in HEAD_MODES]
+        if bad:
+            raise ConfigError(f"unknown variant(s) {', '.join(bad)}; known: {', '.join(HEAD_MODES)}")
+        if not self.archs or not self.variants or not self.seeds:
+            raise ConfigError("the matrix needs at least one architecture, variant and seed")
+
 
 def _load(name: str, split: str, spec: BenchSpec, bdef: dict[str, Any], n: int | None = None) -> ImageSet:
     return load_dataset(resolve(name, spec.data_root), split, root=spec.data_root, n=n, seed=0,
@@ -57,9 +67,10 @@ def _load(name: str, split: str, spec: BenchSpec, bdef: dict[str, Any], n: int |
 def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> tuple[Path, Path]:
     """Run (or resume) the whole matrix; returns the CSV and markdown paths."""
     if spec.benchmark not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark '{spec.benchmark}'; known: {', '.join(BENCHMARKS)}")
+        raise ConfigError(f"unknown benchmark '{spec.benchmark}'; known: {', '.join(BENCHMARKS)}")
     if spec.recipe not in RECIPES:
-        raise ValueError(f"unknown recipe '{spec.recipe}'; known: {', '.join(RECIPES)}")
+        raise ConfigError(f"unknown recipe '{spec.recipe}'; known: {', '.join(RECIPES)}")
+    spec.validate()
     bdef = BENCHMARKS[spec.benchmark]
     recipe = {**RECIPES[spec.recipe], **(spec.overrides or {})}
     spec.out.mkdir(parents=True, exist_ok=True)
@@ -67,7 +78,7 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> tuple[Path
     (spec.out / "spec.json").write_text(json.dumps({
         "benchmark": spec.benchmark, "definition": bdef, "recipe": spec.recipe, "hyper": recipe,
         "archs": spec.archs, "variants": spec.variants, "seeds": spec.seeds, "detectors": spec.detectors,
-        "n_ood": spec.n_ood, "n_id": spec.n_id}, indent=2))
+        "n_ood": spec.n_ood, "n_id": spec.n_id, "code_version": code_version()}, indent=2))
     train_set = _load(bdef.get("train", bdef["id"]), "train", spec, bdef)
     id_test = _load(bdef["id"], "test", spec, bdef, spec.n_id)
     groups: dict[str, str] = {}
@@ -88,27 +99,23 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> tuple[Path
                     if set(spec.detectors) <= set(done.get("requested", [])):
                         log(f"cell {arch}/{variant}/seed{seed}: done")
                         continue
-                run = spec.out / arch / variant / f"seed{seed}"
-                if not (run / "model.json").is_file():
-                    log(f"cell {arch}/{variant}/seed{seed}: training")
-                    t0 = time.perf_counter()
-                    mcfg = ModelConfig(arch=arch, width=int(recipe["width"]), head=variant)
-                    tcfg = TrainConfig(epochs=int(recipe["epochs"]), batch_size=int(recipe["batch_size"]),
-                                       lr=float(recipe["lr"]), weight_decay=float(recipe["weight_decay"]),
-                                       schedule=str(recipe["schedule"]), pad=int(recipe["pad"]), seed=seed,
-                                       device=spec.device, precision=spec.precision, compile=spec.compile)
-                    train(train_set, mcfg, tcfg, run, resume=True, progress=spec.progress, log=log)
-                    update_meta(run, dataset=train_set.name, data={"holdout": {"n": 0, "seed": 0}},
-                                train_seconds=time.perf_counter() - t0, recipe=spec.recipe)
-                log(f"cell {arch}/{variant}/seed{seed}: evaluating {len(spec.detectors)} detectors")
-                model, meta = load_artifact(run)
-                key = hashlib.sha1((run / WEIGHTS).read_bytes()).hexdigest()[:16]
-                r = evaluate_model(model, meta, id_test, ood_sets, spec.detectors, device=spec.device,
-                                   precision=spec.precision, progress=spec.progress, fit_set=train_set,
-                                   cache_dir=run / "eval" / "cache", model_key=key)
+                run_dir = spec.out / arch / variant / f"seed{seed}"
+                log(f"cell {arch}/{variant}/seed{seed}: " + ("evaluating" if (run_dir / "model.json").is_file()
+                                                            else "training") + f", {len(spec.detectors)} detectors")
+                mcfg = ModelConfig(arch=arch, width=int(recipe["width"]), head=variant)
+                tcfg = TrainConfig(epochs=int(recipe["epochs"]), batch_size=int(recipe["batch_size"]),
+                                   lr=float(recipe["lr"]), weight_decay=float(recipe["weight_decay"]),
+                                   schedule=str(recipe["schedule"]), pad=int(recipe["pad"]), seed=seed,
+                                   device=spec.device, precision=spec.precision, compile=spec.compile,
+                                   extra={"recipe": spec.recipe})
+                run, r = train_and_evaluate(train_set, mcfg, tcfg, run_dir, ood_sets=ood_sets,
+                                            detectors=spec.detectors, id_test=id_test, data_root=spec.data_root,
+                                            test_data=resolve(bdef["id"], spec.data_root),
+                                            progress=spec.progress, log=log)
                 cell.write_text(json.dumps({"arch": arch, "variant": variant, "seed": seed,
                                             "requested": spec.detectors, "groups": groups,
-                                            "train_seconds": meta.get("train_seconds"),
+                                            "train_seconds": run.record.train_seconds,
+                                            "code_version": code_version(),
                                             "results": r.results}, indent=1))
     return aggregate(spec.out)
 
@@ -122,15 +129,17 @@ def aggregate(out: Path) -> tuple[Path, Path]:
     """Write ``results.csv`` and ``results.md`` from the finished cells in ``out/cells``."""
     cells = [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
     if not cells:
-        raise ValueError(f"{out}: no finished cells")
+        raise ConfigError(f"{out}: no finished cells")
     spec = json.loads((out / "spec.json").read_text()) if (out / "spec.json").is_file() else {}
     rows = []
     for c in cells:
         res = c["results"]
         for s, d in res["ood"].items():
             for det, m in d["detectors"].items():
+                cv = c.get("code_version") or {}
                 rows.append({"arch": c["arch"], "variant": c["variant"], "seed": c["seed"], "detector": det,
-                             "ood": s, "group": c["groups"].get(s, "?"), "id_acc": res["id_accuracy"], **m})
+                             "ood": s, "group": c["groups"].get(s, "?"), "id_acc": res["id_accuracy"], **m,
+                             "l2ood": cv.get("l2ood", "0.1.0"), "git_commit": cv.get("git_commit") or ""})
     csv_path = out / "results.csv"
     with open(csv_path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -149,11 +158,13 @@ def aggregate(out: Path) -> tuple[Path, Path]:
         for _seed, vals in by_seed.items():
             for name, v in vals.items():
                 per[k][name].append(float(np.mean(v)))
+    versions = {f"l2ood {r['l2ood']}" + (f" (git {r['git_commit'][:10]})" if r["git_commit"] else "") for r in rows}
     groups = sorted({r["group"] for r in rows}, key=lambda g: {"near": 0, "far": 1}.get(g, 2))
     header = ["arch", "variant", "detector", *[f"{g} AUROC" for g in groups], *[f"{g} FPR95" for g in groups],
               "ID acc", "seeds"]
     lines = [f"# l2ood bench: {spec.get('benchmark', '?')} ({spec.get('recipe', '?')})", "",
              f"Hyper-parameters: `{json.dumps(spec.get('hyper', {}))}`", "",
+             f"Code: cells by {', '.join(sorted(versions))}; aggregated by {code_version_line()}.", "",
              "Mean ± std over seeds (sample std); group columns average the per-data-set metrics of the "
              "group (OpenOOD v1.5 convention). AUROC / FPR@95TPR / accuracy in %.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -1,7 +1,10 @@
 """The ``l2ood`` command line: ``train``, ``evaluate``, ``demo``, ``calibrate``, ``screen``, ``analyze``, ``bench``.
 
-Errors a user can fix (missing data, bad arguments, unloadable runs) end in one message on stderr
-and exit status 2 — never a traceback.
+This module only parses arguments and calls library functions. Exit status: 0 success; 1 (``screen``
+only) some input could not be read; 2 an error a user can fix (missing data, bad arguments, a run that
+fails validation, a full disk), one message on stderr, never a traceback; 3 an internal error (a bug):
+one line on stderr naming a log file (``$L2OOD_LOG_DIR``, default ``$L2OOD_CACHE/logs``) that holds the
+traceback; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -15,12 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..data import DATASETS, PARAMETRIC, DataError, ImageSet, load_dataset
+from ..data import DATASETS, PARAMETRIC, ImageSet
+from ..errors import ConfigError, L2oodError
 from ..models import ARCHITECTURES, HEAD_MODES, ModelConfig
 from ..runtime import PRECISIONS
-from ..train import ArtifactError, TrainConfig, TrainingDiverged
+from ..train import SCHEDULES, TrainConfig
 from ..train.distributed import dist_from_env
-from ..train.trainer import SCHEDULES
 
 DEMO_OOD = "mnist,textures,noise"
 
@@ -184,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calibration-data", default=None, metavar="NAME",
                    help="ID data to calibrate on instead of the run's holdout (e.g. npz:PATH; a registered name "
                         "gives its test split); must overlap neither the training nor the evaluation data")
+    c.add_argument("--name", default="default",
+                   help="store the calibration under this name (default 'default', which `screen` uses); "
+                        "other stored calibrations are kept")
     c.add_argument("--batch-size", type=_positive_int, default=512)
     _add_runtime(c)
 
@@ -197,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=("csv", "jsonl"), default="csv")
     s.add_argument("--output", "-o", default="-", help="output file (default: standard output)")
     s.add_argument("--threshold", type=float, default=None, help="manual threshold (overrides calibration)")
+    s.add_argument("--calibration", default="default", help="name of the stored calibration to use (default 'default')")
     s.add_argument("--batch-size", type=_positive_int, default=256)
     s.add_argument("--max-pixels", type=_positive_int, default=40_000_000,
                    help="refuse images with more pixels (decompression-bomb guard)")
@@ -208,64 +215,37 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _train_sets(args: argparse.Namespace) -> tuple[ImageSet, dict[str, Any], tuple[ImageSet, ImageSet | None]]:
-    """``(images to train on, the run's data record, (training split, holdout or None))``."""
-    full = load_dataset(args.dataset, "train", root=args.data_root)
-    if full.labels is None:
-        raise DataError(f"{args.dataset}: training data need labels")
-    info: dict[str, Any] = {"holdout": {"n": args.holdout, "seed": 0}}
-    if getattr(args, "test_data", None):
-        info["test"] = args.test_data
-    split: tuple[ImageSet, ImageSet | None] = (full, None)
-    if args.holdout:
-        if args.holdout >= len(full):
-            raise DataError(f"--holdout {args.holdout} leaves no training images ({len(full)} in total)")
-        split = full.split(args.holdout, seed=0)
-    train_set = split[0]
-    if args.train_subset:
-        train_set = train_set.subset(args.train_subset, seed=args.seed)
-        info["train_subset"] = args.train_subset
-    return train_set, info, split
-
-
-def _train_one(args: argparse.Namespace, head: str, out: Path, train_set: ImageSet, info: dict[str, Any],
-               split: tuple[ImageSet, ImageSet | None], resume: bool = False) -> Path:
-    from ..train import train
-    from ..train.artifact import update_meta
-
+def _configs(args: argparse.Namespace, head: str) -> tuple[ModelConfig, TrainConfig]:
     mcfg = ModelConfig(arch=args.arch, width=args.width, head=head)
-    tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                       weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed,
-                       device=args.device, precision=args.precision,
+    tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                       schedule=args.schedule, seed=args.seed, device=args.device, precision=args.precision,
                        checkpoint_every_steps=getattr(args, "checkpoint_every_steps", 0),
-                       sync_bn=getattr(args, "sync_bn", False),
-                       compile=getattr(args, "compile", False))
-    tracker = None
-    if getattr(args, "track", None):
-        from ..analysis.track import TrackConfig, Tracker
-        from ..runtime import resolve_runtime
+                       sync_bn=getattr(args, "sync_bn", False), compile=getattr(args, "compile", False))
+    return mcfg, tcfg
 
-        tracker = Tracker.build(TrackConfig.parse(args.track, args.track_ood), train_set,
-                                {"dataset": args.dataset, "data": info}, out,
-                                resolve_runtime(args.device, args.precision), args.epochs, root=args.data_root,
-                                split=split)
-    t0 = time.perf_counter()
-    train(train_set, mcfg, tcfg, out, resume=resume, progress=not args.no_progress, log=_log,
-          on_epoch_end=tracker)
-    if dist_from_env().is_main:
-        update_meta(out, dataset=args.dataset, data=info, train_seconds=time.perf_counter() - t0)
-    return out
+
+def _training_data(args: argparse.Namespace) -> tuple[ImageSet, ImageSet | None]:
+    from ..pipeline import training_data
+
+    return training_data(args.dataset, holdout=args.holdout, subset=args.train_subset, subset_seed=args.seed,
+                         root=args.data_root)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from ..pipeline import train_run
+
     out = Path(args.out or f"runs/{args.dataset.replace(':', '_').replace('/', '_')}-{args.head}"
                           f"-w{args.width}-s{args.seed}")
     if (out / "model.json").exists() and not args.resume and dist_from_env().is_main:
-        raise ValueError(f"{out} already holds a trained model; pass another --out or --resume")
-    train_set, info, split = _train_sets(args)
-    _train_one(args, args.head, out, train_set, info, split, resume=args.resume)
-    if dist_from_env().is_main:
-        print(f"saved {out}/model.safetensors and {out}/model.json")
+        raise ConfigError(f"{out} already holds a trained model; pass another --out or --resume")
+    train_set, hold = _training_data(args)
+    mcfg, tcfg = _configs(args, args.head)
+    t0 = time.perf_counter()
+    run = train_run(train_set, mcfg, tcfg, out, test_data=args.test_data, holdout=hold, track=args.track,
+                    track_ood=args.track_ood, data_root=args.data_root, resume=args.resume,
+                    progress=not args.no_progress, log=_log)
+    if run is not None:
+        print(f"saved {out}/model.safetensors and {out}/model.json ({time.perf_counter() - t0:.0f} s)")
     return 0
 
 
@@ -275,7 +255,7 @@ def _print_and_report(named: list[tuple[str, Any]], out: Path, title: str) -> No
     print(format_table([(lbl, r.results) for lbl, r in named]))
     cmd = "l2ood " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     report = write_report(out, [(lbl, r.results, r.scores) for lbl, r in named], title=title, command=cmd)
-    all_results = {lbl: r.results for lbl, r in named}
+    all_results = {lbl: {**r.results, "command": cmd} for lbl, r in named}  # each carries its code_version
     (out / "results.json").write_text(json.dumps(all_results, indent=2))
     print(f"\nwrote {out / 'results.json'} and {report}")
 
@@ -300,22 +280,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ..evaluation import DEFAULT_DETECTORS, evaluate_run
+    from ..evaluation import DEFAULT_DETECTORS, load_ood_sets
+    from ..pipeline import id_test_for, train_and_evaluate
 
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     if (out / "l2" / "model.json").exists() or (out / "ce" / "model.json").exists():
-        raise ValueError(f"{out} already holds a demo; pass another --out")
+        raise ConfigError(f"{out} already holds a demo; pass another --out")
     t0 = time.perf_counter()
-    train_set, info, split = _train_sets(args)
-    ood = [s.strip() for s in args.ood.split(",") if s.strip()]
+    train_set, hold = _training_data(args)
+    id_test, _ = id_test_for(train_set, args.test_data, hold, args.data_root)
+    if args.n_id:
+        id_test = id_test.subset(args.n_id, seed=0)
+    c, h, w = train_set.shape
+    ood_sets = load_ood_sets([s.strip() for s in args.ood.split(",") if s.strip()], root=args.data_root,
+                             n=args.n_ood, seed=0, channels=c, size=(h, w))
     named = []
     for head in ("l2", "ce"):
         _log(f"== {head.upper()} model ==")
-        run = _train_one(args, head, out / head, train_set, info, split)
-        r = evaluate_run(run, ood, list(DEFAULT_DETECTORS), data_root=args.data_root, n_ood=args.n_ood,
-                         n_id=args.n_id, device=args.device, precision=args.precision,
-                         progress=not args.no_progress)
-        r.save(run / "eval")
+        mcfg, tcfg = _configs(args, head)
+        _, r = train_and_evaluate(train_set, mcfg, tcfg, out / head, ood_sets=ood_sets,
+                                  detectors=list(DEFAULT_DETECTORS), id_test=id_test, test_data=args.test_data,
+                                  holdout=hold, data_root=args.data_root, progress=not args.no_progress, log=_log)
         named.append((head.upper(), r))
     _print_and_report(named, out, f"l2ood demo: {args.dataset}, L2 vs CE")
     print(f"demo finished in {time.perf_counter() - t0:.0f} s")
@@ -323,74 +308,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    import numpy as np
+    from ..run import Run
+    from ..screen import calibrate_run
 
-    from ..detectors import make_detector
-    from ..screen import Screener, calibrate, screenable_detectors
-    from ..train.artifact import update_meta
-
-    if not 0 < args.tpr <= 1:
-        raise ValueError(f"--tpr must be in (0, 1], got {args.tpr}")
-    if args.detector not in screenable_detectors():
-        raise ValueError(f"--detector must be one of {', '.join(screenable_detectors())}")
-    scr = Screener.from_run(args.run, device=args.device, precision=args.precision)
-    scr.detector = make_detector(args.detector)
-    meta = scr.meta
-    if args.calibration_data:
-        cal_set = load_dataset(args.calibration_data, "test", root=args.data_root)
-        split = {"source": args.calibration_data}
-    else:
-        from ..evaluation import recorded_split
-
-        _, held_out = recorded_split(meta, args.data_root)
-        if held_out is None:
-            raise ValueError(f"{args.run} was trained without a held-out ID split (--holdout 0); pass "
-                             "--calibration-data with ID images not used in training")
-        cal_set = held_out
-        split = {"source": f"{meta.get('dataset')} train holdout", **meta["data"]["holdout"]}
-    scores = [scr.score(cal_set.images[i : i + args.batch_size]).scores
-              for i in range(0, len(cal_set), args.batch_size)]
-    cal = calibrate(np.concatenate(scores), args.detector, args.tpr, args.alpha, split)
-    update_meta(args.run, calibration=cal.to_dict())
+    run = Run.load(args.run, device=args.device, precision=args.precision, data_root=args.data_root)
+    cal = calibrate_run(run, tpr=args.tpr, alpha=args.alpha, detector=args.detector,
+                        calibration_data=args.calibration_data, name=args.name, data_root=args.data_root,
+                        batch_size=args.batch_size, progress=not args.no_progress)
     print(f"calibrated {args.run} on {cal.n} held-out ID images: threshold {cal.threshold:.6g} "
-          f"(accepts {100 * args.tpr:.1f} % of them); rule: {cal.rule()}")
+          f"(accepts {100 * args.tpr:.1f} % of them); rule: {cal.rule()}; stored as '{args.name}'")
     return 0
 
 
 def cmd_screen(args: argparse.Namespace) -> int:
-    import csv
+    from ..screen import Screener, screen_to_file
 
-    from ..screen import RECORD_FIELDS, Screener
-
-    scr = Screener.from_run(args.run, threshold=args.threshold, device=args.device, precision=args.precision)
+    scr = Screener.from_run(args.run, calibration=args.calibration, threshold=args.threshold, device=args.device,
+                            precision=args.precision)
     if not scr.calibrated:
-        raise ValueError(f"{args.run} is not calibrated: run `l2ood calibrate {args.run}` first "
-                         "(or pass --threshold)")
+        raise ConfigError(f"{args.run} is not calibrated (no calibration '{args.calibration}'): run `l2ood calibrate {args.run}` "
+                          "first (or pass --threshold)")
     out = sys.stdout if args.output == "-" else open(args.output, "w", newline="")
-    n_ok = n_out = n_err = 0
     try:
-        writer = csv.DictWriter(out, fieldnames=RECORD_FIELDS) if args.format == "csv" else None
-        if writer:
-            writer.writeheader()
-        for rec in scr.screen(args.paths, batch_size=args.batch_size, progress=not args.no_progress,
-                              max_pixels=args.max_pixels):
-            if rec["status"] == "ok":
-                n_ok += 1
-                n_out += rec["verdict"] == "out"
-            else:
-                n_err += 1
-            if writer:
-                writer.writerow(rec)
-            else:
-                out.write(json.dumps(rec) + "\n")
+        counts = screen_to_file(scr, args.paths, out, args.format, batch_size=args.batch_size,
+                                progress=not args.no_progress, max_pixels=args.max_pixels)
     finally:
         if out is not sys.stdout:
             out.close()
     rule = (f"score < {args.threshold} → out" if args.threshold is not None
             else scr.calibration.rule())  # type: ignore[union-attr]
-    print(f"screened {n_ok} images: {n_out} out-of-distribution, {n_ok - n_out} in-distribution; "
-          f"{n_err} unreadable input(s); rule: {rule}", file=sys.stderr)
-    return 1 if n_err else 0
+    print(f"screened {counts['ok']} images: {counts['out']} out-of-distribution, {counts['ok'] - counts['out']} "
+          f"in-distribution; {counts['error']} unreadable input(s); rule: {rule}", file=sys.stderr)
+    return 1 if counts["error"] else 0
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -408,29 +357,46 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from ..bench import RECIPES, BenchSpec, run_bench
     from ..evaluation import parse_detectors
-    from ..models import ARCHITECTURES as ARCHS
 
-    archs = args.archs.split(",") if args.archs else [RECIPES[args.recipe]["arch"]]
-    bad = [a for a in archs if a not in ARCHS]
-    if bad:
-        raise ValueError(f"unknown architecture(s) {', '.join(bad)}; known: {', '.join(ARCHS)}")
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    bad = [v for v in variants if v not in HEAD_MODES]
-    if bad:
-        raise ValueError(f"unknown variant(s) {', '.join(bad)}; known: {', '.join(HEAD_MODES)}")
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
-        raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+        raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     over = {k: v for k, v in (("width", args.width), ("epochs", args.epochs), ("batch_size", args.batch_size),
                               ("lr", args.lr)) if v is not None}
-    spec = BenchSpec(args.benchmark, args.recipe, archs, variants, seeds, parse_detectors(args.detectors),
-                     Path(args.out or f"runs/bench-{args.benchmark}-{args.recipe}"), args.data_root, over,
-                     args.device, args.precision, args.n_ood, args.n_id, args.compile, not args.no_progress)
+    spec = BenchSpec(args.benchmark, args.recipe,
+                     args.archs.split(",") if args.archs else [RECIPES[args.recipe]["arch"]],
+                     [v.strip() for v in args.variants.split(",") if v.strip()], seeds,
+                     parse_detectors(args.detectors), Path(args.out or f"runs/bench-{args.benchmark}-{args.recipe}"),
+                     args.data_root, over, args.device, args.precision, args.n_ood, args.n_id, args.compile,
+                     not args.no_progress)
     csv_path, md_path = run_bench(spec, log=_log)
     print(md_path.read_text())
     print(f"wrote {csv_path} and {md_path}")
     return 0
+
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+def _crash_log(command: str, exc: BaseException) -> Path | None:
+    """Write the traceback of an internal error to a log file; returns its path (None if unwritable)."""
+    import os
+    import traceback
+
+    from ..data.lookup import cache_dir
+
+    folder = Path(os.environ.get("L2OOD_LOG_DIR") or cache_dir() / "logs")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        from ..provenance import code_version
+
+        path.write_text(f"l2ood {command}: internal error\nargv: {sys.argv!r}\ncode: {json.dumps(code_version())}\n\n"
+                        + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        return path
+    except OSError:
+        return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -441,12 +407,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "screen": cmd_screen, "analyze": cmd_analyze, "bench": cmd_bench}
     try:
         return handlers[args.command](args)
-    except (DataError, ArtifactError, TrainingDiverged, ValueError, FileNotFoundError, OSError) as e:
+    except L2oodError as e:
         print(f"l2ood {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except OSError as e:  # the machine's or the user's files: disk full, permission denied, missing path
+        print(f"l2ood {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug in l2ood: keep the traceback, say where it is
+        path = _crash_log(args.command, e)
+        where = f"; the traceback is in {path}" if path else ""
+        print(f"l2ood {args.command}: internal error (a bug in l2ood, please report it): {type(e).__name__}: {e}"
+              f"{where}", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 from .cifar import load_cifar
 from .errors import DataError, DataFormatError, DataNotFoundError
 from .folders import load_image_folder, split_folder
-from .imageset import ImageSet
+from .imageset import DataSource, ImageSet, Op
 from .imglist import load_imglist, parse_imglist_spec
 from .mnist import load_idx_dataset
 from .npz import load_npz, save_npz
@@ -35,8 +35,11 @@ __all__ = [
     "DataError",
     "DataFormatError",
     "DataNotFoundError",
+    "DataSource",
     "ImageSet",
+    "Op",
     "augment_batch",
+    "canonical_spec",
     "channel_stats",
     "convert_format",
     "has_split",
@@ -44,6 +47,7 @@ __all__ = [
     "load_image_folder",
     "load_imglist",
     "load_npz",
+    "load_source",
     "safe_load",
     "save_npz",
     "to_format",
@@ -138,6 +142,40 @@ def has_split(name: str, split: str) -> bool:
     return False
 
 
+def canonical_spec(name: str) -> str:
+    """``name`` with the paths of ``npz:``, ``imagefolder:`` and ``imglist:`` specs made absolute, so a
+    recorded spec loads the same files from any working directory."""
+    def absolute(p: str) -> str:
+        return str(Path(p).expanduser().absolute()) if p else p
+
+    if name.startswith("npz:"):
+        return "npz:" + absolute(name[4:])
+    if name.startswith("imagefolder:"):
+        return "imagefolder:" + absolute(name[len("imagefolder:"):])
+    if name.startswith("imglist:"):
+        list_file, image_root = parse_imglist_spec(name[len("imglist:"):])
+        return "imglist:" + absolute(str(list_file)) + (f"@{absolute(str(image_root))}" if image_root else "")
+    return name
+
+
+def load_source(source: DataSource, *, root: str | Path | None = None,
+                size: tuple[int, int] | None = None) -> ImageSet:
+    """Load the exact images a :class:`DataSource` describes (``root`` overrides the recorded data root)."""
+    ds = load_dataset(source.spec, source.split, root=root if root is not None else source.root, size=size)
+    for op in source.ops:
+        if op.kind == "subset":
+            ds = ds.subset(op.n, seed=op.seed)
+        elif op.kind == "holdout":
+            if not 0 < op.n < len(ds):
+                raise DataError(f"{source.spec}: the recorded holdout of {op.n} images does not fit the "
+                                f"{len(ds)} images found now (the data changed since the run was trained)")
+            rest, hold = ds.split(op.n, seed=op.seed)
+            ds = hold if op.part == "holdout" else rest
+        else:
+            raise DataError(f"{source.spec}: unknown data operation '{op.kind}'")
+    return ds
+
+
 def load_dataset(
     name: str,
     split: str = "test",
@@ -174,7 +212,10 @@ def load_dataset(
     else:
         known = ", ".join([*DATASETS, *PARAMETRIC])
         raise DataError(f"unknown dataset '{name}'; known: {known}")
-    if n is not None and not (name in DATASETS and DATASETS[name].generated):
+    generated = name in DATASETS and DATASETS[name].generated
+    if not generated:
+        ds.source = DataSource(canonical_spec(name), split, None if root is None else str(Path(root).absolute()))
+    if n is not None and not generated:
         ds = ds.subset(n, seed=seed)
     if size is not None or channels is not None:
         ds = to_format(ds, channels or ds.shape[0], size or ds.shape[1:])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from ..errors import L2oodError
 
-class DataError(Exception):
+
+class DataError(L2oodError):
     """Base class for data problems a user can fix (missing files, bad format, unknown name)."""
 
 

@@ -6,10 +6,11 @@ recursively (Tiny-ImageNet's ``train/<wnid>/images/`` works). A folder with imag
 sub-folders is a flat, unlabelled set. If ``ROOT`` only holds split folders (``train``, ``val``,
 ``test``), the requested split's folder is used (so ``imagefolder:cifar10-jpeg`` serves both splits).
 
-Decoding follows OpenOOD's test pipeline: Pillow ``convert('RGB')``, then either
+Decoding goes through :mod:`l2ood.data.preprocess` (the path screened files take too): Pillow decode
+to 8-bit RGB (alpha composited on white), then either
 
-* ``mode="resize"``: bilinear resize of the whole image to the target size (default 32×32), or
-* ``mode="crop"``: bilinear resize of the shorter side to the target size, then a centre crop
+* ``mode="resize"``: antialiased bilinear resize of the whole image to the target size (default 32×32), or
+* ``mode="crop"``: antialiased bilinear resize of the shorter side to the target size, then a centre crop
   (torchvision ``Resize(s)`` + ``CenterCrop(s)``; OpenOOD's processing of Textures/DTD).
 
 Unreadable images are skipped and counted in one warning. The decoded uint8 arrays are cached in
@@ -29,14 +30,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from .errors import DataFormatError, DataNotFoundError
 from .imageset import ImageSet
 from .lookup import cache_dir
+from .preprocess import load_image
+from .transforms import FITS
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
-MODES = ("resize", "crop")
+MODES = FITS
 SPLIT_NAMES = frozenset({"train", "val", "valid", "validation", "test"})
-_CACHE_VERSION = "l2ood-decoded-v1"
+_CACHE_VERSION = "l2ood-decoded-v2"  # v2: decode + resize through data.preprocess
 
 
 def _is_image(name: str) -> bool:
@@ -80,26 +84,9 @@ def scan_image_folder(root: str | Path, per_class_limit: int | None = None
 
 
 def _decode_image(path: Path, size: tuple[int, int], mode: str) -> np.ndarray:
-    """One image as uint8 ``(H, W, 3)`` at ``size = (H, W)`` (see the module doc for the modes)."""
-    from PIL import Image
-
-    h, w = size
-    with Image.open(path) as im:
-        rgb = im.convert("RGB")
-    if mode == "crop":
-        iw, ih = rgb.size
-        s = max(h, w)
-        nw, nh = (s, int(s * ih / iw)) if iw <= ih else (int(s * iw / ih), s)
-        if (nw, nh) != (iw, ih):
-            rgb = rgb.resize((nw, nh), Image.Resampling.BILINEAR)
-        left, top = round((nw - w) / 2), round((nh - h) / 2)
-        rgb = rgb.crop((left, top, left + w, top + h))
-    elif rgb.size != (w, h):
-        rgb = rgb.resize((w, h), Image.Resampling.BILINEAR)
-    arr = np.asarray(rgb, dtype=np.uint8)
-    if arr.shape != (h, w, 3):
-        raise ValueError(f"decoded shape {arr.shape}, expected {(h, w, 3)}")
-    return arr
+    """One image as uint8 ``(3, H, W)`` at ``size = (H, W)``, through the one preprocessing path
+    (:func:`l2ood.data.preprocess.load_image`: the same decode and resize as screened files)."""
+    return load_image(path, 3, size, fit=mode).numpy()
 
 
 def _cache_key(files: Sequence[Path], labels: Sequence[int] | None, class_names: Sequence[str] | None,
@@ -166,13 +153,13 @@ def decode_images(
     ``progress=None`` shows a tqdm bar only on a terminal. Unreadable files are skipped (one warning).
     """
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
     size = (int(size[0]), int(size[1]))
     files = [Path(f) for f in files]
     if not files:
         raise DataNotFoundError(f"{name}: no image files given")
     if labels is not None and len(labels) != len(files):
-        raise ValueError(f"{len(labels)} labels for {len(files)} files")
+        raise ConfigError(f"{len(labels)} labels for {len(files)} files")
     key = _cache_key(files, labels, class_names, size, mode)
     cpath = _cache_path(name, key)
     hit = _read_cache(cpath, len(files), size) if cache else None
@@ -192,7 +179,7 @@ def decode_images(
                 skipped += 1
                 first = first or f"{f}: {type(e).__name__}: {e}"
                 continue
-            images[i] = arr.transpose(2, 0, 1)
+            images[i] = arr
             ok[i] = True
         kept = np.flatnonzero(ok).astype(np.int64)
         images = images[kept] if skipped else images

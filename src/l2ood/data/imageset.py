@@ -6,10 +6,55 @@ converted to float only batch by batch (see :mod:`l2ood.data.transforms`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Op:
+    """One seeded selection applied after loading: ``holdout`` (split off ``n`` images with ``seed``,
+    keep ``part`` = ``"rest"`` or ``"holdout"``) or ``subset`` (a seeded subset of ``n``)."""
+
+    kind: str
+    n: int
+    seed: int
+    part: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"op": self.kind, "n": self.n, "seed": self.seed}
+        if self.kind == "holdout":
+            d["part"] = self.part
+        return d
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """How to load an :class:`ImageSet` again: ``load_dataset(spec, split, root=root)`` followed by
+    ``ops`` in order. Recorded in a run so its exact training images can be rebuilt."""
+
+    spec: str
+    split: str
+    root: str | None = None
+    ops: tuple[Op, ...] = ()
+
+    def then(self, op: Op) -> DataSource:
+        return replace(self, ops=(*self.ops, op))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"spec": self.spec, "split": self.split, "root": self.root, "ops": [o.to_dict() for o in self.ops]}
+
+    def describe(self) -> str:
+        parts = [f"{self.spec} ({self.split})"]
+        for o in self.ops:
+            parts.append(f"{o.part} of holdout n={o.n} seed={o.seed}" if o.kind == "holdout"
+                         else f"subset n={o.n} seed={o.seed}")
+        return ", ".join(parts)
+
 
 
 @dataclass
@@ -22,15 +67,16 @@ class ImageSet:
     class_names: list[str] | None = None
     hflip: bool = False  # whether horizontal flips are a sensible augmentation for this data
     meta: dict[str, object] = field(default_factory=dict)
+    source: DataSource | None = None  # how to load these exact images again (None: built in memory)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8:
             raise TypeError(f"{self.name}: images must be uint8, got {self.images.dtype}")
         if self.images.ndim != 4:
-            raise ValueError(f"{self.name}: images must be (N, C, H, W), got {tuple(self.images.shape)}")
+            raise ConfigError(f"{self.name}: images must be (N, C, H, W), got {tuple(self.images.shape)}")
         if self.labels is not None:
             if self.labels.ndim != 1 or len(self.labels) != len(self.images):
-                raise ValueError(
+                raise ConfigError(
                     f"{self.name}: labels must be (N,) with N={len(self.images)}, "
                     f"got {tuple(self.labels.shape)}"
                 )
@@ -59,7 +105,7 @@ class ImageSet:
         if n is None or n >= len(self):
             return self
         if n < 1:
-            raise ValueError(f"subset size must be >= 1, got {n}")
+            raise ConfigError(f"subset size must be >= 1, got {n}")
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(self), generator=g)[:n].sort().values
         return ImageSet(
@@ -69,17 +115,18 @@ class ImageSet:
             class_names=self.class_names,
             hflip=self.hflip,
             meta=dict(self.meta),
+            source=None if self.source is None else self.source.then(Op("subset", int(n), int(seed))),
         )
 
     def split(self, n_holdout: int, seed: int = 0) -> tuple[ImageSet, ImageSet]:
         """Seeded split into ``(rest, holdout)`` with ``len(holdout) == n_holdout``."""
         if not 0 < n_holdout < len(self):
-            raise ValueError(f"holdout size must be in (0, {len(self)}), got {n_holdout}")
+            raise ConfigError(f"holdout size must be in (0, {len(self)}), got {n_holdout}")
         g = torch.Generator().manual_seed(seed)
         perm = torch.randperm(len(self), generator=g)
         hold, rest = perm[:n_holdout].sort().values, perm[n_holdout:].sort().values
 
-        def take(idx: Tensor, suffix: str) -> ImageSet:
+        def take(idx: Tensor, suffix: str, part: str) -> ImageSet:
             return ImageSet(
                 name=f"{self.name}{suffix}",
                 images=self.images[idx],
@@ -87,6 +134,8 @@ class ImageSet:
                 class_names=self.class_names,
                 hflip=self.hflip,
                 meta=dict(self.meta),
+                source=None if self.source is None else self.source.then(
+                    Op("holdout", int(n_holdout), int(seed), part)),
             )
 
-        return take(rest, ""), take(hold, "-holdout")
+        return take(rest, "", "rest"), take(hold, "-holdout", "holdout")

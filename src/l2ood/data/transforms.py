@@ -14,24 +14,43 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from ..errors import ConfigError
 from .imageset import ImageSet
 
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 
+FITS = ("resize", "crop")
+
+
+def _crop_geometry(h: int, w: int, size: tuple[int, int]) -> tuple[tuple[int, int], int, int]:
+    """``((resized h, w), top, left)``: shorter side → ``max(size)``, then a centre crop of ``size``."""
+    th, tw = size
+    s = max(th, tw)
+    nh, nw = (int(s * h / w), s) if w <= h else (s, int(s * w / h))
+    nh, nw = max(nh, th), max(nw, tw)
+    return (nh, nw), round((nh - th) / 2), round((nw - tw) / 2)
+
+
 def convert_format(
-    images: Tensor, channels: int, size: tuple[int, int], chunk: int = 4096
+    images: Tensor, channels: int, size: tuple[int, int], chunk: int = 4096, fit: str = "resize"
 ) -> Tensor:
-    """Convert uint8 ``(N, C, H, W)`` images to ``channels`` and ``size``; returns uint8."""
+    """Convert uint8 ``(N, C, H, W)`` images to ``channels`` and ``size``; returns uint8.
+
+    ``fit="resize"`` stretches the whole image to ``size``; ``fit="crop"`` resizes the shorter side
+    to ``max(size)`` and crops the centre (torchvision ``Resize`` + ``CenterCrop``)."""
+    if fit not in FITS:
+        raise ConfigError(f"fit must be one of {FITS}, got {fit!r}")
     if images.dtype != torch.uint8 or images.ndim != 4:
-        raise ValueError("convert_format expects uint8 (N, C, H, W) images")
+        raise ConfigError("convert_format expects uint8 (N, C, H, W) images")
     n, c, h, w = images.shape
     if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
+        raise ConfigError(f"channels must be 1 or 3, got {channels}")
     if c not in (1, 3, 4):
-        raise ValueError(f"input images must have 1, 3 or 4 channels, got {c}")
+        raise ConfigError(f"input images must have 1, 3 or 4 channels, got {c}")
     if c == channels and (h, w) == tuple(size):
         return images
+    size = (int(size[0]), int(size[1]))
     out = torch.empty((n, channels, *size), dtype=torch.uint8)
     for s in range(0, n, chunk):
         x = images[s : s + chunk].float()
@@ -41,7 +60,12 @@ def convert_format(
             x = (x * _LUMA.view(1, 3, 1, 1)).sum(1, keepdim=True)
         elif x.shape[1] == 1 and channels == 3:
             x = x.expand(-1, 3, -1, -1)
-        if x.shape[-2:] != tuple(size):
+        if fit == "crop" and (h, w) != tuple(size):
+            (nh, nw), top, left = _crop_geometry(h, w, size)
+            if (nh, nw) != (h, w):
+                x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+            x = x[:, :, top : top + size[0], left : left + size[1]]
+        elif x.shape[-2:] != tuple(size):
             x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
         out[s : s + chunk] = x.round().clamp(0, 255).to(torch.uint8)
     return out
@@ -52,7 +76,7 @@ def to_format(ds: ImageSet, channels: int, size: tuple[int, int]) -> ImageSet:
     images = convert_format(ds.images, channels, size)
     if images is ds.images:
         return ds
-    return ImageSet(ds.name, images, ds.labels, ds.class_names, ds.hflip, dict(ds.meta))
+    return ImageSet(ds.name, images, ds.labels, ds.class_names, ds.hflip, dict(ds.meta), ds.source)
 
 
 def channel_stats(images: Tensor, chunk: int = 8192) -> tuple[list[float], list[float]]:
@@ -86,7 +110,7 @@ def augment_batch(
     n, c, h, w = x.shape
     start, total = rows if rows is not None else (0, n)
     if not 0 <= start <= total - n:
-        raise ValueError(f"rows {rows} do not fit a shard of {n} samples")
+        raise ConfigError(f"rows {rows} do not fit a shard of {n} samples")
     sl = slice(start, start + n)
     if pad > 0:
         padded = F.pad(x, (pad, pad, pad, pad))

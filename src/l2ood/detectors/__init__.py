@@ -17,7 +17,7 @@ from . import (  # noqa: F401  (registration side effects)
     vim,
 )
 from .base import DETECTORS, Detector, make_detector, register
-from .features import Extraction, Head, extract, iter_batches
+from .features import Extraction, Head, extract, forward_batch, iter_batches
 
 # Display order for tables ("all"): the method first, then logit-based, then feature-statistics
 # detectors. Only an ordering: any registered detector missing here is appended.
@@ -30,5 +30,5 @@ def all_detectors() -> list[str]:
     return [n for n in _DISPLAY_ORDER if n in DETECTORS] + [n for n in DETECTORS if n not in _DISPLAY_ORDER]
 
 
-__all__ = ["DETECTORS", "Detector", "Extraction", "Head", "all_detectors", "extract", "iter_batches", "make_detector",
-           "register"]
+__all__ = ["DETECTORS", "Detector", "Extraction", "Head", "all_detectors", "extract", "forward_batch", "iter_batches",
+           "make_detector", "register"]

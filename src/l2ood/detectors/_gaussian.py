@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
 from .features import Extraction
 
 Transform = Callable[[Tensor], Tensor]
@@ -54,16 +55,16 @@ def fit_class_gaussians(train: Extraction, chunk_size: int = 8192,
     fit on transformed features. Classes without training rows are skipped.
     """
     if train.labels is None:
-        raise ValueError("fitting class-conditional Gaussians needs the labels of the training data")
+        raise ConfigError("fitting class-conditional Gaussians needs the labels of the training data")
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}")
     n_total = len(train)
     if n_total == 0:
-        raise ValueError("cannot fit class-conditional Gaussians on an empty training set")
+        raise ConfigError("cannot fit class-conditional Gaussians on an empty training set")
     if train.labels.shape[0] != n_total:
-        raise ValueError(f"{train.labels.shape[0]} labels for {n_total} feature rows")
+        raise ConfigError(f"{train.labels.shape[0]} labels for {n_total} feature rows")
     if train.labels.min().item() < 0:
-        raise ValueError("labels must be non-negative class indices")
+        raise ConfigError("labels must be non-negative class indices")
     num_classes = int(train.labels.max().item()) + 1
     d = int(train.features.shape[1])
 
@@ -132,7 +133,7 @@ def _sym(a: Tensor) -> Tensor:
 def check_chunk_size(chunk_size: int) -> int:
     """Validate a constructor ``chunk_size``."""
     if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        raise ConfigError(f"chunk_size must be a positive int, got {chunk_size!r}")
     return chunk_size
 
 

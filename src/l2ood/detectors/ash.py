@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
 from .base import Detector, register
 from .features import Extraction, Head
 
@@ -53,7 +54,7 @@ class ASHS(Detector):
 
     def __init__(self, percentile: float = 90.0) -> None:
         if not 0.0 <= percentile < 100.0:
-            raise ValueError(f"percentile must be in [0, 100), got {percentile}")
+            raise ConfigError(f"percentile must be in [0, 100), got {percentile}")
         self.percentile = float(percentile)
 
     def score(self, x: Extraction, head: Head) -> Tensor:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from torch import Tensor
 
+from ..errors import ConfigError
 from .features import Extraction, Head
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ D = TypeVar("D", bound="type[Detector]")
 def register(cls: D) -> D:
     """Class decorator adding a detector to :data:`DETECTORS` under ``cls.name``."""
     if cls.name in DETECTORS:
-        raise ValueError(f"detector name '{cls.name}' registered twice")
+        raise ConfigError(f"detector name '{cls.name}' registered twice")
     DETECTORS[cls.name] = cls
     return cls
 
@@ -75,11 +76,11 @@ class InputDetector(Detector):
     @abstractmethod
     def score_images(self, model: Classifier, images: Tensor, rt: Runtime,
                      variant: str = "trained") -> Tensor:
-        """Scores ``(N,)`` for float images on the [0, 1] scale ``(N, C, H, W)``."""
+        """Scores ``(N,)`` for uint8 images ``(N, C, H, W)`` in the model's format (or float on the [0, 1] scale)."""
 
 
 def make_detector(name: str, **kwargs: Any) -> Detector:
     """Instantiate a registered detector (default hyper-parameters unless given)."""
     if name not in DETECTORS:
-        raise ValueError(f"unknown detector '{name}'; known: {', '.join(DETECTORS)}")
+        raise ConfigError(f"unknown detector '{name}'; known: {', '.join(DETECTORS)}")
     return DETECTORS[name](**kwargs)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ..errors import ConfigError
 from .base import Detector, register
 from .features import Extraction, Head
 
@@ -21,7 +22,7 @@ class Energy(Detector):
 
     def __init__(self, temperature: float = 1.0) -> None:
         if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+            raise ConfigError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
 
     def score(self, x: Extraction, head: Head) -> Tensor:

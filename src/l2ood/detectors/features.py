@@ -90,23 +90,28 @@ class Extraction:
 
 
 @torch.no_grad()
+def forward_batch(model: Classifier, images: Tensor, rt: Runtime) -> tuple[Tensor, Tensor]:
+    """``(features z, logits)`` of one batch of uint8 images in the model's format (fp32, CPU, no grad).
+
+    The one forward pass that evaluation, calibration, screening, tracking and the bench share:
+    :meth:`l2ood.runtime.Runtime.batch` makes the input, the backbone runs under the runtime's autocast."""
+    x = rt.batch(images)
+    with rt.autocast():
+        out = model(x)
+    return out.features.float().cpu(), out.logits.float().cpu()
+
+
 def iter_batches(model: Classifier, data: ImageSet, rt: Runtime, batch_size: int = 512, progress: bool = False,
                  desc: str | None = None) -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
-    """``(features, logits, labels)`` per batch of ``data`` (fp32, on the CPU; eval mode; no grad — the
-    decorator switches it off around each step of the generator only).
+    """``(features, logits, labels)`` per batch of ``data`` (fp32, on the CPU; eval mode; no grad).
 
     For statistics streamed over a large set without keeping all features (memory O(batch·D))."""
     model.eval()
     n = len(data)
     for s in tqdm(range(0, n, batch_size), desc=desc or f"extract {data.name}", disable=not progress,
                   leave=False, unit="batch"):
-        x = data.images[s : s + batch_size].to(rt.device, non_blocking=True).float().div_(255.0)
-        if rt.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with rt.autocast():
-            out = model(x)
-        yield (out.features.float().cpu(), out.logits.float().cpu(),
-               None if data.labels is None else data.labels[s : s + batch_size])
+        f, lg = forward_batch(model, data.images[s : s + batch_size], rt)
+        yield f, lg, None if data.labels is None else data.labels[s : s + batch_size]
 
 
 def extract(model: Classifier, data: ImageSet, rt: Runtime, batch_size: int = 512,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ..errors import ConfigError
 from .base import Detector, register
 from .features import Extraction, Head
 
@@ -23,9 +24,9 @@ class GEN(Detector):
 
     def __init__(self, gamma: float = 0.1, top_m: int = 100) -> None:
         if not gamma > 0:
-            raise ValueError(f"gamma must be > 0, got {gamma}")
+            raise ConfigError(f"gamma must be > 0, got {gamma}")
         if top_m < 1:
-            raise ValueError(f"top_m must be >= 1, got {top_m}")
+            raise ConfigError(f"top_m must be >= 1, got {top_m}")
         self.gamma = float(gamma)
         self.top_m = int(top_m)
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
 from .base import Detector, register
 from .features import Extraction, Head
 
@@ -53,7 +54,7 @@ def _similarity(q: Tensor, b: Tensor) -> Tensor:
 
 def _check_positive_int(name: str, v: int) -> None:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        raise ConfigError(f"{name} must be a positive integer, got {v!r}")
 
 
 @register
@@ -89,7 +90,7 @@ class KNN(Detector):
 
     def _check_k(self, n_bank: int) -> None:
         if self.k > n_bank:
-            raise ValueError(f"knn: k={self.k} exceeds the size of the ID training bank ({n_bank}); "
+            raise ConfigError(f"knn: k={self.k} exceeds the size of the ID training bank ({n_bank}); "
                              f"use k <= {n_bank} or more training data")
 
     def fit(self, train: Extraction, head: Head) -> KNN:
@@ -125,7 +126,7 @@ class KNN(Detector):
         bank = self.bank
         n_bank, d = bank.shape
         if x.features.ndim != 2 or x.features.shape[1] != d:
-            raise ValueError(f"knn: features of shape {tuple(x.features.shape)} do not match the bank's "
+            raise ConfigError(f"knn: features of shape {tuple(x.features.shape)} do not match the bank's "
                              f"dimension {d}")
         self._check_k(n_bank)
         out = torch.empty(len(x), dtype=torch.float32)

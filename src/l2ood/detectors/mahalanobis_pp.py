@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import ConfigError
 from .base import register
 from .mahalanobis import Mahalanobis
 
@@ -26,7 +27,7 @@ class MahalanobisPP(Mahalanobis):
     def __init__(self, chunk_size: int = 8192, eps: float = 1e-12) -> None:
         super().__init__(chunk_size)
         if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
+            raise ConfigError(f"eps must be > 0, got {eps}")
         self.eps = eps
 
     def _transform(self, z: Tensor) -> Tensor:

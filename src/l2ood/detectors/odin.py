@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from ..errors import ConfigError
 from ..models import Classifier
 from ..runtime import Runtime
 from .base import InputDetector, register
@@ -52,11 +53,11 @@ class ODIN(InputDetector):
 
     def __init__(self, temperature: float = 1000.0, epsilon: float = 0.0014, batch_size: int = 256) -> None:
         if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+            raise ConfigError(f"temperature must be > 0, got {temperature}")
         if not epsilon >= 0:
-            raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+            raise ConfigError(f"epsilon must be >= 0, got {epsilon}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.temperature = float(temperature)
         self.epsilon = float(epsilon)
         self.batch_size = int(batch_size)
@@ -81,7 +82,7 @@ class ODIN(InputDetector):
         scores = []
         try:
             for s in range(0, images.shape[0], self.batch_size):
-                x = images[s : s + self.batch_size].to(rt.device, dtype=torch.float32)
+                x = rt.batch(images[s : s + self.batch_size])  # uint8 or float [0, 1]
                 x_tilde = self.perturb(model, x, variant)
                 with torch.no_grad():
                     logits = _logits_fp32(model, x_tilde, variant)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
 from .base import Detector, register
 from .features import Extraction, Head
 
@@ -32,7 +33,7 @@ def activation_percentile(train: Extraction, percentile: float, seed: int = 0,
     n, d = train.features.shape
     total = int(n) * int(d)
     if total == 0:
-        raise ValueError("cannot fit a percentile on empty training features")
+        raise ConfigError("cannot fit a percentile on empty training features")
     if total <= max_values:
         values = torch.cat([c.features.reshape(-1).float() for c in train.chunks()])
     else:  # seeded Bernoulli subsample, chunk by chunk: every chunk contributes, no global index
@@ -64,7 +65,7 @@ class ReAct(Detector):
 
     def __init__(self, percentile: float = 90.0, seed: int = 0) -> None:
         if not 0.0 <= percentile <= 100.0:
-            raise ValueError(f"percentile must be in [0, 100], got {percentile}")
+            raise ConfigError(f"percentile must be in [0, 100], got {percentile}")
         self.percentile = float(percentile)
         self.seed = int(seed)
         self.threshold: float | None = None

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
 from .base import Detector, register
 from .features import Extraction, Head
 
@@ -53,9 +54,9 @@ class ViM(Detector):
 
     def __init__(self, dim: int | None = None, chunk_size: int = 8192) -> None:
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 0):
-            raise ValueError(f"dim must be a non-negative integer or None, got {dim!r}")
+            raise ConfigError(f"dim must be a non-negative integer or None, got {dim!r}")
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+            raise ConfigError(f"chunk_size must be a positive integer, got {chunk_size!r}")
         self.dim = dim
         self.chunk_size = chunk_size
         self._u: Tensor | None = None  # (D,) float64
@@ -101,7 +102,7 @@ class ViM(Detector):
         """``r(z) = ‖(z − u)ᵀP⊥‖₂`` ``(N,)``, float64, computed in row chunks."""
         u, p = self._fitted()
         if z.ndim != 2 or z.shape[1] != u.shape[0]:
-            raise ValueError(f"vim: features of shape {tuple(z.shape)} do not match the fitted "
+            raise ConfigError(f"vim: features of shape {tuple(z.shape)} do not match the fitted "
                              f"dimension {u.shape[0]}")
         out = torch.empty(z.shape[0], dtype=torch.float64)
         for s in range(0, z.shape[0], self.chunk_size):
@@ -112,10 +113,10 @@ class ViM(Detector):
     def fit(self, train: Extraction, head: Head) -> ViM:
         n, d = train.features.shape
         if n == 0:
-            raise ValueError("vim: the ID training set is empty")
+            raise ConfigError("vim: the ID training set is empty")
         dim = default_dim(d) if self.dim is None else self.dim
         if dim >= d:
-            raise ValueError(f"vim: dim={dim} must be smaller than the feature dimension D={d}")
+            raise ConfigError(f"vim: dim={dim} must be smaller than the feature dimension D={d}")
         u = self.origin_of(head)
         heads = {v: replace(head, variant=v) for v in _VARIANTS}
         # pass 1: second moment of z − u (float64) and the mean max logit of each variant
@@ -134,7 +135,7 @@ class ViM(Detector):
         r_mean = sum(self.residual_norm(c.features).sum().item() for c in train.chunks(self.chunk_size)) / n
         if not r_mean > 1e-12 * float(second.trace().sqrt()):  # degenerate: exactly in the subspace
             self._u = self._residual = None
-            raise ValueError(f"vim: the ID training features have no component outside the top-{dim} "
+            raise ConfigError(f"vim: the ID training features have no component outside the top-{dim} "
                              f"principal subspace (mean residual {r_mean:.3g}); use a smaller dim")
         self._alpha = {v: max_logit[v] / n / r_mean for v in _VARIANTS}
         self._head = (head.weight, head.bias)
@@ -146,7 +147,7 @@ class ViM(Detector):
         w, b = self._head
         if not (head.weight.shape == w.shape and torch.equal(head.weight, w)
                 and torch.equal(head.bias, b)):
-            raise ValueError("vim: score() got a different head (W, b) than fit()")
+            raise ConfigError("vim: score() got a different head (W, b) than fit()")
         alpha = self._alpha[head.variant]
         out = torch.empty(len(x), dtype=torch.float32)
         for s in range(0, len(x), self.chunk_size):

@@ -19,6 +19,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from ..errors import ConfigError
+
 
 class OODMetrics(TypedDict):
     auroc: float
@@ -31,16 +33,16 @@ def _check(id_scores: ArrayLike, ood_scores: ArrayLike) -> tuple[np.ndarray, np.
     a = np.asarray(id_scores, dtype=np.float64).ravel()
     b = np.asarray(ood_scores, dtype=np.float64).ravel()
     if a.size == 0 or b.size == 0:
-        raise ValueError("need at least one ID and one OoD score")
+        raise ConfigError("need at least one ID and one OoD score")
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        raise ValueError("scores must be finite (got NaN or inf)")
+        raise ConfigError("scores must be finite (got NaN or inf)")
     return a, b
 
 
 def fpr_at_tpr(id_scores: ArrayLike, ood_scores: ArrayLike, tpr: float = 0.95) -> float:
     """Fraction of OoD scores ≥ t, where t is the ⌈tpr·n⌉-th largest ID score (see module doc)."""
     if not 0 < tpr <= 1:
-        raise ValueError(f"tpr must be in (0, 1], got {tpr}")
+        raise ConfigError(f"tpr must be in (0, 1], got {tpr}")
     a, b = _check(id_scores, ood_scores)
     k = math.ceil(tpr * a.size - 1e-9)  # how many ID scores must be accepted
     t = np.sort(a)[::-1][k - 1]

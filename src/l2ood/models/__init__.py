@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Annotated, Literal
 
+from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
 from torch import nn
 
+from ..errors import ConfigError
 from .classifier import Classifier, Output
 from .densenet import densenet100
 from .heads import DEFAULT_TAU, HEAD_MODES, HeadMode, head_logits, is_normalized
@@ -33,20 +37,53 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def _known_arch(v: str) -> str:
+    if v not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture '{v}'; known: {', '.join(ARCHITECTURES)}")
+    return v
+
+
+def _finite_list(v: list[float]) -> list[float]:
+    if not all(math.isfinite(x) for x in v):
+        raise ValueError("values must be finite")
+    return v
+
+
+MAX_CLASSES = 1_000_000
+MAX_WIDTH = 1024
+MAX_IMAGE_SIDE = 4096
+
+
 @dataclass
 class ModelConfig:
-    """Everything needed to rebuild a model (saved as JSON next to the safetensors weights)."""
+    """Everything needed to rebuild a model (saved as JSON next to the safetensors weights).
 
-    arch: str = "resnet18"
-    width: int = 64
-    head: str = "l2"
-    num_classes: int = 10
-    in_channels: int = 3
-    image_size: tuple[int, int] = (32, 32)
-    mean: list[float] = field(default_factory=lambda: [0.0])
-    std: list[float] = field(default_factory=lambda: [1.0])
-    class_names: list[str] | None = None
-    tau: float | None = None  # temperature of t2fnorm / logitnorm heads (None: the paper default)
+    The annotations are the schema that a run record is validated against when it is loaded
+    (:mod:`l2ood.record`): types and ranges are checked before any tensor is allocated."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    arch: Annotated[str, AfterValidator(_known_arch)] = "resnet18"
+    width: Annotated[int, Field(ge=1, le=MAX_WIDTH)] = 64
+    head: Literal["l2", "ce", "t2fnorm", "logitnorm"] = "l2"
+    num_classes: Annotated[int, Field(ge=1, le=MAX_CLASSES)] = 10
+    in_channels: Literal[1, 3] = 3
+    image_size: tuple[Annotated[int, Field(ge=1, le=MAX_IMAGE_SIDE)],
+                      Annotated[int, Field(ge=1, le=MAX_IMAGE_SIDE)]] = (32, 32)
+    mean: Annotated[list[float], Field(min_length=1, max_length=3), AfterValidator(_finite_list)] = field(
+        default_factory=lambda: [0.0])
+    std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1, max_length=3),
+                   AfterValidator(_finite_list)] = field(default_factory=lambda: [1.0])
+    class_names: Annotated[list[Annotated[str, Field(max_length=1024)]], Field(max_length=MAX_CLASSES)] | None = None
+    tau: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None  # t2fnorm/logitnorm temperature
+
+    def validate(self) -> None:
+        """Check types and ranges (raises :class:`~l2ood.errors.ConfigError` naming each bad field)."""
+        try:
+            TypeAdapter(ModelConfig).validate_python(self.to_dict())
+        except ValidationError as e:
+            raise ConfigError("model configuration: " + "; ".join(
+                f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())) from None
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -64,9 +101,9 @@ class ModelConfig:
 def build_model(cfg: ModelConfig) -> Classifier:
     """Build the classifier described by ``cfg`` (random initialization)."""
     if cfg.arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture '{cfg.arch}'; known: {', '.join(ARCHITECTURES)}")
+        raise ConfigError(f"unknown architecture '{cfg.arch}'; known: {', '.join(ARCHITECTURES)}")
     if cfg.head not in HEAD_MODES:
-        raise ValueError(f"unknown head '{cfg.head}'; known: {', '.join(HEAD_MODES)}")
+        raise ConfigError(f"unknown head '{cfg.head}'; known: {', '.join(HEAD_MODES)}")
     backbone: nn.Module = ARCHITECTURES[cfg.arch](width=cfg.width, in_channels=cfg.in_channels)
     return Classifier(backbone, backbone.feature_dim, cfg.num_classes, head=cfg.head,  # type: ignore[arg-type]
                       mean=cfg.mean, std=cfg.std, tau=cfg.tau)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..errors import ConfigError
+
 
 def check_sizes(width: int, in_channels: int) -> None:
     """Raise ``ValueError`` for a non-positive width or channel count."""
     if width < 1:
-        raise ValueError(f"width must be >= 1, got {width}")
+        raise ConfigError(f"width must be >= 1, got {width}")
     if in_channels < 1:
-        raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+        raise ConfigError(f"in_channels must be >= 1, got {in_channels}")
 
 
 def init_conv_bn(module: nn.Module) -> None:

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
+
 # Attributes holding the classification head in torchvision models, tried in this order:
 # ViT (heads), Swin (head), ResNet/RegNet/ShuffleNet/GoogLeNet/Inception (fc),
 # VGG/AlexNet/DenseNet/MobileNet/EfficientNet/ConvNeXt/MaxViT (classifier).
@@ -83,7 +85,7 @@ def _strip_head(body: nn.Module, name: str) -> None:
         else:
             setattr(body, attr, nn.Identity())
         return
-    raise ValueError(f"torchvision model '{name}' has none of the head attributes {_TORCHVISION_HEADS}")
+    raise ConfigError(f"torchvision model '{name}' has none of the head attributes {_TORCHVISION_HEADS}")
 
 
 def from_torchvision(name: str, weights: Any = None) -> PooledBackbone:

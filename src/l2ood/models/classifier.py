@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..errors import ConfigError
 from .heads import DEFAULT_TAU, HEAD_MODES, HeadMode, head_logits
 
 
@@ -60,13 +61,13 @@ class Classifier(nn.Module):
     ) -> None:
         super().__init__()
         if head not in HEAD_MODES:
-            raise ValueError(f"head must be one of {HEAD_MODES}, got {head!r}")
+            raise ConfigError(f"head must be one of {HEAD_MODES}, got {head!r}")
         self.backbone = backbone
         self.fc = nn.Linear(feature_dim, num_classes)
         self.head = head
         self.tau = float(DEFAULT_TAU[head] if tau is None else tau)
         if not self.tau > 0:
-            raise ValueError(f"tau must be > 0, got {self.tau}")
+            raise ConfigError(f"tau must be > 0, got {self.tau}")
         self.eps = eps
         c = len(mean) if mean is not None else 1
         self.register_buffer("input_mean", torch.tensor(mean or [0.0] * c).view(1, -1, 1, 1))

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..errors import ConfigError
 from ._common import check_sizes, init_conv_bn
 
 
@@ -72,9 +73,9 @@ class DenseNet(nn.Module):
         super().__init__()
         check_sizes(width, in_channels)
         if (depth - 4) % 6 != 0 or depth < 10:
-            raise ValueError(f"depth must be 6n + 4 with n >= 1, got {depth}")
+            raise ConfigError(f"depth must be 6n + 4 with n >= 1, got {depth}")
         if not 0 < compression <= 1:
-            raise ValueError(f"compression must be in (0, 1], got {compression}")
+            raise ConfigError(f"compression must be in (0, 1], got {compression}")
         n = (depth - 4) // 6  # bottleneck layers per dense block (each has two convolutions)
         k = max(1, round(growth_rate * width / 64))
         planes = 2 * k

@@ -26,6 +26,8 @@ from typing import Literal
 from torch import Tensor
 from torch.nn import functional as F
 
+from ..errors import ConfigError
+
 HeadMode = Literal["l2", "ce", "t2fnorm", "logitnorm"]
 HEAD_MODES: tuple[str, ...] = ("l2", "ce", "t2fnorm", "logitnorm")
 DEFAULT_TAU = {"l2": 1.0, "ce": 1.0, "t2fnorm": 0.1, "logitnorm": 0.04}
@@ -44,11 +46,11 @@ def head_logits(z: Tensor, weight: Tensor, bias: Tensor | None, mode: str, tau: 
     ``norm``: ‖z‖₂ per row when already computed (saves a reduction in the scoring pass).
     """
     if mode not in HEAD_MODES:
-        raise ValueError(f"head must be one of {HEAD_MODES}, got {mode!r}")
+        raise ConfigError(f"head must be one of {HEAD_MODES}, got {mode!r}")
     if variant == "raw" or mode == "ce":
         return F.linear(z, weight, bias)
     if variant != "trained":
-        raise ValueError(f"logit variant must be 'trained' or 'raw', got {variant!r}")
+        raise ConfigError(f"logit variant must be 'trained' or 'raw', got {variant!r}")
     if mode in ("l2", "t2fnorm"):
         n = (z.norm(p=2, dim=1) if norm is None else norm).clamp_min(eps)[:, None]  # = F.normalize
         return F.linear(z / (n if mode == "l2" else n * tau), weight, bias)

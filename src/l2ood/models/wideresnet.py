@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..errors import ConfigError
 from ._common import check_sizes, init_conv_bn
 
 
@@ -74,7 +75,7 @@ class WideResNet(nn.Module):
         super().__init__()
         check_sizes(width, in_channels)
         if (depth - 4) % 6 != 0 or depth < 10:
-            raise ValueError(f"depth must be 6n + 4 with n >= 1, got {depth}")
+            raise ConfigError(f"depth must be 6n + 4 with n >= 1, got {depth}")
         n = (depth - 4) // 6
         stem, *groups = (_scaled(c, width) for c in (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor))
         self.conv1 = nn.Conv2d(in_channels, stem, 3, stride=1, padding=1, bias=False)

@@ -1,32 +1,23 @@
-"""Finding and decoding image files robustly: every bad file becomes an error record, never a crash.
+"""Finding image files robustly: every bad path becomes an error record, never a crash.
 
 Supported: PNG, JPEG, BMP, TIFF, WebP files (and GIF's first frame) and l2ood npz packs. Folders are
-walked recursively (symbolic links followed, loops detected). Decoding converts every Pillow mode to
-8-bit gray or RGB: 16-bit and 32-bit integer images are scaled to 8 bits (÷257), palette and images
-with alpha are composited on white, CMYK/YCbCr/LAB/HSV are converted to RGB. Images above
-``max_pixels`` are refused before their pixels are decoded (decompression-bomb guard).
+walked recursively (symbolic links followed, loops detected). Decoding is
+:func:`l2ood.data.preprocess.decode_image` — the same decoder the training data go through.
 """
 
 from __future__ import annotations
 
-import io
 import os
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, UnidentifiedImageError
+from ..data.preprocess import DEFAULT_MAX_PIXELS, ImageReadError, decode_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 NPZ_SUFFIX = ".npz"
-DEFAULT_MAX_PIXELS = 40_000_000
-
-
-class ImageReadError(Exception):
-    """A file that cannot be screened; the message is the reason shown to the user."""
-
+__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "NPZ_SUFFIX", "ImageReadError", "Source", "decode_image",
+           "discover"]
 
 @dataclass
 class Source:
@@ -98,79 +89,3 @@ def _walk(root: str) -> Iterator[Source]:
                     yield src
 
     yield from visit(root)
-
-
-def _read_bytes(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def _to_8bit(im: Image.Image) -> np.ndarray:
-    """Any Pillow image → uint8 array (H, W) for gray or (H, W, 3) for colour."""
-    mode = im.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        a = np.asarray(im, dtype=np.float64)
-        hi = 65535.0 if a.max(initial=0) > 255 or mode.startswith("I;16") else 255.0
-        return np.clip(np.round(a * 255.0 / hi), 0, 255).astype(np.uint8)
-    if mode == "F":
-        a = np.asarray(im, dtype=np.float64)
-        a = np.nan_to_num(a, nan=0.0, posinf=255.0, neginf=0.0)
-        if a.max(initial=0) <= 1.0:
-            a = a * 255.0
-        return np.clip(np.round(a), 0, 255).astype(np.uint8)
-    if mode == "1":
-        return np.asarray(im.convert("L"))
-    if mode == "P":
-        im = im.convert("RGBA")
-        mode = "RGBA"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        out = Image.alpha_composite(white, rgba).convert("RGB")
-        return np.asarray(out.convert("L") if mode in ("LA", "La") else out)
-    if mode == "L":
-        return np.asarray(im)
-    return np.asarray(im.convert("RGB"))
-
-
-def decode_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode an image file to uint8 ``(H, W)`` or ``(H, W, 3)``; raises :class:`ImageReadError`."""
-    try:
-        data = _read_bytes(path)
-    except PermissionError:
-        raise ImageReadError("permission denied") from None
-    except IsADirectoryError:
-        raise ImageReadError("is a folder, not a file") from None
-    except OSError as e:
-        raise ImageReadError(f"cannot read file: {e.strerror or e}") from None
-    if not data:
-        raise ImageReadError("empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-            w, h = im.size
-            if w * h > max_pixels:
-                raise ImageReadError(f"image too large: {w}×{h} = {w * h} pixels > limit {max_pixels} "
-                                     "(decompression-bomb guard; raise --max-pixels to allow)")
-            if w < 1 or h < 1:
-                raise ImageReadError(f"image has no pixels ({w}×{h})")
-            im.load()
-            return _to_8bit(im)
-    except ImageReadError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageReadError(f"image too large (decompression-bomb guard): {e}") from None
-    except UnidentifiedImageError:
-        raise ImageReadError(f"not a recognized image format ({Path(path).suffix or 'no extension'} "
-                             "file whose content is not PNG/JPEG/BMP/TIFF/WebP/GIF)") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct_error) as e:
-        raise ImageReadError(f"corrupt or truncated image: {e}") from None
-    except MemoryError:
-        raise ImageReadError("not enough memory to decode this image") from None
-
-
-try:  # struct.error is raised by some Pillow plugins on malformed headers
-    from struct import error as struct_error
-except ImportError:  # pragma: no cover
-    struct_error = ValueError  # type: ignore[misc,assignment]

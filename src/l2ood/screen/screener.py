@@ -1,6 +1,6 @@
 """Screening in deployment: score images with a trained run, compare with its calibration.
 
-:class:`Screener` wraps a trained model and its :class:`~l2ood.screen.calibrate.Calibration`;
+:class:`Screener` wraps a trained model and its :class:`~l2ood.metrics.conformal.Calibration`;
 ``score`` works on tensors, ``screen`` on files and folders and yields one record per image (or per
 file that could not be read). Only post-hoc detectors that need no fitted statistics can drive a
 screen (the method's ``feature_norm`` by default).
@@ -8,6 +8,7 @@ screen (the method's ``feature_norm`` by default).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,28 +20,27 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..data import DataError, load_npz
-from ..data.transforms import convert_format
-from ..detectors import DETECTORS, Extraction, Head, make_detector
-from ..models import Classifier
-from ..runtime import resolve_runtime
-from ..train import load_artifact
-from .calibrate import Calibration
+from ..detectors import DETECTORS, make_detector
+from ..errors import ConfigError, L2oodError
+from ..metrics.conformal import Calibration
+from ..run import Run
 from .images import DEFAULT_MAX_PIXELS, ImageReadError, decode_image, discover
 
 
-class NotCalibratedError(Exception):
+class NotCalibratedError(L2oodError):
     """The run has no calibration and no explicit threshold was given."""
 
 
 @dataclass
 class ScreenOutput:
-    """Per-image results of :meth:`Screener.score`."""
+    """Per-image results of :meth:`Screener.score` (``is_ood`` is True wherever the score is not finite)."""
 
     scores: np.ndarray
     p_values: np.ndarray | None
     is_ood: np.ndarray | None
     pred: np.ndarray
     confidence: np.ndarray
+    finite: np.ndarray
 
 
 def screenable_detectors() -> list[str]:
@@ -49,65 +49,65 @@ def screenable_detectors() -> list[str]:
 
 
 class Screener:
-    """Score and screen images with a trained l2ood model.
+    """Score and screen images with a trained run.
 
     Args:
-        model, meta: as returned by :func:`l2ood.train.load_artifact`.
+        run: the trained :class:`~l2ood.run.Run`.
         calibration: threshold / conformal calibration (``None``: scores only, unless ``threshold``).
         threshold: manual threshold (accept as ID when ``score ≥ threshold``); overrides calibration.
+
+    Images reach the model through the run's preprocessing (:mod:`l2ood.data.preprocess`), the path its
+    training images took. A score that is not finite never gives a verdict: its record is an error.
     """
 
-    def __init__(self, model: Classifier, meta: dict[str, Any], calibration: Calibration | None = None,
-                 *, threshold: float | None = None, device: str = "auto", precision: str = "auto") -> None:
-        self.rt = resolve_runtime(device, precision)
-        self.model = model.to(self.rt.device).eval()
-        if self.rt.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.meta = meta
-        cfg = meta["model"]
-        self.channels, self.size = int(cfg["in_channels"]), tuple(int(v) for v in cfg["image_size"])
-        self.class_names: list[str] | None = cfg.get("class_names")
+    def __init__(self, run: Run, calibration: Calibration | None = None, *, threshold: float | None = None) -> None:
+        self.run = run
+        cfg = run.config
+        self.channels, self.size = int(cfg.in_channels), (int(cfg.image_size[0]), int(cfg.image_size[1]))
+        self.class_names: list[str] | None = cfg.class_names
         self.calibration = calibration
+        if threshold is not None and not math.isfinite(threshold):
+            raise ConfigError(f"threshold must be a finite number, got {threshold}")
         self.threshold = threshold
         name = calibration.detector if calibration else "feature_norm"
         if name not in screenable_detectors():
-            raise ValueError(f"detector '{name}' cannot drive a screen; use one of {screenable_detectors()}")
+            raise ConfigError(f"detector '{name}' cannot drive a screen; use one of {screenable_detectors()}")
         self.detector = make_detector(name)
-        self.head = Head.of(model)
+        self.head = run.head
 
     @classmethod
-    def from_run(cls, path: str | Path, *, threshold: float | None = None, device: str = "auto",
-                 precision: str = "auto") -> Screener:
-        """Load a run folder (safetensors + JSON only) with its calibration, if any."""
-        model, meta = load_artifact(path)
-        cal = Calibration.from_dict(meta["calibration"]) if meta.get("calibration") else None
-        return cls(model, meta, cal, threshold=threshold, device=device, precision=precision)
+    def from_run(cls, path: str | Path | Run, *, calibration: str = "default", threshold: float | None = None,
+                 device: str = "auto", precision: str = "auto") -> Screener:
+        """Load a run folder (safetensors + JSON only) with its calibration ``calibration``, if any."""
+        run = path if isinstance(path, Run) else Run.load(path, device=device, precision=precision)
+        return cls(run, run.calibration(calibration), threshold=threshold)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The run record as JSON (for reports)."""
+        return self.run.record.to_json()
 
     @property
     def calibrated(self) -> bool:
         return self.calibration is not None or self.threshold is not None
 
-    def to_model_format(self, images: Tensor) -> Tensor:
-        """uint8 ``(N, C, H, W)`` of any size/channels → uint8 in the model's input format."""
-        return convert_format(images, self.channels, self.size)  # type: ignore[arg-type]
+    def to_model_format(self, images: Tensor | np.ndarray) -> Tensor:
+        """uint8 images of any size/channels → uint8 ``(N, C, H, W)`` in the model's input format."""
+        return self.run.preprocessing(images)
 
     @torch.no_grad()
     def score(self, images: Tensor) -> ScreenOutput:
         """Score a batch: uint8 (any size/channels, converted) or float [0, 1] in the model format."""
         if images.dtype == torch.uint8:
-            x = self.to_model_format(images).float().div_(255.0)
+            x = self.to_model_format(images)
         else:
             x = images.float()
             if tuple(x.shape[1:]) != (self.channels, *self.size):
-                raise ValueError(f"float input must be (N, {self.channels}, {self.size[0]}, {self.size[1]}) "
-                                 f"on the [0, 1] scale; got {tuple(x.shape)} (pass uint8 to convert)")
-        x = x.to(self.rt.device)
-        if self.rt.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with self.rt.autocast():
-            out = self.model(x)
-        ext = Extraction(out.features.float().cpu(), out.logits.float().cpu())
+                raise ConfigError(f"float input must be (N, {self.channels}, {self.size[0]}, {self.size[1]}) "
+                                  f"on the [0, 1] scale; got {tuple(x.shape)} (pass uint8 to convert)")
+        ext = self.run.forward_batch(x)
         s = self.detector.score(ext, self.head).numpy().astype(np.float64)
+        finite = np.isfinite(s)
         probs = ext.logits.softmax(1)
         conf, pred = probs.max(1)
         p_values = self.calibration.p_values(s) if self.calibration is not None else None
@@ -117,12 +117,16 @@ class Screener:
             is_ood = self.calibration.is_ood(s)
         else:
             is_ood = None
-        return ScreenOutput(s, p_values, is_ood, pred.numpy(), conf.numpy())
+        if p_values is not None:
+            p_values = np.where(finite, p_values, np.nan)
+        if is_ood is not None:
+            is_ood = np.where(finite, is_ood, True)  # fail closed: a non-finite score is never "in"
+        return ScreenOutput(s, p_values, is_ood, pred.numpy(), conf.numpy(), finite)
 
     def _records(self, items: list[tuple[str, int | None, np.ndarray | str]]) -> list[dict[str, Any]]:
         """Records in input order; string entries are error reasons, arrays are scored together."""
         ok = [i for i, (_, _, a) in enumerate(items) if not isinstance(a, str)]
-        out = self.score(torch.stack([self._item_tensor(items[i][2]) for i in ok])) if ok else None  # type: ignore[arg-type]
+        out = self.score(torch.cat([self._item_tensor(items[i][2]) for i in ok])) if ok else None  # type: ignore[arg-type]
         row = {i: j for j, i in enumerate(ok)}
         recs = []
         for i, (path, index, a) in enumerate(items):
@@ -131,6 +135,10 @@ class Screener:
                 continue
             assert out is not None
             j = row[i]
+            if not out.finite[j]:
+                recs.append(_error(path, index, "the model gave a non-finite score (NaN or infinite features); "
+                                                "no verdict (fail closed)"))
+                continue
             pred = int(out.pred[j])
             recs.append({
                 "path": path, "index": index, "status": "ok", "score": float(out.scores[j]),
@@ -144,16 +152,14 @@ class Screener:
         return recs
 
     def _item_tensor(self, a: np.ndarray) -> Tensor:
-        t = torch.from_numpy(np.array(a, dtype=np.uint8, copy=True))
-        t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)
-        return self.to_model_format(t[None])[0]
+        return self.to_model_format(np.asarray(a, dtype=np.uint8))
 
     def screen(self, paths: Iterable[str | Path], *, batch_size: int = 256, progress: bool = False,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[dict[str, Any]]:
         """Yield one record per image (``status`` "ok") or per unreadable input (``status`` "error"),
         in input order (folders sorted by name)."""
         if batch_size < 1:
-            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         pending: list[tuple[str, int | None, np.ndarray | str]] = []  # str = error reason
         n_images = 0
         bar = tqdm(desc="screen", unit="img", disable=not progress)
@@ -200,3 +206,31 @@ def _error(path: str, index: int | None, reason: str) -> dict[str, Any]:
 
 RECORD_FIELDS = ("path", "index", "status", "score", "p_value", "verdict", "pred_class", "pred_name",
                  "confidence", "error")
+
+
+def screen_to_file(screener: Screener, paths: list[str], out: Any, fmt: str = "csv", *, batch_size: int = 256,
+                   progress: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, int]:
+    """Screen ``paths`` and write one CSV row or JSON line per record to the text stream ``out``;
+    returns the counts ``{"ok", "out", "error"}``. JSON lines are standard JSON (no NaN)."""
+    import csv
+    import json
+
+    if not screener.calibrated:
+        raise NotCalibratedError("the run is not calibrated: run `l2ood calibrate RUN` first (or pass a threshold)")
+    if fmt not in ("csv", "jsonl"):
+        raise ConfigError(f"format must be csv or jsonl, got {fmt!r}")
+    counts = {"ok": 0, "out": 0, "error": 0}
+    writer = csv.DictWriter(out, fieldnames=RECORD_FIELDS) if fmt == "csv" else None
+    if writer:
+        writer.writeheader()
+    for rec in screener.screen(paths, batch_size=batch_size, progress=progress, max_pixels=max_pixels):
+        if rec["status"] == "ok":
+            counts["ok"] += 1
+            counts["out"] += rec["verdict"] == "out"
+        else:
+            counts["error"] += 1
+        if writer:
+            writer.writerow(rec)
+        else:
+            out.write(json.dumps(rec, allow_nan=False) + "\n")
+    return counts

@@ -1,74 +1,78 @@
-"""The trained-model artifact: ``model.safetensors`` (weights) + ``model.json`` (config, metadata).
+"""The weights of a run: ``model.safetensors`` (tensors only, never pickle).
 
-Loading accepts only this pair. Pickle-based files (``.pt``, ``.pth``, ``.pkl``, ``.ckpt``, ``.bin``)
-are refused: unpickling an untrusted file can run arbitrary code.
+The record beside them (``model.json``) is read and written by :mod:`l2ood.record` only. Loading
+accepts only this pair. Pickle-based files (``.pt``, ``.pth``, ``.pkl``, ``.ckpt``, ``.bin``) are
+refused: unpickling an untrusted file can run arbitrary code.
+
+Before a model is allocated, the parameter count that its configuration implies (built on PyTorch's
+``meta`` device, no memory) is checked against the tensor shapes in the safetensors header, so a
+record that describes a huge model cannot make l2ood allocate it.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
+import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
+from ..errors import RunError
 from ..models import Classifier, ModelConfig, build_model
-from .checkpoint import atomic_save_safetensors, atomic_write_json
+from .checkpoint import atomic_save_safetensors
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 
-
-class ArtifactError(Exception):
-    """A run folder or model file that cannot be loaded safely (message says why)."""
+ArtifactError = RunError  # the 0.1.0 name
 
 
-def save_artifact(run_dir: str | Path, model: Classifier, cfg: ModelConfig,
-                  extra: dict[str, Any] | None = None) -> None:
-    """Save weights (safetensors) and config/metadata (JSON) atomically into ``run_dir``."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_save_safetensors(run_dir / WEIGHTS, dict(model.state_dict()),
-                            metadata={"format": "l2ood", "head": cfg.head})
-    atomic_write_json(run_dir / META, {"model": cfg.to_dict(), **(extra or {})})
-
-
-def read_meta(run_dir: str | Path) -> dict[str, Any]:
-    """The JSON metadata of an artifact."""
-    return json.loads((Path(run_dir) / META).read_text())
-
-
-def update_meta(run_dir: str | Path, **fields: Any) -> None:
-    """Merge ``fields`` into the artifact's JSON (atomically)."""
-    meta = read_meta(run_dir)
-    meta.update(fields)
-    atomic_write_json(Path(run_dir) / META, meta)
-
-
-def load_artifact(path: str | Path) -> tuple[Classifier, dict[str, Any]]:
-    """Load a model from a run folder (or its ``model.safetensors``); returns (model, metadata)."""
+def refuse_pickle(path: str | Path) -> None:
+    """Raise :class:`RunError` for pickle-based weight files (they can execute code when loaded)."""
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise ArtifactError(
+        raise RunError(
             f"{path}: refusing to load a pickle-based file ({path.suffix}). Unpickling can execute "
             "arbitrary code. l2ood loads only model.safetensors + model.json; convert trusted "
-            "weights with safetensors.torch.save_file."
-        )
-    run_dir = path.parent if path.is_file() else path
-    if not run_dir.exists():
-        raise ArtifactError(f"{run_dir}: no such run folder")
-    if not (run_dir / WEIGHTS).is_file() or not (run_dir / META).is_file():
-        raise ArtifactError(
-            f"{run_dir}: not a trained l2ood model (need {WEIGHTS} and {META}; "
-            "train one with `l2ood train`)"
-        )
-    meta = read_meta(run_dir)
-    cfg = ModelConfig.from_dict(meta["model"])
+            "weights with safetensors.torch.save_file.")
+
+
+def save_weights(run_dir: str | Path, model: Classifier, head: str) -> Path:
+    """Save the weights atomically as ``RUN/model.safetensors``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_save_safetensors(run_dir / WEIGHTS, dict(model.state_dict()), metadata={"format": "l2ood", "head": head})
+    return run_dir / WEIGHTS
+
+
+def load_weights(run_dir: str | Path, cfg: ModelConfig) -> Classifier:
+    """Build the model of ``cfg`` and load ``RUN/model.safetensors`` into it (checked shapes first)."""
+    path = Path(run_dir) / WEIGHTS
+    if not path.is_file():
+        raise RunError(f"{path}: missing (a run folder holds {WEIGHTS} and {META})")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # safetensors raises several types for malformed headers
+        raise RunError(f"{path}: not a readable safetensors file ({e})") from None
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(cfg)
+    except Exception as e:
+        raise RunError(f"{path.parent / META}: cannot build the model it describes ({e})") from None
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    if expected != shapes:
+        missing = sorted(set(expected) - set(shapes))[:3]
+        extra = sorted(set(shapes) - set(expected))[:3]
+        wrong = [k for k in expected if k in shapes and expected[k] != shapes[k]][:3]
+        raise RunError(f"{path}: the weights do not fit the model in {META} ("
+                       + "; ".join(x for x in (f"missing {missing}" if missing else "",
+                                               f"unexpected {extra}" if extra else "",
+                                               f"other shapes for {wrong}" if wrong else "") if x) + ")")
     model = build_model(cfg)
     try:
-        model.load_state_dict(load_file(str(run_dir / WEIGHTS)))
-    except Exception as e:  # safetensors raises several types for bad files
-        raise ArtifactError(f"{run_dir / WEIGHTS}: cannot load weights ({e})") from e
-    model.eval()
-    return model, meta
+        model.load_state_dict(load_file(str(path)))
+    except Exception as e:
+        raise RunError(f"{path}: cannot load weights ({e})") from None
+    return model.eval()

@@ -16,7 +16,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,52 +26,17 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from ..data import ImageSet, augment_batch, channel_stats
+from ..errors import ConfigError, L2oodError
 from ..models import Classifier, ModelConfig, build_model
 from ..runtime import Runtime, resolve_runtime
-from .artifact import save_artifact
+from .artifact import save_weights
 from .checkpoint import RECORD, load_checkpoint, save_checkpoint
+from .config import TrainConfig
 from .distributed import all_reduce_sum, convert_sync_bn, init_distributed, scaled_loss, shard
 
-SCHEDULES = ("cosine", "onecycle")
 
-
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(L2oodError, RuntimeError):
     """Raised when the loss becomes NaN/inf; the last good checkpoint is kept."""
-
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters of one training run (saved in the run's JSON)."""
-
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    pad: int = 2  # random-crop padding in pixels (4 is the CIFAR standard for 32×32)
-    hflip: bool | None = None  # None: use the data set's default
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    checkpoint_every_steps: int = 0  # 0: checkpoint at the end of each epoch only
-    sync_bn: bool = False  # data-parallel only: BatchNorm statistics over the global batch
-    compile: bool = False  # torch.compile the training forward/backward
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def validate(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise ValueError(f"learning rate must be > 0, got {self.lr}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.pad < 0:
-            raise ValueError(f"pad must be >= 0, got {self.pad}")
 
 
 def lr_at(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
@@ -137,13 +102,20 @@ def train(
     log: Callable[[str], None] | None = print,
     stop_after_steps: int | None = None,
     on_epoch_end: Callable[[int, Classifier], dict[str, Any] | None] | None = None,
+    test_data: str | None = None,
 ) -> TrainResult:
     """Train a classifier on ``train_set``; writes checkpoints and the final artifact to ``run_dir``.
 
     ``model_cfg.mean/std`` are filled from the training images when left at their defaults.
     ``stop_after_steps`` ends the run early after that many global steps (for tests).
     ``on_epoch_end(epoch, model)`` runs on rank 0 after each epoch (model in eval mode); a returned
-    dict is appended to ``RUN/track.jsonl``.
+    dict is appended to ``RUN/track.jsonl``. ``test_data``: a data-set spec of ID test images (else the
+    training set's own test split, else its holdout; see :func:`l2ood.record.resolve_test`).
+
+    At the end the weights go to ``RUN/model.safetensors`` and the run record to ``RUN/model.json``
+    (:mod:`l2ood.record`): configs, the data spec of ``train_set.source`` (so the run can be evaluated
+    and calibrated later however it was started), preprocessing and provenance. Re-running a finished
+    run keeps its calibrations when the weights are unchanged.
     Under ``torchrun`` (``WORLD_SIZE > 1``) the run is data-parallel (:mod:`l2ood.train.distributed`).
     """
     cfg.validate()
@@ -165,17 +137,16 @@ def train(
     model_cfg.image_size = (h, w)
     model_cfg.num_classes = train_set.num_classes  # like channels and size, the classes come from the data
     if model_cfg.num_classes < 2:
-        raise ValueError(f"{train_set.name}: training needs labelled images of at least 2 classes "
+        raise ConfigError(f"{train_set.name}: training needs labelled images of at least 2 classes "
                          f"(found {model_cfg.num_classes})")
     model_cfg.class_names = train_set.class_names
+    model_cfg.validate()
 
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg)
     if cfg.sync_bn:
         model = convert_sync_bn(model, rt.device.type)  # type: ignore[assignment]
-    model = model.to(rt.device)
-    if rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = rt.prepare(model)
     opt = make_optimizer(model, cfg)
     hflip = train_set.hflip if cfg.hflip is None else cfg.hflip
 
@@ -187,7 +158,7 @@ def train(
         record = load_checkpoint(run_dir, model, opt)
         saved_train = dict(record.get("train", {}))
         if record.get("model") != model_cfg.to_dict() or _resume_key(saved_train) != _resume_key(asdict(cfg)):
-            raise ValueError(f"{run_dir}: the checkpoint was written by a different configuration; "
+            raise ConfigError(f"{run_dir}: the checkpoint was written by a different configuration; "
                              "use a new output folder or the same arguments to resume")
         start_epoch, start_step = int(record["epoch"]), int(record["step_in_epoch"])
         history = list(record.get("history", []))
@@ -202,7 +173,7 @@ def train(
     images = train_set.images.to(rt.device)
     labels = train_set.labels.to(rt.device) if train_set.labels is not None else None
     if labels is None:
-        raise ValueError(f"{train_set.name}: training needs labels")
+        raise ConfigError(f"{train_set.name}: training needs labels")
     scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
 
     def record_for(epoch: int, step_in_epoch: int) -> dict[str, Any]:
@@ -237,10 +208,8 @@ def train(
                 start, length = shard(len(gidx), info)
                 idx = gidx[start : start + length]
                 x = images[idx].float().div_(255.0)
-                x = augment_batch(x, cfg.pad, hflip, step_generator(cfg.seed, epoch, step),
-                                  rows=(start, len(gidx)))
-                if rt.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x = rt.layout(augment_batch(x, cfg.pad, hflip, step_generator(cfg.seed, epoch, step),
+                                            rows=(start, len(gidx))))
                 y = labels[idx]
                 for g in opt.param_groups:
                     g["lr"] = lr_at(cfg, global_step, total_steps, steps_per_epoch)
@@ -297,13 +266,32 @@ def train(
 
         model.eval()
         if main_rank:
-            save_artifact(run_dir, model, model_cfg,
-                          extra={"train": asdict(cfg), "history": history, "dataset": train_set.name,
-                                 "n_train": n, "runtime": rt.describe(), "world_size": info.world})
+            _finish(run_dir, model, model_cfg, cfg, train_set, test_data, history, rt, info.world)
         return TrainResult(model, history, run_dir)
     finally:
         if created_pg:
             dist.destroy_process_group()
+
+
+def _finish(run_dir: Path, model: Classifier, model_cfg: ModelConfig, cfg: TrainConfig, train_set: ImageSet,
+            test_data: str | None, history: list[dict[str, Any]], rt: Runtime, world: int) -> None:
+    """Write the weights and the run record; keep calibrations that belong to identical weights."""
+    from .. import record as run_record
+
+    weights = save_weights(run_dir, model, model_cfg.head)
+    digest = run_record.file_sha256(weights)
+    kept: dict[str, Any] = {}
+    if (run_dir / run_record.META).is_file():
+        try:
+            old = run_record.read_record(run_dir)
+        except L2oodError:
+            old = None
+        if old is not None and old.weights_sha256 == digest:
+            kept = dict(old.calibrations)
+    data = run_record.data_record(train_set, test_data)
+    rec = run_record.new_record(model_cfg, cfg, data, weights_sha256=digest,
+                                history=history, runtime=rt.describe(), world_size=world, calibrations=kept)
+    run_record.write_record(run_dir, rec)
 
 
 def _resume_key(train_cfg: dict[str, Any]) -> dict[str, Any]:

@@ -21,24 +21,44 @@ at deployment drift away from the calibration data (exchangeability fails).
 
 from __future__ import annotations
 
+import itertools
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Annotated, Any
 
 import numpy as np
 from numpy.typing import ArrayLike
+from pydantic import AfterValidator, ConfigDict, Field
+
+from ..errors import ConfigError
+
+
+def _ascending(v: list[float]) -> list[float]:
+    if any(b < a for a, b in itertools.pairwise(v)):
+        raise ValueError("calibration scores must be sorted ascending")
+    return v
+
+
+MAX_CALIBRATION_SCORES = 10_000_000
+_Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 
 @dataclass
 class Calibration:
-    """A calibrated screen: detector, threshold and the sorted calibration scores."""
+    """A calibrated screen: detector, threshold and the sorted calibration scores.
 
-    detector: str
-    tpr: float
-    threshold: float
-    alpha: float | None  # when set, the verdict is p ≤ alpha → OoD; else score < threshold → OoD
-    scores: list[float]  # calibration scores, ascending
-    split: dict[str, Any]
+    The annotations are the schema a run record validates when it is loaded (all values finite,
+    ``tpr`` in (0, 1], ``alpha`` in (0, 1), scores ascending)."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    detector: Annotated[str, Field(min_length=1, max_length=64)]
+    tpr: Annotated[float, Field(gt=0, le=1)]
+    threshold: _Finite
+    alpha: Annotated[float, Field(gt=0, lt=1)] | None  # when set: p ≤ alpha → OoD; else score < threshold → OoD
+    scores: Annotated[list[_Finite], Field(min_length=1, max_length=MAX_CALIBRATION_SCORES),
+                      AfterValidator(_ascending)]  # calibration scores, ascending
+    split: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -65,16 +85,23 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
-        return cls(**d)
+        """Validated construction (raises :class:`l2ood.errors.ConfigError` naming the bad key)."""
+        from pydantic import TypeAdapter, ValidationError
+
+        try:
+            return TypeAdapter(cls).validate_python(d)
+        except ValidationError as e:
+            raise ConfigError("calibration: " + "; ".join(
+                f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())) from None
 
 
 def threshold_for_tpr(cal_scores: ArrayLike, tpr: float) -> float:
     """The ⌈tpr·n⌉-th largest calibration score (accept when ``score ≥ threshold``)."""
     a = np.sort(np.asarray(cal_scores, dtype=np.float64).ravel())[::-1]
     if a.size == 0:
-        raise ValueError("no calibration scores")
+        raise ConfigError("no calibration scores")
     if not 0 < tpr <= 1:
-        raise ValueError(f"tpr must be in (0, 1], got {tpr}")
+        raise ConfigError(f"tpr must be in (0, 1], got {tpr}")
     k = math.ceil(tpr * a.size - 1e-9)
     return float(a[k - 1])
 
@@ -91,11 +118,16 @@ def calibrate(cal_scores: ArrayLike, detector: str = "feature_norm", tpr: float 
               alpha: float | None = None, split: dict[str, Any] | None = None) -> Calibration:
     """Build a :class:`Calibration` from held-out ID scores."""
     a = np.asarray(cal_scores, dtype=np.float64).ravel()
+    if a.size == 0:
+        raise ConfigError("no calibration scores")
     if not np.isfinite(a).all():
-        raise ValueError("calibration scores must be finite")
+        raise ConfigError(f"calibration scores must be finite ({int((~np.isfinite(a)).sum())} of {a.size} are "
+                          "NaN or infinite: the model produces non-finite features on ID data)")
+    if not 0 < tpr <= 1:
+        raise ConfigError(f"tpr must be in (0, 1], got {tpr}")
     if alpha is not None and not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        raise ConfigError(f"alpha must be in (0, 1), got {alpha}")
     if alpha is not None and alpha < 1 / (a.size + 1):
-        raise ValueError(f"alpha = {alpha} is below 1/(n+1) = {1 / (a.size + 1):.2g}: with {a.size} "
+        raise ConfigError(f"alpha = {alpha} is below 1/(n+1) = {1 / (a.size + 1):.2g}: with {a.size} "
                          "calibration images no input could ever be rejected; use more calibration data")
     return Calibration(detector, tpr, threshold_for_tpr(a, tpr), alpha, sorted(a.tolist()), split or {})

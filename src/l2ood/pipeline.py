@@ -1,0 +1,117 @@
+"""Train-then-evaluate, shared by the command line (``train``, ``demo``) and the bench.
+
+* :func:`training_data`: a data set's training images minus a seeded holdout, optionally a seeded
+  subset — each step recorded in the images' :class:`~l2ood.data.DataSource`, so the run record can
+  rebuild them exactly.
+* :func:`train_run`: train (or resume) one run, optionally tracked every K epochs; returns the
+  :class:`~l2ood.run.Run`.
+* :func:`train_and_evaluate`: a finished run is kept, an unfinished one trained or resumed, then
+  evaluated with every requested detector; results land in ``RUN/eval/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from .data import DataError, ImageSet, load_dataset, load_source
+from .errors import ConfigError
+from .evaluation import EvalResult, evaluate
+from .models import ModelConfig
+from .record import META, holdout_of, resolve_test
+from .run import Run
+from .train import TrainConfig, train
+from .train.distributed import dist_from_env
+
+Log = Callable[[str], None] | None
+
+
+def training_data(dataset: str, *, holdout: int = 5000, holdout_seed: int = 0, subset: int | None = None,
+                  subset_seed: int = 0, root: str | Path | None = None,
+                  size: tuple[int, int] | None = None) -> tuple[ImageSet, ImageSet | None]:
+    """``(training images, held-out images or None)`` of ``dataset``'s train split.
+
+    The holdout (``holdout`` images, seed ``holdout_seed``) is split off first; ``subset`` then takes a
+    seeded subset (seed ``subset_seed``) of the rest. Both are recorded in the sets' sources."""
+    full = load_dataset(dataset, "train", root=root, size=size)
+    if full.labels is None:
+        raise DataError(f"{dataset}: training data need labels")
+    if holdout < 0:
+        raise ConfigError(f"holdout must be >= 0, got {holdout}")
+    hold = None
+    rest = full
+    if holdout:
+        if holdout >= len(full):
+            raise DataError(f"--holdout {holdout} leaves no training images ({len(full)} in total)")
+        rest, hold = full.split(holdout, seed=holdout_seed)
+    if subset:
+        rest = rest.subset(subset, seed=subset_seed)
+    return rest, hold
+
+
+def id_test_for(train_set: ImageSet, test_data: str | None = None, holdout: ImageSet | None = None,
+                root: str | Path | None = None) -> tuple[ImageSet, str]:
+    """The ID test images a run trained on ``train_set`` will record (see :func:`l2ood.record.resolve_test`)."""
+    src = train_set.source
+    test, origin = resolve_test(src, holdout_of(src), test_data, None if root is None else str(root))
+    if test is None:
+        raise DataError(f"{train_set.name} has no separate test split and no holdout was kept: retrain with "
+                        "--holdout N or --test-data SPEC so ID test images are not training images")
+    if origin == "holdout" and holdout is not None:
+        return holdout, f"{test.describe()} [holdout]"
+    _, h, w = train_set.shape
+    return load_source(test, root=root, size=(h, w)), f"{test.describe()} [{origin}]"
+
+
+def train_run(train_set: ImageSet, model_cfg: ModelConfig, train_cfg: TrainConfig, out: str | Path, *,
+              test_data: str | None = None, holdout: ImageSet | None = None, track: str | None = None,
+              track_ood: str | None = None, data_root: str | Path | None = None, resume: bool = False,
+              progress: bool = True, log: Log = print) -> Run | None:
+    """Train one run into ``out`` (see :func:`l2ood.train.train`); returns it (``None`` on ranks > 0).
+
+    ``track="every=K[,n_train=N,...]"`` records NC metrics and ‖z‖ statistics every K epochs
+    (:mod:`l2ood.analysis.track`) on ``track_ood`` OoD sets."""
+    tracker = None
+    if track:
+        from .analysis.track import TrackConfig, Tracker
+        from .runtime import resolve_runtime
+
+        tcfg = TrackConfig.parse(track, track_ood)
+        id_test, _ = id_test_for(train_set, test_data, holdout, data_root)
+        tracker = Tracker.build(tcfg, train_set, id_test, out, resolve_runtime(train_cfg.device, train_cfg.precision),
+                                train_cfg.epochs, root=data_root)
+    train(train_set, model_cfg, train_cfg, out, resume=resume, progress=progress, log=log, on_epoch_end=tracker,
+          test_data=test_data)
+    if not dist_from_env().is_main:
+        return None
+    return Run.load(out, device=train_cfg.device, precision=train_cfg.precision, data_root=data_root)
+
+
+def train_and_evaluate(train_set: ImageSet, model_cfg: ModelConfig, train_cfg: TrainConfig, out: str | Path, *,
+                       ood_sets: list[ImageSet], detectors: list[str], id_test: ImageSet | None = None,
+                       test_data: str | None = None, holdout: ImageSet | None = None,
+                       data_root: str | Path | None = None, batch_size: int = 512, progress: bool = True,
+                       log: Log = print) -> tuple[Run, EvalResult]:
+    """Train (a finished run in ``out`` is kept; an interrupted one resumed), then evaluate.
+
+    ``id_test``: the ID test images (default: the run's recorded ID test set). Detectors that need ID
+    statistics are fitted on ``train_set`` — the images the run was trained on. The results are
+    saved to ``out/eval/`` (``results.json``, ``scores.npz``)."""
+    out = Path(out)
+    if (out / META).is_file():
+        run = Run.load(out, device=train_cfg.device, precision=train_cfg.precision, data_root=data_root)
+        if log:
+            log(f"{out}: already trained, evaluating")
+    else:
+        trained = train_run(train_set, model_cfg, train_cfg, out, test_data=test_data, data_root=data_root,
+                            resume=True, progress=progress, log=log)
+        assert trained is not None, "train_and_evaluate runs on one process"
+        run = trained
+    where = None
+    if id_test is None:
+        id_test, where = (holdout, f"{run.record.test_description}") if (
+            run.data.test_origin == "holdout" and holdout is not None) else run.id_test()
+    r = evaluate(run, id_test, ood_sets, detectors, fit_set=train_set, batch_size=batch_size, progress=progress,
+                 id_source=where or id_test.name)
+    r.save(out / "eval")
+    return run, r

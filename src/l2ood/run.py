@@ -1,0 +1,261 @@
+"""A trained run as one object: its record, its data, its model and one cached forward pass.
+
+::
+
+    run = Run.load("runs/fm-l2")               # validates model.json, checks the weights' digest
+    train = run.train_split()                   # the exact training images (fingerprint checked)
+    hold = run.holdout()                        # held-out ID images (or None)
+    test, where = run.id_test()                 # ID test images, never training images
+    ext = run.forward(test)                     # features z, logits, labels (cached on disk)
+    model = run.model                           # the Classifier, on the run's device, eval mode
+
+Evaluation, calibration, screening, tracking and the bench all score images through
+:meth:`Run.forward` / :meth:`Run.forward_batch` (the latter is :func:`l2ood.detectors.forward_batch`
+on the run's runtime), and all bring images to the model's input through :attr:`Run.preprocessing`
+(:mod:`l2ood.data.preprocess`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+from .data import DataError, ImageSet, load_source, to_format
+from .data.preprocess import Preprocessing
+from .detectors import Extraction, Head, extract, forward_batch
+from .errors import RunError
+from .metrics.conformal import Calibration
+from .models import Classifier, ModelConfig
+from .record import (
+    META,
+    WEIGHTS,
+    DataRecord,
+    RunRecord,
+    fingerprint,
+    new_record,
+    read_record,
+)
+from .runtime import Runtime, resolve_runtime
+from .train.artifact import load_weights, refuse_pickle
+
+
+def _sha1(t: Tensor) -> str:
+    return hashlib.sha1(t.contiguous().cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+class Run:
+    """A run folder (or an in-memory model) with its validated :class:`~l2ood.record.RunRecord`.
+
+    Args:
+        record: the run record.
+        path: the run folder (``None`` for :meth:`from_model`); extractions are cached in ``path/cache``.
+        model: an already-built model (else loaded lazily from ``path``).
+        device, precision: the runtime for every forward pass (see :mod:`l2ood.runtime`).
+        data_root: overrides the data root recorded at training for re-loading the run's data.
+    """
+
+    def __init__(self, record: RunRecord, path: str | Path | None = None, *, model: Classifier | None = None,
+                 device: str = "auto", precision: str = "auto", data_root: str | Path | None = None) -> None:
+        self.record = record
+        self.path = Path(path) if path is not None else None
+        self._model = model
+        self._device, self._precision = device, precision
+        self.data_root = data_root
+        self._split: tuple[ImageSet, ImageSet | None] | None = None
+
+    # -------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, path: str | Path, *, device: str = "auto", precision: str = "auto",
+             data_root: str | Path | None = None, verify_weights: bool = True) -> Run:
+        """Load a run folder (or its ``model.safetensors``); pickle files are refused."""
+        path = Path(path)
+        refuse_pickle(path)
+        run_dir = path.parent if path.is_file() else path
+        if not run_dir.exists():
+            raise RunError(f"{run_dir}: no such run folder")
+        if not (run_dir / WEIGHTS).is_file() or not (run_dir / META).is_file():
+            raise RunError(f"{run_dir}: not a trained l2ood run (need {WEIGHTS} and {META}; train one with "
+                           "`l2ood train`)")
+        record = read_record(run_dir)
+        if verify_weights and record.upgraded_from is None:
+            from .record import file_sha256
+
+            if file_sha256(run_dir / WEIGHTS) != record.weights_sha256:
+                raise RunError(f"{run_dir / WEIGHTS}: the weights differ from those recorded in {META} "
+                               "(replaced after training, or a write was interrupted); retrain or restore them")
+        return cls(record, run_dir, device=device, precision=precision, data_root=data_root)
+
+    @classmethod
+    def from_model(cls, model: Classifier, config: ModelConfig, *, device: str = "auto",
+                   precision: str = "auto") -> Run:
+        """Wrap an in-memory model (no data spec: pass data explicitly to evaluate or calibrate it).
+
+        Mean/std and the class count are taken from the model itself."""
+        from dataclasses import replace
+
+        config = replace(config, mean=model.input_mean.flatten().tolist(), std=model.input_std.flatten().tolist(),
+                         num_classes=int(model.fc.out_features), head=model.head)
+        if len(config.mean) == 1 and config.in_channels == 3:
+            config = replace(config, mean=config.mean * 3, std=config.std * 3)
+        config.validate()
+        rec = new_record(config, _default_train(), DataRecord(train=None, n_train=0),
+                         weights_sha256="0" * 64, history=[], runtime="in memory")
+        return cls(rec, None, model=model, device=device, precision=precision)
+
+    # -------------------------------------------------------------------------------------------- model
+    @cached_property
+    def runtime(self) -> Runtime:
+        return resolve_runtime(self._device, self._precision)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.record.model
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How files and arrays become this model's input (:mod:`l2ood.data.preprocess`)."""
+        return self.record.preprocessing.preprocessing()
+
+    @cached_property
+    def model(self) -> Classifier:
+        """The classifier on :attr:`runtime`'s device, in eval mode."""
+        m = self._model
+        if m is None:
+            if self.path is None:
+                raise RunError("an in-memory run has no weights file")
+            m = load_weights(self.path, self.config)
+        return self.runtime.prepare(m).eval()
+
+    @property
+    def head(self) -> Head:
+        return Head.of(self.model)
+
+    @property
+    def head_mode(self) -> str:
+        return self.config.head
+
+    def calibration(self, name: str = "default") -> Calibration | None:
+        """A stored calibration by name (``None`` when the run has none of that name)."""
+        return self.record.calibrations.get(name)
+
+    # -------------------------------------------------------------------------------------------- data
+    @property
+    def data(self) -> DataRecord:
+        return self.record.data
+
+    def _where(self) -> str:
+        return str(self.path / META) if self.path else "in-memory run"
+
+    def _load(self, which: str) -> ImageSet:
+        src = getattr(self.data, which)
+        if src is None:
+            raise DataError(f"{self._where()}: no {which} data recorded (the run was trained on images built in "
+                            "memory, or by l2ood 0.1.0 from data it could not name); pass the data explicitly")
+        return load_source(src.source(), root=self.data_root, size=tuple(self.config.image_size))
+
+    def _formatted(self, ds: ImageSet) -> ImageSet:
+        return to_format(ds, self.config.in_channels, tuple(self.config.image_size))  # type: ignore[arg-type]
+
+    def train_split(self) -> ImageSet:
+        """The exact images the run was trained on (count and pixel fingerprint checked)."""
+        if self._split is None:
+            train = self._formatted(self._load("train"))
+            if len(train) != self.data.n_train:
+                raise DataError(f"{self._where()}: the run was trained on {self.data.n_train} images, but its data "
+                                f"spec ({self.data.train.describe() if self.data.train else '?'}) gives {len(train)} "
+                                "now: the data changed since training")
+            if self.data.fingerprint is not None and fingerprint(train.images) != self.data.fingerprint:
+                spec = self.data.train.describe() if self.data.train else "?"
+                raise DataError(f"{self._where()}: the images of {spec}"
+                                " differ from those the run was trained on (pixel fingerprint mismatch): the data "
+                                "changed since training")
+            hold = self._formatted(self._load("holdout")) if self.data.holdout is not None else None
+            self._split = (train, hold)
+        return self._split[0]
+
+    def holdout(self) -> ImageSet | None:
+        """The held-out ID images of the training data (``None`` when the run kept none)."""
+        if self._split is not None:
+            return self._split[1]
+        if self.data.holdout is None:
+            return None
+        return self._formatted(self._load("holdout"))
+
+    def id_test(self) -> tuple[ImageSet, str]:
+        """``(ID test images, where they come from)`` — never images the run was trained on."""
+        if self.data.test is None:
+            raise DataError(f"{self._where()}: no ID test data recorded: the data set has no test split and the run "
+                            "kept no holdout; retrain with --holdout N or --test-data SPEC, or pass test data")
+        if self.data.test_origin == "holdout":
+            hold = self.holdout()
+            assert hold is not None
+            return hold, self.record.test_description
+        return self._formatted(self._load("test")), self.record.test_description
+
+    def to_input_format(self, ds: ImageSet) -> ImageSet:
+        """Any image set → this model's channels and size (:func:`l2ood.data.to_format`)."""
+        return self._formatted(ds)
+
+    # -------------------------------------------------------------------------------------------- forward
+    def forward_batch(self, images: Tensor) -> Extraction:
+        """One batch of uint8 images in the model's format → features, logits (fp32, CPU)."""
+        feats, logits = forward_batch(self.model, images, self.runtime)
+        return Extraction(feats, logits)
+
+    def forward(self, ds: ImageSet, *, batch_size: int = 512, progress: bool = False, desc: str | None = None,
+                cache: bool = True) -> Extraction:
+        """Features, logits and labels of every image in ``ds`` (converted to the model's format first).
+
+        With a run folder and ``cache=True`` the result is stored as safetensors in ``RUN/cache/``, keyed
+        by the weights' digest, the images' SHA-1 and the runtime precision, so a second call (another
+        detector, another command) costs no forward pass."""
+        ds = self._formatted(ds)
+        path = None
+        if cache and self.path is not None:
+            key = (f"{ds.name.replace('/', '_')[:40]}-{len(ds)}-{self.record.weights_sha256[:16]}-"
+                   f"{_sha1(ds.images)}-{self.runtime.precision}")
+            path = self.path / "cache" / f"{key}.safetensors"
+            if path.is_file():
+                try:
+                    ext = Extraction.load(path)
+                    if len(ext) == len(ds):
+                        return ext
+                except Exception:  # a damaged cache file is recomputed
+                    path.unlink(missing_ok=True)
+        ext = extract(self.model, ds, self.runtime, batch_size, progress, desc=desc)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ext.save(path)
+        return ext
+
+    def scores(self, ds: ImageSet, detector: str = "feature_norm", **kw: Any) -> np.ndarray:
+        """Scores of a post-hoc detector that needs no fitting (default ‖z‖) for every image of ``ds``."""
+        from .detectors import make_detector
+
+        det = make_detector(detector)
+        if det.needs_fit or det.needs_model:
+            raise RunError(f"detector '{detector}' needs fitting or the model in the loop; use l2ood.evaluation")
+        return det.score(self.forward(ds, **kw), self.head).float().numpy().astype(np.float64)
+
+    def __repr__(self) -> str:
+        m = self.config
+        return f"Run({self.path or 'in memory'}: {m.arch} w{m.width} {m.head}, {m.num_classes} classes)"
+
+
+def _default_train() -> Any:
+    from .train.config import TrainConfig
+
+    return TrainConfig()
+
+
+def run_of(obj: Run | str | Path, **kw: Any) -> Run:
+    """A :class:`Run` from a run or a path."""
+    return obj if isinstance(obj, Run) else Run.load(obj, **kw)
+
+
+__all__ = ["Run", "run_of"]
