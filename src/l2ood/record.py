@@ -188,6 +188,10 @@ class RunRecord(_Model):
     def to_json(self) -> dict[str, Any]:
         d = self.model_dump(mode="json", by_alias=True)
         d["model"] = self.model.to_dict()
+        for key in ("train", "holdout", "test"):
+            for op in (d["data"].get(key) or {}).get("ops", []):
+                if op.get("part") is None:
+                    op.pop("part", None)  # a subset has no part
         return d
 
     @property
@@ -311,8 +315,8 @@ def validate_record(obj: Any, where: str) -> RunRecord:
     elif schema != SCHEMA:
         raise RunError(f"{where}: schema {schema!r} is not supported by l2ood "
                        f"{code_version()['l2ood']} (reads {SCHEMA} and 0.1.0 records); upgrade l2ood")
-    try:
-        return RunRecord.model_validate(obj)
+    try:  # strict: "16" is not a width; JSON text so that arrays may fill tuple fields
+        return RunRecord.model_validate_json(json.dumps(obj, allow_nan=True), strict=True)
     except ValidationError as e:
         raise RunError(_errors(e, where)) from None
 

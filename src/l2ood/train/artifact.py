@@ -38,11 +38,14 @@ def refuse_pickle(path: str | Path) -> None:
             "weights with safetensors.torch.save_file.")
 
 
-def save_weights(run_dir: str | Path, model: Classifier, head: str) -> Path:
-    """Save the weights atomically as ``RUN/model.safetensors``."""
+def save_weights(run_dir: str | Path, model: Classifier) -> Path:
+    """Save the weights atomically as ``RUN/model.safetensors``.
+
+    The header holds one metadata key: safetensors does not keep the order of several, and equal
+    weights must give equal files (the run record stores their SHA-256)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_save_safetensors(run_dir / WEIGHTS, dict(model.state_dict()), metadata={"format": "l2ood", "head": head})
+    atomic_save_safetensors(run_dir / WEIGHTS, dict(model.state_dict()), metadata={"format": "l2ood"})
     return run_dir / WEIGHTS
 
 

@@ -278,7 +278,7 @@ def _finish(run_dir: Path, model: Classifier, model_cfg: ModelConfig, cfg: Train
     """Write the weights and the run record; keep calibrations that belong to identical weights."""
     from .. import record as run_record
 
-    weights = save_weights(run_dir, model, model_cfg.head)
+    weights = save_weights(run_dir, model)
     digest = run_record.file_sha256(weights)
     kept: dict[str, Any] = {}
     if (run_dir / run_record.META).is_file():
