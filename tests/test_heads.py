@@ -10,8 +10,8 @@ from torch.nn import functional as F
 
 from l2ood.detectors import Head
 from l2ood.evaluation import columns, evaluate
-from l2ood.run import Run
 from l2ood.models import DEFAULT_TAU, ModelConfig, build_model, head_logits, is_normalized
+from l2ood.run import Run
 
 
 def _model(head: str) -> torch.nn.Module:

@@ -260,7 +260,7 @@ def test_api_run_on_image_folder_and_screen_equivalence(tmp_path: Path) -> None:
     train_imgs = run.train_split()
     files = sorted(p for p in root.rglob("*.png"))
     scr = Screener(run, threshold=0.0)
-    for f in files[:3] + [root / "a" / "zz_gray.png"]:
+    for f in [*files[:3], root / "a" / "zz_gray.png"]:
         from_data = load_dataset(f"imagefolder:{root}", "train", size=(32, 32))
         idx = files.index(f)
         via_screen = scr.to_model_format(np.asarray(Image.open(f).convert("RGB") if f.name.startswith("zz")

@@ -10,6 +10,7 @@ import torch
 
 from l2ood.data import load_dataset
 from l2ood.models import ModelConfig, build_model
+from l2ood.run import Run
 from l2ood.train import (
     ArtifactError,
     TrainConfig,
@@ -18,7 +19,6 @@ from l2ood.train import (
     save_checkpoint,
     train,
 )
-from l2ood.run import Run
 from l2ood.train.trainer import epoch_permutation, make_optimizer
 
 

@@ -68,8 +68,8 @@ class EvalResult:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(self.results, indent=2))
-        np.savez_compressed(out / "scores.npz", **{f"{s}/{d}": v for s, dd in self.scores.items()
-                                                   for d, v in dd.items()})
+        arrays = {f"{s}/{d}": v for s, dd in self.scores.items() for d, v in dd.items()}
+        np.savez_compressed(out / "scores.npz", **arrays)  # type: ignore[arg-type]  # numpy's stub: **kwds as bool
 
 
 def _score(det: Detector, ext: Extraction, head: Head, ds: ImageSet, run: Run, variant: str) -> np.ndarray:

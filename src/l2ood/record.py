@@ -154,7 +154,7 @@ class HistoryEntry(_Model):
 class RunRecord(_Model):
     """The whole record (see the module doc)."""
 
-    schema_: Literal["l2ood.run/2"] = Field(SCHEMA, alias="schema")
+    schema_: Literal["l2ood.run/2"] = Field("l2ood.run/2", alias="schema")
     model: ModelConfig
     train: TrainConfig
     data: DataRecord
@@ -342,11 +342,13 @@ def upgrade_v1(old: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(old.get("model"), dict):
         raise RunError(f"{where}: not an l2ood run record (no 'model' object)")
     model = dict(old["model"])
-    train = old.get("train") if isinstance(old.get("train"), dict) else {}
-    defaults = asdict(TrainConfig())
-    train = {k: train.get(k, v) for k, v in defaults.items()}
-    data = old.get("data") if isinstance(old.get("data"), dict) else {}
-    hold = data.get("holdout") if isinstance(data.get("holdout"), dict) else {"n": 0, "seed": 0}
+    def obj(v: Any) -> dict[str, Any]:
+        return v if isinstance(v, dict) else {}
+
+    old_train = obj(old.get("train"))
+    train = {k: old_train.get(k, v) for k, v in asdict(TrainConfig()).items()}
+    data = obj(old.get("data"))
+    hold = obj(data.get("holdout"))
     spec = _v1_spec(old.get("dataset", "fashion-mnist"))
     src: DataSource | None = None
     if spec is not None:

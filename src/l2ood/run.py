@@ -98,7 +98,8 @@ class Run:
         Mean/std and the class count are taken from the model itself."""
         from dataclasses import replace
 
-        config = replace(config, mean=model.input_mean.flatten().tolist(), std=model.input_std.flatten().tolist(),
+        config = replace(config, mean=model.input_mean.flatten().tolist(),
+                         std=model.input_std.flatten().tolist(),
                          num_classes=int(model.fc.out_features), head=model.head)
         if len(config.mean) == 1 and config.in_channels == 3:
             config = replace(config, mean=config.mean * 3, std=config.std * 3)
@@ -156,7 +157,8 @@ class Run:
         if src is None:
             raise DataError(f"{self._where()}: no {which} data recorded (the run was trained on images built in "
                             "memory, or by l2ood 0.1.0 from data it could not name); pass the data explicitly")
-        return load_source(src.source(), root=self.data_root, size=tuple(self.config.image_size))
+        h, w = self.config.image_size
+        return load_source(src.source(), root=self.data_root, size=(h, w))
 
     def _formatted(self, ds: ImageSet) -> ImageSet:
         return to_format(ds, self.config.in_channels, tuple(self.config.image_size))  # type: ignore[arg-type]

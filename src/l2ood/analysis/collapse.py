@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 
-ChunkSource = Callable[[], Iterable[tuple[Tensor, Tensor, Tensor]]]  # yields (features, logits, labels)
+ChunkSource = Callable[[], Iterable[tuple[Tensor, Tensor, Tensor | None]]]  # yields (features, logits, labels)
 
 
 @dataclass
@@ -86,9 +86,15 @@ class ClassMoments:
         return (self.second - (self.counts[p, None] * centred).T @ centred) / n
 
 
+def _labelled(y: Tensor | None) -> Tensor:
+    if y is None:
+        raise ConfigError("neural-collapse metrics need labelled images")
+    return y
+
+
 def nc_metrics(source: ChunkSource, weight: Tensor, num_classes: int) -> dict[str, Any]:
     """NC1–NC4 and ‖z‖ statistics; ``source()`` must yield the same chunks on each call."""
-    st = ClassMoments.accumulate(((z, y) for z, _, y in source()), num_classes)
+    st = ClassMoments.accumulate(((z, _labelled(y)) for z, _, y in source()), num_classes)
     p = st.present
     c = int(p.sum())
     if c < 2:

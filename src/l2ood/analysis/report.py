@@ -175,7 +175,7 @@ def verdict_data(loaded: Loaded, ood_sets: list[str]) -> dict[str, Any] | None:
         return None
     counts = {h: sum(1 for _, hh, _ in loaded if hh == h) for h in ("l2", "ce")}
     n = min(counts.values())
-    rows_a = []
+    rows_a: list[dict[str, Any]] = []
     for s in ood_sets:
         m = _mean_by_head(loaded, f"auroc:{s}")
         (_, l2, l2s, _), (_, ce, ces, _) = m["l2"], m["ce"]

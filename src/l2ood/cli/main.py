@@ -326,8 +326,8 @@ def cmd_screen(args: argparse.Namespace) -> int:
     scr = Screener.from_run(args.run, calibration=args.calibration, threshold=args.threshold, device=args.device,
                             precision=args.precision)
     if not scr.calibrated:
-        raise ConfigError(f"{args.run} is not calibrated (no calibration '{args.calibration}'): run `l2ood calibrate {args.run}` "
-                          "first (or pass --threshold)")
+        raise ConfigError(f"{args.run} is not calibrated (no calibration '{args.calibration}'): run "
+                          f"`l2ood calibrate {args.run}` first (or pass --threshold)")
     out = sys.stdout if args.output == "-" else open(args.output, "w", newline="")
     try:
         counts = screen_to_file(scr, args.paths, out, args.format, batch_size=args.batch_size,

@@ -112,8 +112,8 @@ def extract(archive: Path, dest: Path, keep: Callable[[str], bool]) -> Path:
                         continue
                     out = tmp.joinpath(*rel.parts)
                     out.parent.mkdir(parents=True, exist_ok=True)
-                    with zf.open(info) as src, open(out, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
+                    with zf.open(info) as zsrc, open(out, "wb") as dst:
+                        shutil.copyfileobj(zsrc, dst)
                     n += 1
         else:
             with tarfile.open(archive) as tf:

@@ -65,4 +65,4 @@ def save_npz(path: str | Path, images: np.ndarray, labels: np.ndarray | None = N
         arrays["labels"] = np.asarray(labels, dtype=np.int64)
     if class_names is not None:
         arrays["class_names"] = np.asarray(class_names, dtype=str)
-    np.savez_compressed(path, **arrays)
+    np.savez_compressed(path, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool

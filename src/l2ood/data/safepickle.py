@@ -33,7 +33,7 @@ import pickletools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 import numpy as np
 
@@ -247,9 +247,9 @@ def _interpret(ops: Iterator[tuple[pickletools.OpcodeInfo, object, int | None]])
                 k = int(name[-1])
                 if len(stack) < k:
                     raise _Refused("stack underflow")
-                items = tuple(stack[-k:])
+                tup = tuple(stack[-k:])
                 del stack[-k:]
-                stack.append(items)
+                stack.append(tup)
             elif name in ("SETITEM", "SETITEMS"):
                 items = stack[-2:] if name == "SETITEM" else _pop_mark(stack, marks)
                 if name == "SETITEM":
@@ -258,7 +258,7 @@ def _interpret(ops: Iterator[tuple[pickletools.OpcodeInfo, object, int | None]])
                 if not isinstance(target, dict) or len(items) % 2:
                     raise _Refused(f"{name} needs a dict and key/value pairs")
                 for k in range(0, len(items), 2):
-                    target[items[k]] = items[k + 1]  # type: ignore[index]
+                    target[items[k]] = items[k + 1]
             elif name in ("APPEND", "APPENDS"):
                 items = [stack.pop()] if name == "APPEND" else _pop_mark(stack, marks)
                 target = stack[-1]
@@ -266,21 +266,22 @@ def _interpret(ops: Iterator[tuple[pickletools.OpcodeInfo, object, int | None]])
                     raise _Refused(f"{name} needs a list")
                 target.extend(items)
             elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
-                key = len(memo) if name == "MEMOIZE" else int(arg)  # type: ignore[arg-type]
+                key = len(memo) if name == "MEMOIZE" else int(arg)  # type: ignore[call-overload]
                 memo[key] = stack[-1]
                 if isinstance(stack[-1], (_PendingArray, _PendingDtype)):
                     pending_keys.setdefault(id(stack[-1]), []).append(key)
             elif name in ("GET", "BINGET", "LONG_BINGET"):
                 if arg not in memo:
                     raise _Refused(f"memo key {arg} undefined")
-                stack.append(memo[int(arg)])  # type: ignore[arg-type]
+                stack.append(memo[int(arg)])
             elif name in ("GLOBAL", "STACK_GLOBAL"):
                 if name == "GLOBAL":
                     module, _, gname = str(arg).partition(" ")
                 else:
-                    gname, module = stack.pop(), stack.pop()
-                    if not isinstance(module, str) or not isinstance(gname, str):
+                    g, mod = stack.pop(), stack.pop()
+                    if not isinstance(mod, str) or not isinstance(g, str):
                         raise _Refused("STACK_GLOBAL needs two strings")
+                    gname, module = g, mod
                 kind = ALLOWED_GLOBALS.get((module, gname))
                 if kind is None:
                     raise _Refused(f"refused global '{module} {gname}' (only numpy arrays are read)")
@@ -308,7 +309,7 @@ def _interpret(ops: Iterator[tuple[pickletools.OpcodeInfo, object, int | None]])
     raise _Refused(f"pickle ended without STOP (byte {pos})")
 
 
-def safe_load(file: str | Path | bytes | bytearray | BinaryIO, source: str | None = None) -> object:
+def safe_load(file: str | Path | bytes | bytearray | BinaryIO | IO[bytes], source: str | None = None) -> object:
     """Read one pickle without executing it; returns dicts/lists/tuples/str/bytes/ints/numpy arrays.
 
     ``file`` is a path, the pickle's bytes, or a binary file object (read up to the ``STOP``

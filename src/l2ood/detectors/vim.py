@@ -33,10 +33,11 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..models.heads import LogitVariant
 from .base import Detector, register
 from .features import Extraction, Head
 
-_VARIANTS = ("trained", "raw")
+_VARIANTS: tuple[LogitVariant, ...] = ("trained", "raw")
 
 
 def default_dim(d: int) -> int:

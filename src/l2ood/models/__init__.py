@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
 from torch import nn
@@ -43,6 +43,15 @@ def _known_arch(v: str) -> str:
     return v
 
 
+def _one_of(*allowed: object) -> AfterValidator:
+    def check(v: object) -> object:
+        if v not in allowed:
+            raise ValueError(f"must be one of {', '.join(map(repr, allowed))}")
+        return v
+
+    return AfterValidator(check)
+
+
 def _finite_list(v: list[float]) -> list[float]:
     if not all(math.isfinite(x) for x in v):
         raise ValueError("values must be finite")
@@ -65,9 +74,9 @@ class ModelConfig:
 
     arch: Annotated[str, AfterValidator(_known_arch)] = "resnet18"
     width: Annotated[int, Field(ge=1, le=MAX_WIDTH)] = 64
-    head: Literal["l2", "ce", "t2fnorm", "logitnorm"] = "l2"
+    head: Annotated[str, _one_of(*HEAD_MODES)] = "l2"
     num_classes: Annotated[int, Field(ge=1, le=MAX_CLASSES)] = 10
-    in_channels: Literal[1, 3] = 3
+    in_channels: Annotated[int, _one_of(1, 3)] = 3
     image_size: tuple[Annotated[int, Field(ge=1, le=MAX_IMAGE_SIDE)],
                       Annotated[int, Field(ge=1, le=MAX_IMAGE_SIDE)]] = (32, 32)
     mean: Annotated[list[float], Field(min_length=1, max_length=3), AfterValidator(_finite_list)] = field(

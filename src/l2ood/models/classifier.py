@@ -48,6 +48,9 @@ class Classifier(nn.Module):
         eps: lower bound on ‖z‖ in the normalization, ``z / max(‖z‖, eps)``.
     """
 
+    input_mean: Tensor
+    input_std: Tensor
+
     def __init__(
         self,
         backbone: nn.Module,

@@ -71,14 +71,14 @@ def _walk(root: str) -> Iterator[Source]:
         except OSError as e:
             yield Source(d, "error", f"cannot list folder: {e.strerror or e}")
             return
-        for e in entries:
-            full = os.path.join(d, e.name)
-            if e.is_symlink() and not os.path.exists(full):
-                if Path(e.name).suffix.lower() in (*IMAGE_SUFFIXES, NPZ_SUFFIX):
+        for entry in entries:
+            full = os.path.join(d, entry.name)
+            if entry.is_symlink() and not os.path.exists(full):
+                if Path(entry.name).suffix.lower() in (*IMAGE_SUFFIXES, NPZ_SUFFIX):
                     yield Source(full, "error", "broken symbolic link")
                 continue
             try:
-                is_dir = e.is_dir(follow_symlinks=True)
+                is_dir = entry.is_dir(follow_symlinks=True)
             except OSError:
                 is_dir = False
             if is_dir:
