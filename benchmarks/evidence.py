@@ -10,14 +10,13 @@ Runs ``l2ood train --track every=1`` for each head and seed (reusing finished ru
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
 
 from l2ood.analysis.report import analyze
 from l2ood.cli import main as cli
-from l2ood.evaluation import id_test_set
+from l2ood.run import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,8 +48,7 @@ def main() -> None:
                 if rc:
                     sys.exit(rc)
             runs.append(run)
-    meta = json.loads((runs[0] / "model.json").read_text())
-    id_source = id_test_set(meta)[1]
+    id_source = Run.load(runs[0]).record.test_description
     out = Path(args.runs) / args.name / "analysis"
     report = analyze(runs, out, [1, args.epochs // 2, args.epochs])
     dest = ROOT / "docs" / "evidence" / args.name

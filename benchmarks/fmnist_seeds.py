@@ -16,17 +16,15 @@ import json
 import platform
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from l2ood.data import load_dataset
 from l2ood.evaluation import evaluate_run, parse_detectors
 from l2ood.models import ModelConfig
+from l2ood.pipeline import training_data
 from l2ood.train import TrainConfig, train
-from l2ood.train.artifact import update_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 OOD = ["mnist", "textures", "noise"]
@@ -53,19 +51,15 @@ def main() -> None:
         write_results(json.loads((ROOT / "docs" / "results" / "fmnist.json").read_text()), args)
         return
     detectors = parse_detectors(args.detectors)
-    full = load_dataset("fashion-mnist", "train")
-    train_set, _ = full.split(5000, seed=0)
+    train_set, _ = training_data("fashion-mnist", holdout=5000)
     raw: dict[str, dict[str, object]] = {}
     for seed in args.seeds:
         for head in ("l2", "ce"):
             run = Path(args.runs) / f"e{args.epochs}-w{args.width}" / f"seed{seed}" / head
             if not (run / "model.json").exists():
-                t0 = time.perf_counter()
                 train(train_set, ModelConfig(width=args.width, head=head),
                       TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed),
                       run, resume=True, progress=False)
-                update_meta(run, dataset="fashion-mnist", data={"holdout": {"n": 5000, "seed": 0}},
-                            train_seconds=time.perf_counter() - t0)
             print(f"evaluating seed {seed} {head}", flush=True)
             r = evaluate_run(run, OOD, detectors, seed=0)
             r.save(run / "eval")

@@ -16,9 +16,8 @@ from pathlib import Path
 from l2ood.analysis.collapse import nc_metrics
 from l2ood.analysis.report import NC_KEYS
 from l2ood.detectors import iter_batches
-from l2ood.evaluation import training_split
+from l2ood.run import Run
 from l2ood.runtime import resolve_runtime
-from l2ood.train import load_artifact
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,9 +35,9 @@ def main() -> None:
              "Both streamed through the model (seconds: wall time on this machine, with other work running).", "",
              "| run | images | " + " | ".join(NC_KEYS) + " | seconds |", "|---|---|" + "---|" * (len(NC_KEYS) + 1)]
     for run in args.runs:
-        model, meta = load_artifact(run)
-        model = model.to(rt.device)
-        train = training_split(meta)
+        r = Run.load(run)
+        model = r.model
+        train = r.train_split()
         w = model.fc.weight.detach().float().cpu()
         for label, ds in ((f"subset {args.n_train}", train.subset(args.n_train, seed=123)),
                           (f"all {len(train)}", train)):

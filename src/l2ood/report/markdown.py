@@ -18,7 +18,7 @@ def write_report(out_dir: str | Path, models: list[tuple[str, dict[str, Any], Sc
     """Write ``report.md`` plus ``norm_hist.png`` and ``roc.png`` into ``out_dir``.
 
     ``models`` is a list of ``(label, results, scores)`` as produced by
-    :func:`l2ood.evaluation.evaluate_model`.
+    :func:`l2ood.evaluation.evaluate`.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
