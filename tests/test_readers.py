@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
-import pickletools
-import struct
 import tarfile
 import zipfile
 from pathlib import Path
@@ -25,7 +22,6 @@ from l2ood.data import DATASETS, DataFormatError, DataNotFoundError, load_datase
 from l2ood.data import folders as folders_mod
 from l2ood.data.cifar import CIFAR10_CLASSES
 from l2ood.data.folders import load_image_folder
-from l2ood.data.safepickle import safe_load
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 RNG = np.random.default_rng(0)
@@ -36,63 +32,6 @@ RNG = np.random.default_rng(0)
 def cifar_rows(images: np.ndarray) -> np.ndarray:
     """HWC uint8 images → CIFAR rows: the 1024 red, then green, then blue bytes, each plane row-major."""
     return np.concatenate([images[..., c].reshape(len(images), -1) for c in range(3)], axis=1)
-
-
-def py2_pickle(obj: object) -> bytes:
-    """Protocol 2 as Python 2's cPickle + numpy 1.x wrote the CIFAR files: py2 str (SHORT_BINSTRING /
-    BINSTRING) keys and values, numpy.core.multiarray._reconstruct + BUILD, BINPUT/BINGET memo."""
-    out = bytearray(b"\x80\x02")
-    memo: dict[str, int] = {}
-
-    def string(b: bytes) -> None:
-        out.extend(b"U" + bytes([len(b)]) + b if len(b) < 256 else b"T" + struct.pack("<i", len(b)) + b)
-
-    def glob(name: str) -> None:
-        if name in memo:
-            out.extend(b"h" + bytes([memo[name]]))
-        else:
-            memo[name] = len(memo) + 1
-            out.extend(b"c" + name.encode() + b"\nq" + bytes([memo[name]]))
-
-    def w(o: object) -> None:
-        if isinstance(o, dict):
-            out.extend(b"}(")
-            for k, v in o.items():
-                w(k)
-                w(v)
-            out.extend(b"u")
-        elif isinstance(o, list):
-            out.extend(b"](")
-            for v in o:
-                w(v)
-            out.extend(b"e")
-        elif isinstance(o, str):
-            string(o.encode("latin-1"))
-        elif isinstance(o, int):
-            out.extend(b"K" + bytes([o]) if 0 <= o < 256 else b"J" + struct.pack("<i", o))
-        elif isinstance(o, np.ndarray):
-            glob("numpy.core.multiarray\n_reconstruct")
-            glob("numpy\nndarray")
-            out.extend(b"K\x00\x85")
-            string(b"b")
-            out.extend(b"\x87R(K\x01(")
-            for d in o.shape:
-                w(int(d))
-            out.extend(b"t")
-            glob("numpy\ndtype")
-            string(o.dtype.str[1:].encode())
-            out.extend(b"K\x00K\x01\x87R(K\x03")
-            string(o.dtype.str[:1].encode())
-            out.extend(b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89")
-            string(o.tobytes())
-            out.extend(b"tb")
-        else:
-            raise TypeError(type(o))
-
-    w(obj)
-    out.extend(b".")
-    pickletools.dis(bytes(out), out=io.StringIO())  # well-formed (checked without executing)
-    return bytes(out)
 
 
 def add_bytes(tf: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -109,24 +48,13 @@ def make_cifar10(n: int = 6) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def write_cifar10_python_tar(path: Path, batches: dict[str, tuple[np.ndarray, np.ndarray]],
-                             bytes_keys: bool = False) -> None:
-    def key(s: str) -> str | bytes:
-        return s.encode() if bytes_keys else s
-
-    def val(s: str) -> str | bytes:
-        return s.encode() if bytes_keys else s
-
+def write_cifar10_binary_tar(path: Path, batches: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, "w:gz") as tf:
-        meta = {key("num_cases_per_batch"): 10000, key("label_names"): [val(c) for c in CIFAR10_CLASSES],
-                key("num_vis"): 3072}
-        add_bytes(tf, "cifar-10-batches-py/batches.meta", pickle.dumps(meta, protocol=2))
-        add_bytes(tf, "cifar-10-batches-py/readme.html", b"<html></html>")
         for m, (x, y) in batches.items():
-            d = {key("batch_label"): val(f"batch {m}"), key("labels"): [int(v) for v in y],
-                 key("data"): cifar_rows(x), key("filenames"): [val(f"img_{i}.png") for i in range(len(x))]}
-            add_bytes(tf, f"cifar-10-batches-py/{m}", pickle.dumps(d, protocol=2))
+            rec = np.concatenate([y.astype(np.uint8)[:, None], cifar_rows(x)], axis=1)
+            add_bytes(tf, f"cifar-10-batches-bin/{m}.bin", rec.tobytes())
+        add_bytes(tf, "cifar-10-batches-bin/batches.meta.txt", ("\n".join(CIFAR10_CLASSES) + "\n\n").encode())
 
 
 def hwc(ds_images: torch.Tensor) -> np.ndarray:
@@ -138,168 +66,58 @@ def save_img(path: Path, arr: np.ndarray) -> None:
     Image.fromarray(arr).save(path)
 
 
-# --- safepickle ---------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("protocol", [1, 2, 3, 4, 5])
-def test_safe_load_numpy_and_plain_values(protocol: int) -> None:
-    obj = {
-        "u8": RNG.integers(0, 256, (3, 4), dtype=np.uint8),
-        "i8": np.arange(-5, 5, dtype=np.int64),
-        "i4": np.arange(6, dtype=np.int32).reshape(2, 3),
-        "f4be": np.linspace(0, 1, 5).astype(">f4"),
-        "f8": np.asfortranarray(RNG.normal(size=(3, 2))),
-        "empty": np.zeros((0, 3), np.uint8),
-        "labels": [0, 1, 255, 256, 70000, -3, 2**40],
-        "text": ["a", "ü", ""], "raw": b"\x00\xff", "t": (1, (2, 3), None, True, False),
-        b"bkey": 1.5,
-    }
-    got = safe_load(pickle.dumps(obj, protocol=protocol))
-    assert isinstance(got, dict) and set(got) == set(obj)
-    for k, v in obj.items():
-        if isinstance(v, np.ndarray):
-            assert got[k].dtype == v.dtype and got[k].shape == v.shape
-            np.testing.assert_array_equal(got[k], v)
-        else:
-            assert got[k] == v
-
-
-def test_safe_load_python2_style_file(tmp_path: Path) -> None:
-    x = RNG.integers(0, 256, (300, 3072), dtype=np.uint8)  # 921 600 bytes: a BINSTRING
-    (tmp_path / "b").write_bytes(py2_pickle({"data": x, "labels": [1, 2, 3], "batch_label": "training batch 1"}))
-    got = safe_load(tmp_path / "b")
-    assert isinstance(got, dict) and got["labels"] == [1, 2, 3] and got["batch_label"] == "training batch 1"
-    np.testing.assert_array_equal(got["data"], x)
-
-
-class _Evil:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return os.system, (f"touch {self.marker}",)
-
-
-def test_malicious_pickles_are_refused_and_nothing_runs(tmp_path: Path) -> None:
-    marker = tmp_path / "pwned"
-    payload = f"__import__('pathlib').Path({str(marker)!r}).touch()".encode()
-    cases = {
-        "reduce-os-system-p2": pickle.dumps({"data": _Evil(marker)}, protocol=2),
-        "reduce-os-system-p4": pickle.dumps([_Evil(marker)], protocol=4),  # STACK_GLOBAL
-        "builtins-eval": b"\x80\x02cbuiltins\neval\nX" + struct.pack("<I", len(payload)) + payload + b"\x85R.",
-        "inst": b"(X" + struct.pack("<I", len(str(marker)) + 6) + b"touch " + str(marker).encode()
-        + b"ios\nsystem\n.",
-        "dtype-object": b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00O8\x89\x88\x87R.",
-        "codecs-other": b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00aX\x05\x00\x00\x00rot13\x86R.",
-        "reduce-on-ndarray-class": b"\x80\x02cnumpy\nndarray\n)R.",
-        "unfinished": b"\x80\x02cnumpy\nndarray\n.",
-        "truncated": pickle.dumps({"a": [1, 2, 3]}, protocol=2)[:-4],
-        "not-a-pickle": b"hello world",
-    }
-    for name, data in cases.items():
-        with pytest.raises(DataFormatError) as ei:
-            safe_load(data, source=name)
-        assert name in str(ei.value)
-    for name, msg in [("reduce-os-system-p2", "'posix system'"), ("reduce-os-system-p4", "'posix system'"),
-                      ("builtins-eval", "'builtins eval'"), ("inst", "INST"), ("dtype-object", "'O8'")]:
-        with pytest.raises(DataFormatError, match=msg):
-            safe_load(cases[name])
-    # the same payload inside an official-looking CIFAR tarball
-    root = tmp_path / "root"
-    write_cifar10_python_tar(root / "cifar10" / "cifar-10-python.tar.gz", make_cifar10(2))
-    evil_tar = root / "evil" / "cifar-10-python.tar.gz"
-    evil_tar.parent.mkdir()
-    with tarfile.open(evil_tar, "w:gz") as tf:
-        add_bytes(tf, "cifar-10-batches-py/test_batch", cases["reduce-os-system-p2"])
-    with pytest.raises(DataFormatError, match="posix system"):
-        load_dataset("cifar10", "test", root=root / "evil", download=False)
-    assert not marker.exists()
-
-
 # --- CIFAR --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("bytes_keys", [False, True])
-def test_cifar10_python_tarball(tmp_path: Path, bytes_keys: bool) -> None:
-    batches = make_cifar10()
-    write_cifar10_python_tar(tmp_path / "cifar10" / "cifar-10-python.tar.gz", batches, bytes_keys=bytes_keys)
-    test = load_dataset("cifar10", "test", root=tmp_path, download=False)
-    x, y = batches["test_batch"]
-    assert test.images.shape == (len(x), 3, 32, 32) and test.images.dtype == torch.uint8
-    np.testing.assert_array_equal(hwc(test.images), x)  # planes → channels, rows → HW
-    assert test.labels.tolist() == y.tolist()
-    assert test.class_names == list(CIFAR10_CLASSES) and test.hflip
-    assert test.meta["format"] == "cifar-python"
-    train = load_dataset("cifar10", "train", root=tmp_path, download=False)
-    xs = np.concatenate([batches[f"data_batch_{k}"][0] for k in range(1, 6)])
-    np.testing.assert_array_equal(hwc(train.images), xs)
-    assert train.labels.tolist() == np.concatenate([batches[f"data_batch_{k}"][1] for k in range(1, 6)]).tolist()
-
-
-def test_cifar10_extracted_folder_and_binary(tmp_path: Path) -> None:
+def test_cifar10_binary_tarball_and_folder(tmp_path: Path) -> None:
     batches = make_cifar10(4)
-    tar = tmp_path / "a" / "cifar-10-python.tar.gz"
-    write_cifar10_python_tar(tar, batches)
-    with tarfile.open(tar) as tf:
-        for m in tf:
-            (tmp_path / "a" / m.name).parent.mkdir(parents=True, exist_ok=True)
-            (tmp_path / "a" / m.name).write_bytes(tf.extractfile(m).read())  # type: ignore[union-attr]
-    tar.unlink()
-    ds = load_dataset("cifar10", "test", root=tmp_path / "a" / "cifar-10-batches-py", download=False)
-    np.testing.assert_array_equal(hwc(ds.images), batches["test_batch"][0])
-    # binary version: 1 label byte + 3072 pixel bytes per record, as a tarball and as a folder
     binroot = tmp_path / "b"
-    binroot.mkdir()
-    with tarfile.open(binroot / "cifar-10-binary.tar.gz", "w:gz") as tf:
-        for m, (x, y) in batches.items():
-            rec = np.concatenate([y.astype(np.uint8)[:, None], cifar_rows(x)], axis=1)
-            add_bytes(tf, f"cifar-10-batches-bin/{m}.bin", rec.tobytes())
-        add_bytes(tf, "cifar-10-batches-bin/batches.meta.txt", ("\n".join(CIFAR10_CLASSES) + "\n\n").encode())
+    write_cifar10_binary_tar(binroot / "cifar-10-binary.tar.gz", batches)
     for split, members in (("test", ["test_batch"]), ("train", [f"data_batch_{k}" for k in range(1, 6)])):
         ds = load_dataset("cifar10", split, root=binroot, download=False)
         np.testing.assert_array_equal(hwc(ds.images), np.concatenate([batches[m][0] for m in members]))
         assert ds.labels.tolist() == np.concatenate([batches[m][1] for m in members]).tolist()
-        assert ds.meta["format"] == "cifar-binary" and ds.class_names == list(CIFAR10_CLASSES)
+        assert ds.meta["format"] == "cifar-binary" and ds.class_names == list(CIFAR10_CLASSES) and ds.hflip
+    with tarfile.open(binroot / "cifar-10-binary.tar.gz") as tf:  # the extracted folder reads the same
+        tf.extractall(tmp_path / "x", filter="data")
+    ds = load_dataset("cifar10", "test", root=tmp_path / "x" / "cifar-10-batches-bin", download=False)
+    np.testing.assert_array_equal(hwc(ds.images), batches["test_batch"][0])
 
 
-def test_cifar100_python_folder_py2_and_binary(tmp_path: Path) -> None:
+def test_cifar100_binary(tmp_path: Path) -> None:
     fine_names = [f"class_{i:02d}" for i in range(100)]
-    folder = tmp_path / "cifar100" / "cifar-100-python"
-    folder.mkdir(parents=True)
-    data = {}
-    for split, n in (("train", 12), ("test", 7)):
-        x, fine, coarse = (RNG.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), RNG.integers(0, 100, n),
-                           RNG.integers(0, 20, n))
-        data[split] = (x, fine, coarse)
-        d = {"filenames": [f"f{i}.png" for i in range(n)], "batch_label": f"{split} batch 1 of 1",
-             "fine_labels": [int(v) for v in fine], "coarse_labels": [int(v) for v in coarse],
-             "data": cifar_rows(x)}
-        (folder / split).write_bytes(py2_pickle(d))  # as the official (Python 2) files
-    (folder / "meta").write_bytes(py2_pickle({"fine_label_names": fine_names,
-                                              "coarse_label_names": [f"super_{i}" for i in range(20)]}))
-    for split in ("train", "test"):
-        ds = load_dataset("cifar100", split, root=tmp_path, download=False)
-        np.testing.assert_array_equal(hwc(ds.images), data[split][0])
-        assert ds.labels.tolist() == data[split][1].tolist() and ds.class_names == fine_names
-    # binary: 2 label bytes (coarse, fine) + 3072
     b = tmp_path / "bin" / "cifar-100-binary"
     b.mkdir(parents=True)
-    x, fine, coarse = data["test"]
+    x, fine, coarse = (RNG.integers(0, 256, (7, 32, 32, 3), dtype=np.uint8), RNG.integers(0, 100, 7),
+                       RNG.integers(0, 20, 7))
     rec = np.concatenate([coarse.astype(np.uint8)[:, None], fine.astype(np.uint8)[:, None], cifar_rows(x)], 1)
-    (b / "test.bin").write_bytes(rec.tobytes())
+    (b / "test.bin").write_bytes(rec.tobytes())  # 2 label bytes (coarse, fine) + 3072
     (b / "fine_label_names.txt").write_text("\n".join(fine_names) + "\n")
     ds = load_dataset("cifar100", "test", root=tmp_path / "bin", download=False)
     np.testing.assert_array_equal(hwc(ds.images), x)
     assert ds.labels.tolist() == fine.tolist() and ds.class_names == fine_names
 
 
-def test_cifar_bad_files(tmp_path: Path) -> None:
-    folder = tmp_path / "cifar-10-batches-py"
+def test_cifar_bad_files_are_refused_before_reading(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-10-batches-bin"
     folder.mkdir()
     for m in [*(f"data_batch_{k}" for k in range(1, 6)), "test_batch"]:
-        (folder / m).write_bytes(pickle.dumps({"data": np.zeros((2, 100), np.uint8), "labels": [0, 1]}, protocol=2))
-    with pytest.raises(DataFormatError, match=r"uint8 \(N, 3072\)"):
+        (folder / f"{m}.bin").write_bytes(bytes(3073 * 2))
+    (folder / "test_batch.bin").write_bytes(bytes(3073 * 2 + 5))  # not whole records
+    with pytest.raises(DataFormatError, match="not 1 to 10000 records"):
         load_dataset("cifar10", "test", root=tmp_path, download=False)
-    (folder / "test_batch").write_bytes(pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 10]}))
-    with pytest.raises(DataFormatError, match="labels"):
+    with open(folder / "test_batch.bin", "wb") as f:  # sparse: larger than any official batch, never read
+        f.truncate(3073 * 10_001)
+    with pytest.raises(DataFormatError, match="not 1 to 10000 records"):
+        load_dataset("cifar10", "test", root=tmp_path, download=False)
+    (folder / "test_batch.bin").write_bytes(bytes([10]) + bytes(3072))  # label 10 of 10 classes
+    with pytest.raises(DataFormatError, match="out of range"):
+        load_dataset("cifar10", "test", root=tmp_path, download=False)
+
+
+def test_python_version_alone_gets_a_clear_message(tmp_path: Path) -> None:
+    (tmp_path / "cifar10").mkdir()
+    (tmp_path / "cifar10" / "cifar-10-python.tar.gz").write_bytes(b"never parsed")
+    with pytest.raises(DataNotFoundError, match=r"python \(pickle\) version.*cifar-10-binary.tar.gz"):
         load_dataset("cifar10", "test", root=tmp_path, download=False)
 
 
@@ -311,13 +129,13 @@ def test_cifar_download_uses_official_checksum(tmp_path: Path, monkeypatch: pyte
 
     def fake_retrieve(url: str, known_hash: str, fname: str, path: Path, downloader: object) -> str:
         calls.append((url, known_hash))
-        write_cifar10_python_tar(Path(path) / fname, batches)
+        write_cifar10_binary_tar(Path(path) / fname, batches)
         return str(Path(path) / fname)
 
     monkeypatch.setattr(pooch, "retrieve", fake_retrieve)
     ds = load_dataset("cifar10", "test", root=tmp_path / "empty")
-    assert calls == [("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                      "md5:c58f30108f718f92721af3b95e74349a")]
+    assert calls == [("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
+                      "md5:c32a1d4ab5d03f1284b67883e8d87530")]
     np.testing.assert_array_equal(hwc(ds.images), batches["test_batch"][0])
     load_dataset("cifar10", "test", root=tmp_path / "empty")  # now found in the cache
     assert len(calls) == 1
@@ -505,7 +323,7 @@ def test_openood_imglist(tmp_path: Path) -> None:
 # --- registry and missing data ------------------------------------------------------------------
 
 @pytest.mark.parametrize(("name", "url"), [
-    ("cifar10", "cifar-10-python.tar.gz"), ("cifar100", "cifar-100-python.tar.gz"),
+    ("cifar10", "cifar-10-binary.tar.gz"), ("cifar100", "cifar-100-binary.tar.gz"),
     ("svhn", "test_32x32.mat"), ("dtd", "dtd-r1.0.1.tar.gz"), ("tin", "tiny-imagenet-200.zip"),
     ("places365", "val_256.tar"),
 ])

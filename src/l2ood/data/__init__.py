@@ -2,8 +2,8 @@
 
 Names: ``fashion-mnist``, ``mnist`` (IDX, offline-first, see :mod:`l2ood.data.mnist`), ``textures``
 and ``noise`` (seeded, generated, see :mod:`l2ood.data.synthetic`), the CIFAR-scale OoD benchmark in
-its official formats — ``cifar10``, ``cifar100`` (:mod:`l2ood.data.cifar`, pickles read without
-unpickling by :mod:`l2ood.data.safepickle`), ``svhn`` (:mod:`l2ood.data.svhn`), ``dtd``, ``tin``,
+its official formats — ``cifar10``, ``cifar100`` (:mod:`l2ood.data.cifar`, the binary archives: no
+pickle is ever parsed), ``svhn`` (:mod:`l2ood.data.svhn`), ``dtd``, ``tin``,
 ``places365`` (:mod:`l2ood.data.oodsets`) — and the parametric ``npz:PATH`` (see
 :mod:`l2ood.data.npz`), ``imagefolder:PATH`` (:mod:`l2ood.data.folders`) and
 ``imglist:LISTFILE[@IMAGEROOT]`` (OpenOOD v1.5 image lists, :mod:`l2ood.data.imglist`). All loaders
@@ -24,7 +24,6 @@ from .imglist import load_imglist, parse_imglist_spec
 from .mnist import load_idx_dataset
 from .npz import load_npz, save_npz
 from .oodsets import load_dtd, load_places365, load_tin
-from .safepickle import safe_load
 from .svhn import load_svhn
 from .synthetic import make_noise, make_textures
 from .transforms import augment_batch, channel_stats, convert_format, to_format
@@ -48,7 +47,6 @@ __all__ = [
     "load_imglist",
     "load_npz",
     "load_source",
-    "safe_load",
     "save_npz",
     "to_format",
 ]
@@ -107,7 +105,7 @@ DATASETS: dict[str, DatasetInfo] = {
                             ("train", "test"), generated=True),
     "noise": DatasetInfo(_noise, "seeded uniform + Gaussian noise images", ("train", "test"),
                          generated=True),
-    "cifar10": DatasetInfo(_cifar("cifar10"), "CIFAR-10, 32×32 RGB, 10 classes (official python/binary tarball)",
+    "cifar10": DatasetInfo(_cifar("cifar10"), "CIFAR-10, 32×32 RGB, 10 classes (official binary tarball)",
                            ("train", "test")),
     "cifar100": DatasetInfo(_cifar("cifar100"), "CIFAR-100, 32×32 RGB, 100 fine classes (official tarball)",
                             ("train", "test")),
