@@ -138,7 +138,7 @@ def test_npz_round_trip_and_errors(tmp_path: Path) -> None:
     with pytest.raises(DataFormatError):
         load_npz(tmp_path / "obj.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(DataFormatError, match="readable"):
+    with pytest.raises(DataFormatError, match="not a zip archive"):
         load_npz(tmp_path / "junk.npz")
     with pytest.raises(DataNotFoundError):
         load_dataset("npz:/definitely/not/here.npz")
