@@ -124,10 +124,10 @@ def _read_binary(spec: CifarSpec, split: str, folder: Path | None, tar: Path | N
     raw: dict[str, bytes] = {}
     if folder is not None:
         for m in wanted:
-            f = folder / m
-            if f.is_file():
-                _check_size(spec, m, f.stat().st_size, str(f))
-                raw[m] = f.read_bytes()
+            fp = folder / m
+            if fp.is_file():
+                _check_size(spec, m, fp.stat().st_size, str(fp))
+                raw[m] = fp.read_bytes()
         where = str(folder)
     else:
         assert tar is not None

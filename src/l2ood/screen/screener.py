@@ -123,10 +123,10 @@ class Screener:
             is_ood = np.where(finite, is_ood, True)  # fail closed: a non-finite score is never "in"
         return ScreenOutput(s, p_values, is_ood, pred.numpy(), conf.numpy(), finite)
 
-    def _records(self, items: list[tuple[str, int | None, np.ndarray | str]]) -> list[dict[str, Any]]:
-        """Records in input order; string entries are error reasons, arrays are scored together."""
+    def _records(self, items: list[tuple[str, int | None, Tensor | str]]) -> list[dict[str, Any]]:
+        """Records in input order; string entries are error reasons, images (model format) are scored together."""
         ok = [i for i, (_, _, a) in enumerate(items) if not isinstance(a, str)]
-        out = self.score(torch.cat([self._item_tensor(items[i][2]) for i in ok])) if ok else None  # type: ignore[arg-type]
+        out = self.score(torch.stack([items[i][2] for i in ok])) if ok else None  # type: ignore[misc]
         row = {i: j for j, i in enumerate(ok)}
         recs = []
         for i, (path, index, a) in enumerate(items):
@@ -151,16 +151,14 @@ class Screener:
             })
         return recs
 
-    def _item_tensor(self, a: np.ndarray) -> Tensor:
-        return self.to_model_format(np.asarray(a, dtype=np.uint8))
-
     def screen(self, paths: Iterable[str | Path], *, batch_size: int = 256, progress: bool = False,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[dict[str, Any]]:
         """Yield one record per image (``status`` "ok") or per unreadable input (``status`` "error"),
         in input order (folders sorted by name)."""
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-        pending: list[tuple[str, int | None, np.ndarray | str]] = []  # str = error reason
+        # each image is reduced to the model's input size as soon as it is decoded: memory O(batch · C·H·W)
+        pending: list[tuple[str, int | None, Tensor | str]] = []  # str = error reason
         n_images = 0
         bar = tqdm(desc="screen", unit="img", disable=not progress)
         for src in discover(list(paths)):
@@ -168,21 +166,21 @@ class Screener:
                 pending.append((src.path, None, src.error or "unreadable"))
             elif src.kind == "npz":
                 try:
-                    pack = load_npz(src.path)
+                    pack = load_npz(src.path, max_pixels=max_pixels)
                 except DataError as e:
                     pending.append((src.path, None, str(e)))
                 else:
                     for i in range(len(pack)):
-                        pending.append((src.path, i, pack.images[i].permute(1, 2, 0).numpy()))
+                        pending.append((src.path, i, self.to_model_format(pack.images[i : i + 1])[0]))
                         n_images += 1
                         if n_images >= batch_size:
                             yield from self._flush(pending, bar)
                             n_images = 0
             else:
                 try:
-                    pending.append((src.path, None, decode_image(src.path, max_pixels)))
+                    pending.append((src.path, None, self.to_model_format(decode_image(src.path, max_pixels))[0]))
                     n_images += 1
-                except ImageReadError as e:
+                except (ImageReadError, DataError) as e:
                     pending.append((src.path, None, str(e)))
             if n_images >= batch_size or len(pending) >= 4 * batch_size:
                 yield from self._flush(pending, bar)
@@ -191,7 +189,7 @@ class Screener:
             yield from self._flush(pending, bar)
         bar.close()
 
-    def _flush(self, pending: list[tuple[str, int | None, np.ndarray | str]],
+    def _flush(self, pending: list[tuple[str, int | None, Tensor | str]],
                bar: Any) -> Iterator[dict[str, Any]]:
         recs = self._records(pending)
         bar.update(len(pending))
