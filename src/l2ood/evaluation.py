@@ -12,13 +12,13 @@ logits the model was trained with) and ``name:raw`` (``W·z + b``, all normaliza
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import jsonio
 from .data import ImageSet, load_dataset
 from .detectors import DETECTORS, Detector, Extraction, Head, all_detectors, make_detector
 from .detectors.base import InputDetector
@@ -67,7 +67,7 @@ class EvalResult:
     def save(self, out_dir: str | Path) -> None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(self.results, indent=2))
+        (out / "results.json").write_text(jsonio.dumps(self.results, indent=2))
         arrays = {f"{s}/{d}": v for s, dd in self.scores.items() for d, v in dd.items()}
         np.savez_compressed(out / "scores.npz", **arrays)  # type: ignore[arg-type]  # numpy's stub: **kwds as bool
 

@@ -66,7 +66,7 @@ def id_test_for(train_set: ImageSet, test_data: str | None = None, holdout: Imag
 def train_run(train_set: ImageSet, model_cfg: ModelConfig, train_cfg: TrainConfig, out: str | Path, *,
               test_data: str | None = None, holdout: ImageSet | None = None, track: str | None = None,
               track_ood: str | None = None, data_root: str | Path | None = None, resume: bool = False,
-              progress: bool = True, log: Log = print) -> Run | None:
+              overwrite: bool = False, progress: bool = True, log: Log = print) -> Run | None:
     """Train one run into ``out`` (see :func:`l2ood.train.train`); returns it (``None`` on ranks > 0).
 
     ``track="every=K[,n_train=N,...]"`` records NC metrics and ‖z‖ statistics every K epochs
@@ -81,7 +81,7 @@ def train_run(train_set: ImageSet, model_cfg: ModelConfig, train_cfg: TrainConfi
         tracker = Tracker.build(tcfg, train_set, id_test, out, resolve_runtime(train_cfg.device, train_cfg.precision),
                                 train_cfg.epochs, root=data_root)
     train(train_set, model_cfg, train_cfg, out, resume=resume, progress=progress, log=log, on_epoch_end=tracker,
-          test_data=test_data)
+          test_data=test_data, overwrite=overwrite)
     if not dist_from_env().is_main:
         return None
     return Run.load(out, device=train_cfg.device, precision=train_cfg.precision, data_root=data_root)

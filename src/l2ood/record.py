@@ -53,6 +53,7 @@ from .metrics.conformal import Calibration
 from .models import ModelConfig
 from .provenance import code_version
 from .train.config import TrainConfig
+from .train.runfolder import run_lock, temp_path
 
 SCHEMA = "l2ood.run/2"
 META = "model.json"
@@ -419,7 +420,7 @@ def read_record(run_dir: str | Path) -> RunRecord:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -441,10 +442,12 @@ def write_record(run_dir: str | Path, record: RunRecord) -> Path:
     return path
 
 
-def update_record(run_dir: str | Path, change: Callable[[RunRecord], RunRecord]) -> RunRecord:
-    """Read, change and write back a record (a 0.1.0 record is written back upgraded)."""
-    rec = change(read_record(run_dir))
-    write_record(run_dir, rec)
+def update_record(run_dir: str | Path, change: Callable[[RunRecord], RunRecord], what: str = "") -> RunRecord:
+    """Read, change and write back a record under the run folder's writer lock (a 0.1.0 record is written
+    back upgraded)."""
+    with run_lock(run_dir, what or "update of model.json"):
+        rec = change(read_record(run_dir))
+        write_record(run_dir, rec)
     return rec
 
 
@@ -453,5 +456,5 @@ def add_calibration(run_dir: str | Path, calibration: Calibration, name: str = "
     def change(rec: RunRecord) -> RunRecord:
         return rec.model_copy(update={"calibrations": {**rec.calibrations, name: calibration}})
 
-    return update_record(run_dir, change)
+    return update_record(run_dir, change, f"l2ood calibrate ({name})")
 

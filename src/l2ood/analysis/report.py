@@ -23,6 +23,7 @@ from typing import Any
 
 import matplotlib
 
+from .. import jsonio
 from ..errors import ConfigError
 from ..provenance import code_version
 from ..record import META, read_record
@@ -161,7 +162,7 @@ def analyze(runs: list[str | Path], out_dir: str | Path, hist_epochs: list[int] 
     path.write_text("\n".join(lines))
     summary = {"runs": [{"run": name, "head": head} for name, head, _ in loaded], "ood_sets": ood_sets,
                "verdicts": verdict_data(loaded, ood_sets), "code_version": code_version()}
-    (out / "analysis.json").write_text(json.dumps(summary, indent=1))
+    (out / "analysis.json").write_text(jsonio.dumps(summary, indent=1))
     return path
 
 

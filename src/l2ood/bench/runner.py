@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import jsonio
 from ..data import ImageSet, load_dataset
 from ..errors import ConfigError
 from ..models import ARCHITECTURES, HEAD_MODES, ModelConfig
@@ -75,7 +76,7 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> tuple[Path
     recipe = {**RECIPES[spec.recipe], **(spec.overrides or {})}
     spec.out.mkdir(parents=True, exist_ok=True)
     (spec.out / "cells").mkdir(exist_ok=True)
-    (spec.out / "spec.json").write_text(json.dumps({
+    (spec.out / "spec.json").write_text(jsonio.dumps({
         "benchmark": spec.benchmark, "definition": bdef, "recipe": spec.recipe, "hyper": recipe,
         "archs": spec.archs, "variants": spec.variants, "seeds": spec.seeds, "detectors": spec.detectors,
         "n_ood": spec.n_ood, "n_id": spec.n_id, "code_version": code_version()}, indent=2))
@@ -112,12 +113,16 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> tuple[Path
                                             detectors=spec.detectors, id_test=id_test, data_root=spec.data_root,
                                             test_data=resolve(bdef["id"], spec.data_root),
                                             progress=spec.progress, log=log)
-                cell.write_text(json.dumps({"arch": arch, "variant": variant, "seed": seed,
+                cell.write_text(jsonio.dumps({"arch": arch, "variant": variant, "seed": seed,
                                             "requested": spec.detectors, "groups": groups,
                                             "train_seconds": run.record.train_seconds,
                                             "code_version": code_version(),
                                             "results": r.results}, indent=1))
     return aggregate(spec.out)
+
+
+def _nan_if_none(v: float | None) -> float:
+    return float("nan") if v is None else float(v)
 
 
 def _fmt(v: list[float]) -> str:
@@ -138,7 +143,8 @@ def aggregate(out: Path) -> tuple[Path, Path]:
             for det, m in d["detectors"].items():
                 cv = c.get("code_version") or {}
                 rows.append({"arch": c["arch"], "variant": c["variant"], "seed": c["seed"], "detector": det,
-                             "ood": s, "group": c["groups"].get(s, "?"), "id_acc": res["id_accuracy"], **m,
+                             "ood": s, "group": c["groups"].get(s, "?"),
+                             "id_acc": _nan_if_none(res["id_accuracy"]), **m,
                              "l2ood": cv.get("l2ood", "0.1.0"), "git_commit": cv.get("git_commit") or ""})
     csv_path = out / "results.csv"
     with open(csv_path, "w", newline="") as f:

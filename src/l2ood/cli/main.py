@@ -18,12 +18,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import jsonio
 from ..data import DATASETS, PARAMETRIC, ImageSet
 from ..errors import ConfigError, L2oodError
 from ..models import ARCHITECTURES, HEAD_MODES, ModelConfig
 from ..runtime import PRECISIONS
 from ..train import SCHEDULES, TrainConfig
 from ..train.distributed import dist_from_env
+from ..train.runfolder import check_target
 
 DEMO_OOD = "mnist,textures,noise"
 
@@ -95,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--head", default="l2", choices=HEAD_MODES)
     t.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<head>-w<width>-s<seed>)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --out: deletes only the files l2ood wrote there (never others)")
     t.add_argument("--checkpoint-every-steps", type=_nonneg_int, default=0,
                    help="also checkpoint every N steps inside an epoch (0: at epoch ends only)")
     t.add_argument("--track", default=None, metavar="every=K",
@@ -236,13 +240,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     out = Path(args.out or f"runs/{args.dataset.replace(':', '_').replace('/', '_')}-{args.head}"
                           f"-w{args.width}-s{args.seed}")
-    if (out / "model.json").exists() and not args.resume and dist_from_env().is_main:
-        raise ConfigError(f"{out} already holds a trained model; pass another --out or --resume")
+    if dist_from_env().is_main:
+        check_target(out, args.resume, args.overwrite)  # before any data is loaded
     train_set, hold = _training_data(args)
     mcfg, tcfg = _configs(args, args.head)
     t0 = time.perf_counter()
     run = train_run(train_set, mcfg, tcfg, out, test_data=args.test_data, holdout=hold, track=args.track,
-                    track_ood=args.track_ood, data_root=args.data_root, resume=args.resume,
+                    track_ood=args.track_ood, data_root=args.data_root, resume=args.resume, overwrite=args.overwrite,
                     progress=not args.no_progress, log=_log)
     if run is not None:
         print(f"saved {out}/model.safetensors and {out}/model.json ({time.perf_counter() - t0:.0f} s)")
@@ -256,7 +260,7 @@ def _print_and_report(named: list[tuple[str, Any]], out: Path, title: str) -> No
     cmd = "l2ood " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     report = write_report(out, [(lbl, r.results, r.scores) for lbl, r in named], title=title, command=cmd)
     all_results = {lbl: {**r.results, "command": cmd} for lbl, r in named}  # each carries its code_version
-    (out / "results.json").write_text(json.dumps(all_results, indent=2))
+    (out / "results.json").write_text(jsonio.dumps(all_results, indent=2))
     print(f"\nwrote {out / 'results.json'} and {report}")
 
 

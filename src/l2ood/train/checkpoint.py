@@ -24,32 +24,40 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .runfolder import temp_path
+
 RECORD = "checkpoint.json"
 
 
 def _fsync_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left when the write failed (e.g. a full disk)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """Write JSON atomically (temp file + fsync + rename)."""
-    _fsync_write(Path(path), json.dumps(obj, indent=2, sort_keys=True).encode())
+    _fsync_write(Path(path), json.dumps(obj, indent=2, sort_keys=True, allow_nan=False).encode())
 
 
 def atomic_save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor],
                             metadata: dict[str, str] | None = None) -> None:
     """Save tensors atomically as safetensors (contiguous CPU copies)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = temp_path(path)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def save_checkpoint(run_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,

@@ -12,7 +12,6 @@ epoch, step), which is exactly what a checkpoint stores; ``resume`` restarts fro
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
+from .. import jsonio
 from ..data import ImageSet, augment_batch, channel_stats
 from ..errors import ConfigError, L2oodError
 from ..models import Classifier, ModelConfig, build_model
@@ -32,7 +32,8 @@ from ..runtime import Runtime, resolve_runtime
 from .artifact import save_weights
 from .checkpoint import RECORD, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .distributed import all_reduce_sum, convert_sync_bn, init_distributed, scaled_loss, shard
+from .distributed import all_reduce_sum, convert_sync_bn, dist_from_env, init_distributed, scaled_loss, shard
+from .runfolder import check_target, clean_temp, remove_owned, run_lock
 
 
 class TrainingDiverged(L2oodError, RuntimeError):
@@ -103,6 +104,7 @@ def train(
     stop_after_steps: int | None = None,
     on_epoch_end: Callable[[int, Classifier], dict[str, Any] | None] | None = None,
     test_data: str | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train a classifier on ``train_set``; writes checkpoints and the final artifact to ``run_dir``.
 
@@ -117,9 +119,49 @@ def train(
     and calibrated later however it was started), preprocessing and provenance. Re-running a finished
     run keeps its calibrations when the weights are unchanged.
     Under ``torchrun`` (``WORLD_SIZE > 1``) the run is data-parallel (:mod:`l2ood.train.distributed`).
+
+    The run folder is protected (:mod:`l2ood.train.runfolder`): a folder holding another run is refused
+    unless ``resume`` (continue it) or ``overwrite`` (delete the files l2ood wrote there, nothing else); a
+    folder holding files l2ood did not write is refused unless ``overwrite``; the writer lock is held
+    for the whole training, so a second training into the same folder stops with a message naming
+    the first.
     """
     cfg.validate()
     run_dir = Path(run_dir)
+    if not dist_from_env().is_main:
+        return _train(train_set, model_cfg, cfg, run_dir, resume=resume, progress=progress, log=log,
+                      stop_after_steps=stop_after_steps, on_epoch_end=on_epoch_end, test_data=test_data)
+    with run_lock(run_dir, f"l2ood train ({model_cfg.arch}, head {model_cfg.head})"):
+        _prepare_folder(run_dir, resume, overwrite, log)
+        return _train(train_set, model_cfg, cfg, run_dir, resume=resume, progress=progress, log=log,
+                      stop_after_steps=stop_after_steps, on_epoch_end=on_epoch_end, test_data=test_data)
+
+
+def _prepare_folder(run_dir: Path, resume: bool, overwrite: bool, log: Callable[[str], None] | None) -> None:
+    check_target(run_dir, resume, overwrite)
+    if overwrite:
+        removed = remove_owned(run_dir)
+        if removed and log:
+            log(f"--overwrite: removed {', '.join(removed)} from {run_dir}")
+    clean_temp(run_dir)  # leftovers of a write interrupted by a kill (ours only: .l2ood-tmp-*)
+    if not (run_dir / RECORD).is_file():  # a fresh start: logs of an attempt that never checkpointed go
+        for name in ("train_log.jsonl", "track.jsonl"):
+            (run_dir / name).unlink(missing_ok=True)
+
+
+def _train(
+    train_set: ImageSet,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    run_dir: Path,
+    *,
+    resume: bool,
+    progress: bool,
+    log: Callable[[str], None] | None,
+    stop_after_steps: int | None,
+    on_epoch_end: Callable[[int, Classifier], dict[str, Any] | None] | None,
+    test_data: str | None,
+) -> TrainResult:
     rt: Runtime = resolve_runtime(cfg.device, cfg.precision)
     info, created_pg = init_distributed(rt.device.type)
     if info.active and rt.device.type == "cuda":
@@ -129,8 +171,6 @@ def train(
         log, progress = None, False
     if main_rank:
         run_dir.mkdir(parents=True, exist_ok=True)
-        for tmp in run_dir.glob(".*.tmp"):  # leftovers of a write interrupted by a kill
-            tmp.unlink(missing_ok=True)
     if model_cfg.mean == [0.0] and model_cfg.std == [1.0]:
         model_cfg.mean, model_cfg.std = channel_stats(train_set.images)
     model_cfg.in_channels, h, w = train_set.shape
@@ -252,7 +292,7 @@ def train(
             history.append(entry)
             if main_rank:
                 with open(run_dir / "train_log.jsonl", "a") as f:
-                    f.write(json.dumps(entry) + "\n")
+                    f.write(jsonio.dumps(entry) + "\n")
             if log:
                 log(f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['loss']:.4f}  train acc "
                     f"{entry['train_acc']:.4f}  {entry['images_per_s']:.0f} img/s  {dt:.1f}s")
@@ -262,7 +302,7 @@ def train(
                 tracked = on_epoch_end(epoch + 1, model)
                 if tracked:
                     with open(run_dir / "track.jsonl", "a") as f:
-                        f.write(json.dumps({"epoch": epoch + 1, **tracked}) + "\n")
+                        f.write(jsonio.dumps({"epoch": epoch + 1, **tracked}) + "\n")
 
         model.eval()
         if main_rank:

@@ -1,0 +1,45 @@
+"""Standard JSON out: every results file l2ood writes is strict JSON (RFC 8259).
+
+Python's ``json`` writes ``NaN``/``Infinity`` tokens that other parsers reject. :func:`clean` maps every
+non-finite float to ``null`` (and NumPy scalars/arrays to plain values); :func:`dumps` then refuses
+anything that would still not be standard JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def clean(obj: Any) -> Any:
+    """A copy of ``obj`` with non-finite floats as ``None`` and NumPy values as Python values."""
+    if isinstance(obj, float | np.floating):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, bool | np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.ndarray):
+        return clean(obj.tolist())
+    if isinstance(obj, dict):
+        return {str(k): clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [clean(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, **kw: Any) -> str:
+    """``json.dumps`` of :func:`clean` (``obj``) with ``allow_nan=False``."""
+    return json.dumps(clean(obj), allow_nan=False, **kw)
+
+
+def write(path: str | Path, obj: Any, **kw: Any) -> Path:
+    """Write :func:`dumps` (``obj``) to ``path`` (indent 1 unless given)."""
+    kw.setdefault("indent", 1)
+    Path(path).write_text(dumps(obj, **kw) + "\n")
+    return Path(path)
