@@ -25,7 +25,7 @@ from ..models import ARCHITECTURES, HEAD_MODES, ModelConfig
 from ..runtime import PRECISIONS
 from ..train import SCHEDULES, TrainConfig
 from ..train.distributed import dist_from_env
-from ..train.runfolder import check_target
+from ..train.runfolder import check_target, refuse_run_file
 
 DEMO_OOD = "mnist,textures,noise"
 
@@ -275,7 +275,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                          device=args.device, precision=args.precision, progress=not args.no_progress,
                          batch_size=args.batch_size)
         label = f"{Path(run).name} ({r.results['head'].upper()})"
-        r.save(Path(run) / "eval")
+        try:
+            r.save(Path(run) / "eval")
+        except OSError as e:  # e.g. a read-only run folder: the report still goes to --out
+            _log(f"note: could not write {Path(run) / 'eval'} ({e.strerror or e}); results go to --out only")
         named.append((label, r))
     out = Path(args.out) if args.out else (Path(args.runs[0]) / "eval" if len(args.runs) == 1
                                            else Path(f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}"))
@@ -332,6 +335,8 @@ def cmd_screen(args: argparse.Namespace) -> int:
     if not scr.calibrated:
         raise ConfigError(f"{args.run} is not calibrated (no calibration '{args.calibration}'): run "
                           f"`l2ood calibrate {args.run}` first (or pass --threshold)")
+    if args.output != "-":
+        refuse_run_file(args.output, args.paths)
     out = sys.stdout if args.output == "-" else open(args.output, "w", newline="")
     try:
         counts = screen_to_file(scr, args.paths, out, args.format, batch_size=args.batch_size,

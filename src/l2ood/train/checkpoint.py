@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..errors import RunError
 from .runfolder import temp_path
 
 RECORD = "checkpoint.json"
@@ -76,26 +79,86 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module, optimizer: torch.opti
     groups = [{k: v for k, v in g.items()} for g in opt_state["param_groups"]]
     atomic_write_json(run_dir / RECORD, {**record, "tensors": name, "optimizer_param_groups": groups})
     for old in run_dir.glob("checkpoint-*.safetensors"):
-        if old.name != name:
+        if old.name != name and _TENSORS_RE.match(old.name):  # ours only
             old.unlink(missing_ok=True)
     return run_dir / name
+
+
+_TENSORS_RE = re.compile(r"^checkpoint-\d{9}\.safetensors$")
+MAX_RECORD_BYTES = 256 * 1024 * 1024
+_Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class _ParamGroup(BaseModel):
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    params: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=1_000_000)]
+    lr: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    momentum: _Finite = 0.0
+    weight_decay: _Finite = 0.0
+
+
+class CheckpointRecord(BaseModel):
+    """The schema of ``checkpoint.json`` (validated before any tensor is read)."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    model: dict[str, Any]
+    train: dict[str, Any]
+    epoch: Annotated[int, Field(ge=0, le=10_000_000)]
+    step_in_epoch: Annotated[int, Field(ge=0, le=10**12)]
+    global_step: Annotated[int, Field(ge=0, le=10**15)]
+    history: Annotated[list[dict[str, Any]], Field(max_length=10_000_000)] = []
+    tensors: Annotated[str, Field(pattern=r"^checkpoint-\d{9}\.safetensors$")]
+    optimizer_param_groups: Annotated[list[_ParamGroup], Field(min_length=1, max_length=10_000)]
+
+
+def read_checkpoint_record(run_dir: str | Path) -> dict[str, Any]:
+    """Read and validate ``checkpoint.json`` (size-checked, strict JSON); raises :class:`RunError`."""
+    path = Path(run_dir) / RECORD
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise RunError(f"no checkpoint in {run_dir} (missing {RECORD})") from None
+    if size > MAX_RECORD_BYTES:
+        raise RunError(f"{path}: {size} bytes is larger than any checkpoint record")
+    try:
+        obj = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_reject)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise RunError(f"{path}: not valid JSON ({e}); delete the checkpoint files to start over") from None
+    try:
+        CheckpointRecord.model_validate(obj, strict=False)
+    except ValidationError as e:
+        errs = "; ".join(f"{'.'.join(map(str, er['loc'])) or '(top level)'}: {er['msg']}" for er in e.errors()[:10])
+        raise RunError(f"{path}: invalid checkpoint record: {errs}") from None
+    if not isinstance(obj, dict):
+        raise RunError(f"{path}: a checkpoint record is a JSON object")
+    return obj
+
+
+def _reject(token: str) -> float:
+    raise ValueError(f"non-standard JSON token {token}")
 
 
 def load_checkpoint(run_dir: str | Path, model: nn.Module,
                     optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
     """Restore model (and optimizer) from the committed checkpoint; returns the JSON record."""
     run_dir = Path(run_dir)
-    rec_path = run_dir / RECORD
-    if not rec_path.is_file():
-        raise FileNotFoundError(f"no checkpoint in {run_dir} (missing {RECORD})")
-    record = json.loads(rec_path.read_text())
-    tensors = load_file(str(run_dir / record["tensors"]))
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    if optimizer is not None:
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for k, v in tensors.items():
-            if k.startswith("optim."):
-                _, idx, key = k.split(".", 2)
-                state.setdefault(int(idx), {})[key] = v
-        optimizer.load_state_dict({"state": state, "param_groups": record["optimizer_param_groups"]})
+    record = read_checkpoint_record(run_dir)
+    where = run_dir / record["tensors"]
+    try:
+        tensors = load_file(str(where))
+    except Exception as e:  # missing file, malformed header: safetensors raises several types
+        raise RunError(f"{where}: cannot read the checkpoint tensors ({e})") from None
+    try:
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        if optimizer is not None:
+            state: dict[int, dict[str, torch.Tensor]] = {}
+            for k, v in tensors.items():
+                if k.startswith("optim."):
+                    _, idx, key = k.split(".", 2)
+                    state.setdefault(int(idx), {})[key] = v
+            optimizer.load_state_dict({"state": state, "param_groups": record["optimizer_param_groups"]})
+    except (RuntimeError, ValueError, KeyError, IndexError, TypeError) as e:
+        raise RunError(f"{where}: the checkpoint does not fit this model/optimizer ({str(e)[:300]})") from None
     return record

@@ -68,6 +68,23 @@ def check_target(run_dir: Path, resume: bool = False, overwrite: bool = False) -
                        "(with --overwrite l2ood writes beside them and never touches them)")
 
 
+def refuse_run_file(path: str | Path, inputs: list[str] | None = None) -> None:
+    """Raise :class:`RunError` when an output file would overwrite a run's own file or an input."""
+    p = Path(path)
+    try:
+        resolved = p.resolve()
+    except OSError:
+        return
+    if is_owned(p.name) and p.name not in OWNED_DIRS and holds_run(resolved.parent):
+        raise RunError(f"{path}: refusing to write output over a file of the run in {resolved.parent}")
+    for i in inputs or []:
+        try:
+            if Path(i).resolve() == resolved:
+                raise RunError(f"{path}: refusing to write output over an input file")
+        except OSError:
+            continue
+
+
 def remove_owned(run_dir: Path) -> list[str]:
     """Delete the files l2ood wrote into ``run_dir`` (never anything else); returns what was removed."""
     import shutil
