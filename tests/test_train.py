@@ -54,7 +54,8 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     loss = model(torch.rand(4, 1, 28, 28)).logits.sum()
     loss.backward()
     opt.step()
-    save_checkpoint(tmp_path, model, opt, {"global_step": 7, "epoch": 1, "step_in_epoch": 2})
+    save_checkpoint(tmp_path, model, opt, {"global_step": 7, "epoch": 1, "step_in_epoch": 2,
+                                              "model": {}, "train": {}})
     model2 = build_model(ModelConfig(width=4, in_channels=1))
     opt2 = make_optimizer(model2, _cfg())
     rec = load_checkpoint(tmp_path, model2, opt2)

@@ -17,9 +17,7 @@ on the run's runtime), and all bring images to the model's input through :attr:`
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import warnings
 from functools import cached_property
 from pathlib import Path
@@ -45,7 +43,6 @@ from .record import (
 )
 from .runtime import Runtime, resolve_runtime
 from .train.artifact import load_weights, refuse_pickle
-from .train.runfolder import temp_path
 
 
 def _sha1(t: Tensor) -> str:
@@ -235,15 +232,11 @@ class Run:
                     path.unlink(missing_ok=True)
         ext = extract(self.model, ds, self.runtime, batch_size, progress, desc=desc)
         if path is not None:
-            tmp = temp_path(path)
             try:  # the cache is an optimisation: a read-only or full disk only costs the next pass
                 path.parent.mkdir(parents=True, exist_ok=True)
-                ext.save(tmp)
-                os.replace(tmp, path)
+                ext.save(path)
             except OSError as e:
                 warnings.warn(f"could not cache features in {path.parent} ({e.strerror or e})", stacklevel=2)
-                with contextlib.suppress(OSError):
-                    tmp.unlink(missing_ok=True)
         return ext
 
     def scores(self, ds: ImageSet, detector: str = "feature_norm", **kw: Any) -> np.ndarray:

@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import os
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .errors import DataFormatError, DataNotFoundError
 from .folders import decode_images
 from .imageset import ImageSet
 
 IMAGE_ROOT_NAMES = ("images_classic", "images_largescale")
+MAX_LIST_BYTES = 512 * 1024 * 1024
+MAX_LABEL = 1_000_000
 
 
 def parse_imglist_spec(spec: str) -> tuple[Path, Path | None]:
@@ -43,6 +45,9 @@ def read_imglist(path: str | Path) -> list[tuple[str, int | None]]:
     path = Path(path)
     if not path.is_file():
         raise DataNotFoundError(f"image list not found: {path}")
+    if path.stat().st_size > MAX_LIST_BYTES:
+        raise DataFormatError(f"{path}: {path.stat().st_size} bytes is larger than any image list "
+                              f"(limit {MAX_LIST_BYTES})")
     out: list[tuple[str, int | None]] = []
     try:
         text = path.read_text(encoding="utf-8")
@@ -58,7 +63,13 @@ def read_imglist(path: str | Path) -> list[tuple[str, int | None]]:
             try:
                 label = int(parts[1].strip())
             except ValueError:
-                raise DataFormatError(f"{path}:{i}: expected 'path label', got {line!r}") from None
+                raise DataFormatError(f"{path}:{i}: expected 'path label', got {line[:200]!r}") from None
+            if not -1 <= label < MAX_LABEL:
+                raise DataFormatError(f"{path}:{i}: label {parts[1].strip()[:30]} outside [-1, {MAX_LABEL})")
+        rel = PurePosixPath(parts[0])
+        if rel.is_absolute() or ".." in rel.parts:
+            raise DataFormatError(f"{path}:{i}: image path {parts[0][:200]!r} leaves the image root "
+                                  "(absolute or '..'); image lists hold paths relative to it")
         out.append((parts[0], label))
     if not out:
         raise DataFormatError(f"{path}: the image list is empty")

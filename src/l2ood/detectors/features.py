@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -78,10 +78,13 @@ class Extraction:
         return Extraction(self.features, head.logits(self.features), self.labels)
 
     def save(self, path: str | Path) -> None:
+        """Save atomically as safetensors (an OSError on a full or read-only disk; nothing half-written)."""
+        from ..train.checkpoint import atomic_save_safetensors
+
         tensors = {"features": self.features.contiguous(), "logits": self.logits.contiguous()}
         if self.labels is not None:
             tensors["labels"] = self.labels.contiguous()
-        save_file(tensors, str(path))
+        atomic_save_safetensors(path, tensors)
 
     @classmethod
     def load(cls, path: str | Path) -> Extraction:

@@ -23,7 +23,8 @@ from typing import Annotated, Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as st_save
 from torch import nn
 
 from ..errors import RunError
@@ -52,15 +53,10 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 def atomic_save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor],
                             metadata: dict[str, str] | None = None) -> None:
     """Save tensors atomically as safetensors (contiguous CPU copies)."""
-    path = Path(path)
-    tmp = temp_path(path)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # serialized in memory, written with plain file I/O: a full or read-only disk is an OSError
+    # (safetensors' own writer reports it as its own exception type)
+    data = st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    _fsync_write(Path(path), data)
 
 
 def save_checkpoint(run_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
