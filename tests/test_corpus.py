@@ -128,7 +128,7 @@ def test_fuzzed_image_bytes(tmp_path: Path, blob: bytes) -> None:
         _bounded(lambda: decode_image(blob), ())  # type: ignore[arg-type]
 
 
-class _maybe_raises:  # noqa: N801 - reads like pytest.raises
+class _maybe_raises:  # reads like pytest.raises
     def __init__(self, exc: type[BaseException]) -> None:
         self.exc = exc
 
