@@ -303,8 +303,8 @@ def write_doc(out: Path, rows: list[tuple[str, str, str]], seconds: float) -> No
              f"`python benchmarks/reliability.py` — {len(rows)} cases through the real command line (each a "
              f"subprocess, 60 s timeout), {seconds:.0f} s on this machine; {code_version_line()}.", "",
              "Outcome classes: **clear error** (exit 2, or exit 1 with an error record per bad input for `screen`; "
-             "one message, no traceback), **valid** (the input was usable and the command succeeded; for kills: everything "
-             "written before was intact and the rerun succeeded), **traceback**, "
+             "one message, no traceback), **valid** (the input was usable and the command succeeded; for kills: "
+             "everything written before was intact and the rerun succeeded), **traceback**, "
              "**hang**, **crash**, **fail-open** (a bad input or broken model judged \"in\", or non-standard JSON), "
              "**data loss** (a file that existed before changed or vanished).", "",
              "| totals | " + " | ".join(OUTCOMES) + " |", "|---|" + "---|" * len(OUTCOMES),
