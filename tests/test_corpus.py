@@ -192,3 +192,25 @@ def test_fuzzed_image_lists(tmp_path: Path, lines: list[str]) -> None:
         _bounded(lambda: load_imglist(p, tmp_path), ())  # type: ignore[arg-type]
     except DataError:
         pass
+
+
+def test_idx_readers_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gzip
+
+    from l2ood.data import idx as idx_mod
+
+    good = tmp_path / "ok-idx1-ubyte"
+    idx_mod.write_idx(good, np.arange(10, dtype=np.uint8))
+    cases = {"bad_magic": b"\x01\x02\x08\x01" + bytes(8), "truncated_header": b"\x00\x00\x08\x03\x00",
+             "size_mismatch": b"\x00\x00\x08\x01\x00\x00\x00\x09" + bytes(3),
+             "not_gzip": b"\x1f\x8b" + bytes(20), "float_type": b"\x00\x00\x0d\x01\x00\x00\x00\x01" + bytes(4)}
+    for name, raw in cases.items():
+        (tmp_path / name).write_bytes(raw)
+        with pytest.raises(DataError):
+            _bounded(lambda name=name: idx_mod.read_idx(tmp_path / name), ())  # type: ignore[arg-type]
+    # a gzip bomb stops at the limit (lowered here so the test stays small)
+    (tmp_path / "bomb.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x01\x00\x00" + bytes(65536)))
+    monkeypatch.setattr(idx_mod, "MAX_IDX_BYTES", 4096)
+    with pytest.raises(DataError, match="decompresses to more than 4096"):
+        idx_mod.read_idx(tmp_path / "bomb.gz")
+    assert idx_mod.read_idx(good).tolist() == list(range(10))

@@ -7,7 +7,9 @@ the data. Only dtype ``0x08`` (unsigned byte) occurs in these data sets. Files m
 from __future__ import annotations
 
 import gzip
+import io
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +17,24 @@ import numpy as np
 from .errors import DataFormatError
 
 _UBYTE = 0x08
+MAX_IDX_BYTES = 1 << 30  # MNIST's largest file is 47 MB uncompressed
 
 
 def read_idx(path: str | Path) -> np.ndarray:
     """Read an IDX file (optionally ``.gz``) into a uint8 NumPy array of the header's shape."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_IDX_BYTES:
+            raise DataFormatError(f"{path}: {path.stat().st_size} bytes is larger than any IDX file l2ood reads "
+                                  f"(limit {MAX_IDX_BYTES})")
         with open(path, "rb") as f:
             raw = f.read()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError) as e:
+        if raw[:2] == b"\x1f\x8b":  # decompressed with a cap: a gzip bomb stops at the limit
+            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as g:
+                raw = g.read(MAX_IDX_BYTES + 1)
+            if len(raw) > MAX_IDX_BYTES:
+                raise DataFormatError(f"{path}: decompresses to more than {MAX_IDX_BYTES} bytes (refused)")
+    except (OSError, EOFError, zlib.error) as e:
         raise DataFormatError(f"cannot read IDX file {path}: {e}") from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DataFormatError(f"{path} is not an IDX file (bad magic number)")

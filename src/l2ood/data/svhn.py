@@ -30,6 +30,9 @@ FILES: dict[str, tuple[str, str]] = {
 }
 
 
+MAX_MAT_BYTES = 2 << 30  # the official extra_32x32.mat is 1.3 GB
+
+
 def read_svhn_mat(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Images ``(N, 3, 32, 32)`` uint8 and labels ``(N,)`` int64 (digit 0 → 0) from an SVHN ``.mat``."""
     try:
@@ -37,6 +40,9 @@ def read_svhn_mat(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         from scipy.io.matlab import MatReadError
     except ImportError as e:  # pragma: no cover - scipy comes with scikit-image
         raise DataError("reading SVHN needs scipy (pip install scipy)") from e
+    size = Path(path).stat().st_size
+    if size > MAX_MAT_BYTES:
+        raise DataFormatError(f"{path}: {size} bytes is larger than any SVHN file (limit {MAX_MAT_BYTES})")
     try:
         m = loadmat(str(path), variable_names=["X", "y"])
     except (MatReadError, OSError, ValueError, NotImplementedError, TypeError) as e:
