@@ -208,10 +208,51 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", "-o", default="-", help="output file (default: standard output)")
     s.add_argument("--threshold", type=float, default=None, help="manual threshold (overrides calibration)")
     s.add_argument("--calibration", default="default", help="name of the stored calibration to use (default 'default')")
+    s.add_argument("--html", default=None, metavar="PATH",
+                   help="also write a self-contained review page: score histograms (calibration vs screened, "
+                        "threshold) and thumbnails of the flagged inputs, most out-of-distribution first")
+    s.add_argument("--html-thumbnails", type=_positive_int, default=200, metavar="N",
+                   help="thumbnails on the review page (the N lowest-scoring flagged inputs; default 200)")
     s.add_argument("--batch-size", type=_positive_int, default=256)
     s.add_argument("--max-pixels", type=_positive_int, default=40_000_000,
                    help="refuse images with more pixels (decompression-bomb guard)")
     _add_runtime(s, data=False)
+
+    sv = sub.add_parser("serve", help="HTTP screening service (FastAPI + uvicorn) for a calibrated run",
+                        description="Screens uploaded images with the run's calibration: POST /v1/screen (raw bytes "
+                                    "or multipart 'file'), POST /v1/screen/batch (multipart 'files'), GET /v1/info, "
+                                    "GET /review (review page), GET /health, GET /ready. With a token (env "
+                                    "L2OOD_SERVE_TOKEN or --token-file) every /v1 and /review request needs "
+                                    "'Authorization: Bearer TOKEN'; without one only loopback addresses are "
+                                    "allowed. SIGTERM finishes requests in flight, then exits.")
+    sv.add_argument("run", metavar="RUN")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sv.add_argument("--port", type=_positive_int, default=8000, help="port (default 8000)")
+    sv.add_argument("--token-file", default=None, metavar="PATH",
+                    help="file holding the bearer token (default: $L2OOD_SERVE_TOKEN; none: loopback only)")
+    sv.add_argument("--calibration", default="default", help="stored calibration to use (default 'default')")
+    sv.add_argument("--max-request-mb", type=_positive_float, default=32.0, help="request size limit (default 32)")
+    sv.add_argument("--max-pixels", type=_positive_int, default=40_000_000, help="pixels per image (default 40 M)")
+    sv.add_argument("--max-batch-images", type=_positive_int, default=64, help="images per batch request (64)")
+    sv.add_argument("--max-in-flight", type=_positive_int, default=256, help="concurrent requests (default 256)")
+    sv.add_argument("--max-batch", type=_positive_int, default=64, help="images per forward pass (default 64)")
+    sv.add_argument("--batch-window-ms", type=float, default=5.0,
+                    help="how long a request waits for others to share its forward pass (default 5 ms)")
+    sv.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, ...")
+    sv.add_argument("--precision", default="auto", choices=PRECISIONS)
+
+    ex = sub.add_parser("export", help="export a run as an ONNX model (logits + ||z||, metadata inside)",
+                        description="Writes an ONNX model with input 'images' (float32 N×C×H×W on [0, 1] in the "
+                                    "model's format) and outputs 'logits' and 'feature_norm'; the preprocessing, "
+                                    "class names, calibration and provenance are in its metadata. Verified with "
+                                    "onnxruntime against PyTorch on --verify-data (default: the run's ID test set).")
+    ex.add_argument("run", metavar="RUN")
+    ex.add_argument("--format", choices=("onnx",), default="onnx")
+    ex.add_argument("--output", "-o", default=None, help="output file (default RUN/model.onnx)")
+    ex.add_argument("--calibration", default="default", help="calibration to embed (default 'default')")
+    ex.add_argument("--verify-n", type=_nonneg_int, default=512,
+                    help="images of the run's ID test set to compare with PyTorch (0: skip; default 512)")
+    ex.add_argument("--data-root", default=None, help="data root for the verification images")
     return ap
 
 
@@ -337,10 +378,16 @@ def cmd_screen(args: argparse.Namespace) -> int:
                           f"`l2ood calibrate {args.run}` first (or pass --threshold)")
     if args.output != "-":
         refuse_run_file(args.output, args.paths)
+    review = None
+    if args.html:
+        from ..report.review import ReviewCollector
+
+        refuse_run_file(args.html, args.paths)
+        review = ReviewCollector(max_thumbs=args.html_thumbnails)
     out = sys.stdout if args.output == "-" else open(args.output, "w", newline="")
     try:
         counts = screen_to_file(scr, args.paths, out, args.format, batch_size=args.batch_size,
-                                progress=not args.no_progress, max_pixels=args.max_pixels)
+                                progress=not args.no_progress, max_pixels=args.max_pixels, review=review)
     finally:
         if out is not sys.stdout:
             out.close()
@@ -348,7 +395,55 @@ def cmd_screen(args: argparse.Namespace) -> int:
             else scr.calibration.rule())  # type: ignore[union-attr]
     print(f"screened {counts['ok']} images: {counts['out']} out-of-distribution, {counts['ok'] - counts['out']} "
           f"in-distribution; {counts['error']} unreadable input(s); rule: {rule}", file=sys.stderr)
+    if review is not None:
+        cal = scr.calibration
+        page = review.html(calibration_scores=cal.scores if cal else None,
+                           threshold=args.threshold if args.threshold is not None else (cal.threshold if cal else None),
+                           rule=rule, title="l2ood screen review", subtitle=f"run {args.run}")
+        Path(args.html).write_text(page, encoding="utf-8")
+        print(f"wrote the review page {args.html}", file=sys.stderr)
     return 1 if counts["error"] else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from ..deploy.service import ServeConfig, serve
+
+    token = None
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"--token-file {args.token_file}: {e.strerror or e}") from None
+    else:
+        token = os.environ.get("L2OOD_SERVE_TOKEN") or None
+    cfg = ServeConfig(token=token, max_request_bytes=int(args.max_request_mb * 1024 * 1024), max_pixels=args.max_pixels,
+                      max_batch_images=args.max_batch_images, max_in_flight=args.max_in_flight,
+                      max_batch=args.max_batch, batch_window_ms=args.batch_window_ms)
+    serve(args.run, host=args.host, port=args.port, config=cfg, device=args.device, precision=args.precision,
+          calibration=args.calibration)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..deploy.export import export_onnx, verify_onnx
+    from ..run import Run
+
+    run = Run.load(args.run, device="cpu", precision="fp32", data_root=args.data_root)
+    out = Path(args.output) if args.output else run.path / "model.onnx"  # type: ignore[operator]
+    refuse_run_file(out)
+    path = export_onnx(run, out, calibration=args.calibration)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    if args.verify_n:
+        test, where = run.id_test()
+        imgs = test.subset(args.verify_n, seed=0).images
+        v = verify_onnx(run, path, imgs)
+        print(f"verified on {int(v['n'])} images of {where}: max |feature_norm diff| {v['max_abs_score_diff']:.3g} "
+              f"(relative {v['max_rel_score_diff']:.3g}), max |logit diff| {v['max_abs_logit_diff']:.3g}, same class "
+              f"{100 * v['same_class']:.2f} %" + (f", same verdict {100 * v['same_verdict']:.2f} %"
+                                                  if "same_verdict" in v else ""))
+    return 0
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -413,7 +508,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo, "calibrate": cmd_calibrate,
-                "screen": cmd_screen, "analyze": cmd_analyze, "bench": cmd_bench}
+                "screen": cmd_screen, "analyze": cmd_analyze, "bench": cmd_bench, "serve": cmd_serve,
+                "export": cmd_export}
     try:
         return handlers[args.command](args)
     except L2oodError as e:

@@ -206,10 +206,22 @@ RECORD_FIELDS = ("path", "index", "status", "score", "p_value", "verdict", "pred
                  "confidence", "error")
 
 
+def file_thumbnail(rec: dict[str, Any], max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes | None:
+    """A PNG thumbnail of a screened input, read again from its file (or npz pack)."""
+    from ..report.review import thumbnail_png
+
+    if rec.get("index") is None:
+        return thumbnail_png(decode_image(str(rec["path"]), max_pixels))
+    pack = load_npz(str(rec["path"]), max_pixels=max_pixels)
+    return thumbnail_png(pack.images[int(rec["index"])].numpy())
+
+
 def screen_to_file(screener: Screener, paths: list[str], out: Any, fmt: str = "csv", *, batch_size: int = 256,
-                   progress: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, int]:
+                   progress: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+                   review: Any | None = None) -> dict[str, int]:
     """Screen ``paths`` and write one CSV row or JSON line per record to the text stream ``out``;
-    returns the counts ``{"ok", "out", "error"}``. JSON lines are standard JSON (no NaN)."""
+    returns the counts ``{"ok", "out", "error"}``. JSON lines are standard JSON (no NaN). ``review``: a
+    :class:`l2ood.report.review.ReviewCollector` that also receives every record (for ``--html``)."""
     import csv
     import json
 
@@ -231,4 +243,6 @@ def screen_to_file(screener: Screener, paths: list[str], out: Any, fmt: str = "c
             writer.writerow(rec)
         else:
             out.write(json.dumps(rec, allow_nan=False) + "\n")
+        if review is not None:
+            review.add(rec, lambda rec=rec: file_thumbnail(rec, max_pixels))
     return counts
