@@ -2,8 +2,8 @@
 
 Endpoints (JSON unless stated):
 
-* ``POST /v1/screen`` — one image, as the raw request body (any image type) or as a multipart form field
-  ``file``. 200 with the record ``{status, score, p_value, verdict, pred_class, pred_name, confidence}``;
+* ``POST /v1/screen`` — one image, as the raw request body (any image type; an optional ``X-Filename``
+  header names it) or as a multipart form field ``file``. 200 with the record ``{status, score, p_value, verdict, pred_class, pred_name, confidence}``;
   422 with ``{"status": "error", "error": reason}`` for an image that cannot be read; 503 when the model
   gives a non-finite score (no verdict: fail closed).
 * ``POST /v1/screen/batch`` — multipart with up to ``max_batch_images`` fields named ``files``; 200 with
@@ -13,8 +13,9 @@ Endpoints (JSON unless stated):
 * ``GET /health`` (liveness) and ``GET /ready`` (200 once the model is loaded and warmed up, 503 while
   starting or shutting down) — no authentication.
 
-Concurrent requests share one model through a micro-batcher: images queue up for at most
-``batch_window_ms`` (or until ``max_batch`` images) and are scored in one forward pass on a worker thread.
+Concurrent requests share one model through a micro-batcher: while other requests are in flight, images
+queue up for at most ``batch_window_ms`` (or until ``max_batch`` images) and are scored in one forward pass on
+a worker thread; a request alone is scored at once.
 Limits: request bytes (413; requests without Content-Length are refused with 411), pixels per image (422),
 images per batch request (413), requests in flight (503 + ``Retry-After``). With a token, every ``/v1`` and
 ``/review`` request needs ``Authorization: Bearer <token>`` (compared in constant time, 401 otherwise); the
@@ -28,7 +29,7 @@ import contextlib
 import hmac
 import ipaddress
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,8 +100,10 @@ class BatchStats:
 class MicroBatcher:
     """Groups the images of concurrent requests into forward passes on one worker thread."""
 
-    def __init__(self, screener: Screener, max_batch: int, window_s: float) -> None:
+    def __init__(self, screener: Screener, max_batch: int, window_s: float,
+                 in_flight: Callable[[], int] | None = None) -> None:
         self.screener, self.max_batch, self.window_s = screener, max_batch, window_s
+        self.in_flight = in_flight  # requests being handled now: no point waiting for others when alone
         self.queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self.stats = BatchStats()
         self._task: asyncio.Task[None] | None = None
@@ -130,6 +133,8 @@ class MicroBatcher:
             n = len(job.items)
             deadline = loop.time() + self.window_s
             while n < self.max_batch:
+                if self.queue.empty() and self.in_flight is not None and self.in_flight() <= len(jobs):
+                    break  # nobody else is on the way: score now instead of waiting out the window
                 timeout = deadline - loop.time()
                 try:
                     nxt = self.queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(self.queue.get(), timeout)
@@ -178,13 +183,13 @@ def create_app(screener: Screener, config: ServeConfig | None = None, *, run_lab
     cfg.validate()
     if not screener.calibrated:
         raise ConfigError("the run is not calibrated: run `l2ood calibrate RUN` first (a service must give verdicts)")
-    state: dict[str, Any] = {"ready": False}
+    state: dict[str, Any] = {"ready": False, "active": 0, "seen": 0}
     review = ReviewCollector(max_thumbs=cfg.review_thumbnails)
     in_flight = asyncio.Semaphore(cfg.max_in_flight)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
-        batcher = MicroBatcher(screener, cfg.max_batch, cfg.batch_window_ms / 1000.0)
+        batcher = MicroBatcher(screener, cfg.max_batch, cfg.batch_window_ms / 1000.0, lambda: int(state["active"]))
         batcher.start()
         app.state.batcher = batcher
         c, (h, w) = screener.channels, screener.size
@@ -225,7 +230,11 @@ def create_app(screener: Screener, config: ServeConfig | None = None, *, run_lab
                 return JSONResponse({"status": "error", "error": "too many requests in flight; retry"},
                                     status_code=503, headers={"Retry-After": "1"})
             async with in_flight:
-                return await call_next(request)
+                state["active"] += 1
+                try:
+                    return await call_next(request)
+                finally:
+                    state["active"] -= 1
         return await call_next(request)
 
     def prepare(data: bytes) -> tuple[Tensor, np.ndarray]:
@@ -241,7 +250,8 @@ def create_app(screener: Screener, config: ServeConfig | None = None, *, run_lab
             await form.close()
         else:
             body = await request.body()
-            files = [("body", body)]
+            state["seen"] += 1
+            files = [(request.headers.get("x-filename") or f"upload #{state['seen']}", body)]
         if not files:
             raise HTTPException(status_code=422, detail="no image: send the bytes as the body or a multipart "
                                                         f"field '{'files' if many else 'file'}'")
