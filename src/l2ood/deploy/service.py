@@ -3,9 +3,9 @@
 Endpoints (JSON unless stated):
 
 * ``POST /v1/screen`` — one image, as the raw request body (any image type; an optional ``X-Filename``
-  header names it) or as a multipart form field ``file``. 200 with the record ``{status, score, p_value, verdict, pred_class, pred_name, confidence}``;
-  422 with ``{"status": "error", "error": reason}`` for an image that cannot be read; 503 when the model
-  gives a non-finite score (no verdict: fail closed).
+  header names it) or as a multipart form field ``file``. 200 with the record ``{status, score,
+  p_value, verdict, pred_class, pred_name, confidence}``; 422 with ``{"status": "error", "error": reason}``
+  for an image that cannot be read; 503 when the model gives a non-finite score (no verdict: fail closed).
 * ``POST /v1/screen/batch`` — multipart with up to ``max_batch_images`` fields named ``files``; 200 with
   ``{"results": [record, ...]}`` in upload order (unreadable files are error records, as in ``l2ood screen``).
 * ``GET /v1/info`` — run, rule, classes, limits. ``GET /review`` — the review page (HTML) of what this
