@@ -258,3 +258,23 @@ def test_onnx_export_matches_pytorch(served: Path, tmp_path: Path, capsys: pytes
     assert v["same_class"] == 1.0 and v["same_verdict"] == 1.0
     assert main(["export", str(served / "run"), "-o", str(served / "run" / "model.json")]) == 2  # never over run files
 
+
+
+def test_requests_beyond_the_concurrency_limit_get_503(served: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scr = Screener.from_run(served / "run", device="cpu", precision="fp32")
+    slow = scr._records
+
+    def slowly(items: list[tuple[str, int | None, object]]) -> list[dict[str, object]]:
+        time.sleep(0.8)
+        return slow(items)  # type: ignore[arg-type]
+
+    img = _png(sorted((served / "imgs").glob("id_*.png"))[0])
+    with TestClient(create_app(scr, ServeConfig(max_in_flight=1))) as c:
+        monkeypatch.setattr(scr, "_records", slowly)
+        first: list[int] = []
+        t = threading.Thread(target=lambda: first.append(c.post("/v1/screen", content=img).status_code))
+        t.start()
+        time.sleep(0.3)
+        busy = c.post("/v1/screen", content=img)
+        t.join(timeout=30)
+    assert first == [200] and busy.status_code == 503 and busy.headers["retry-after"] == "1"
