@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from _docsection import replace_section
 from l2ood.data import load_dataset
 from l2ood.models import ModelConfig
 from l2ood.pipeline import training_data
@@ -106,12 +107,7 @@ def main() -> None:
     ])
     print(text)
     out = Path(args.out)
-    doc = out.read_text() if out.is_file() else "# Performance\n"
-    if BEGIN in doc:
-        doc = doc[: doc.index(BEGIN)] + text + doc[doc.index(END) + len(END):]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-    out.write_text(doc)
+    replace_section(out, BEGIN, END, text, "Performance")
     print(f"wrote {out}")
 
 

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from _docsection import replace_section
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 BEGIN, END = "<!-- serve-load:begin -->", "<!-- serve-load:end -->"
@@ -195,12 +197,7 @@ def write_doc(out: Path, batch_ips: float, rows: list[tuple[int, float, float, f
         "![review page served at /review](review.png)",
         END,
     ])
-    doc = out.read_text() if out.is_file() else "# Deployment\n"
-    if BEGIN in doc:
-        doc = doc[: doc.index(BEGIN)] + text + doc[doc.index(END) + len(END):]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-    out.write_text(doc)
+    replace_section(out, BEGIN, END, text, "Deployment")
     print(text)
 
 

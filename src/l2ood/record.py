@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -52,8 +51,9 @@ from .errors import RunError
 from .metrics.conformal import Calibration
 from .models import ModelConfig
 from .provenance import code_version
+from .train.checkpoint import atomic_write_bytes
 from .train.config import TrainConfig
-from .train.runfolder import run_lock, temp_path
+from .train.runfolder import run_lock
 
 SCHEMA = "l2ood.run/2"
 META = "model.json"
@@ -419,26 +419,13 @@ def read_record(run_dir: str | Path) -> RunRecord:
     return validate_record(obj, str(path))
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink(missing_ok=True)
-
-
 def write_record(run_dir: str | Path, record: RunRecord) -> Path:
     """Validate and write ``RUN/model.json`` atomically; the only way l2ood writes a run record."""
     path = Path(run_dir) / META
     obj = record.to_json()
     validate_record(obj, str(path))  # never write what could not be read back
     text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)
-    _atomic_write(path, text.encode())
+    atomic_write_bytes(path, text.encode())
     return path
 
 

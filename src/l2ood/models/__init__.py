@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Annotated
@@ -11,6 +10,7 @@ from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationE
 from torch import nn
 
 from ..errors import ConfigError
+from ..schema import finite_list, one_of
 from .classifier import Classifier, Output
 from .densenet import densenet100
 from .heads import DEFAULT_TAU, HEAD_MODES, HeadMode, head_logits, is_normalized
@@ -43,21 +43,6 @@ def _known_arch(v: str) -> str:
     return v
 
 
-def _one_of(*allowed: object) -> AfterValidator:
-    def check(v: object) -> object:
-        if v not in allowed:
-            raise ValueError(f"must be one of {', '.join(map(repr, allowed))}")
-        return v
-
-    return AfterValidator(check)
-
-
-def _finite_list(v: list[float]) -> list[float]:
-    if not all(math.isfinite(x) for x in v):
-        raise ValueError("values must be finite")
-    return v
-
-
 MAX_CLASSES = 1_000_000
 MAX_WIDTH = 1024
 MAX_IMAGE_SIDE = 4096
@@ -74,15 +59,15 @@ class ModelConfig:
 
     arch: Annotated[str, AfterValidator(_known_arch)] = "resnet18"
     width: Annotated[int, Field(ge=1, le=MAX_WIDTH)] = 64
-    head: Annotated[str, _one_of(*HEAD_MODES)] = "l2"
+    head: Annotated[str, one_of(*HEAD_MODES)] = "l2"
     num_classes: Annotated[int, Field(ge=1, le=MAX_CLASSES)] = 10
-    in_channels: Annotated[int, _one_of(1, 3)] = 3
+    in_channels: Annotated[int, one_of(1, 3)] = 3
     image_size: tuple[Annotated[int, Field(ge=1, le=MAX_IMAGE_SIDE)],
                       Annotated[int, Field(ge=1, le=MAX_IMAGE_SIDE)]] = (32, 32)
-    mean: Annotated[list[float], Field(min_length=1, max_length=3), AfterValidator(_finite_list)] = field(
+    mean: Annotated[list[float], Field(min_length=1, max_length=3), AfterValidator(finite_list)] = field(
         default_factory=lambda: [0.0])
     std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1, max_length=3),
-                   AfterValidator(_finite_list)] = field(default_factory=lambda: [1.0])
+                   AfterValidator(finite_list)] = field(default_factory=lambda: [1.0])
     class_names: Annotated[list[Annotated[str, Field(max_length=1024)]], Field(max_length=MAX_CLASSES)] | None = None
     tau: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None  # t2fnorm/logitnorm temperature
 

@@ -33,7 +33,8 @@ from .runfolder import temp_path
 RECORD = "checkpoint.json"
 
 
-def _fsync_write(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` atomically: a unique temporary name beside ``path``, fsync, rename."""
     tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
@@ -47,7 +48,7 @@ def _fsync_write(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """Write JSON atomically (temp file + fsync + rename)."""
-    _fsync_write(Path(path), json.dumps(obj, indent=2, sort_keys=True, allow_nan=False).encode())
+    atomic_write_bytes(Path(path), json.dumps(obj, indent=2, sort_keys=True, allow_nan=False).encode())
 
 
 def atomic_save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor],
@@ -56,7 +57,7 @@ def atomic_save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor],
     # serialized in memory, written with plain file I/O: a full or read-only disk is an OSError
     # (safetensors' own writer reports it as its own exception type)
     data = st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
-    _fsync_write(Path(path), data)
+    atomic_write_bytes(Path(path), data)
 
 
 def save_checkpoint(run_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,

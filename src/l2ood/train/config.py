@@ -8,22 +8,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 from ..errors import ConfigError
+from ..schema import one_of
 
 SCHEDULES = ("cosine", "onecycle")
 PRECISION_NAMES = ("auto", "fp32", "bf16", "fp16")
 _Finite = Annotated[float, Field(allow_inf_nan=False)]
-
-
-def _one_of(*allowed: str) -> AfterValidator:
-    def check(v: str) -> str:
-        if v not in allowed:
-            raise ValueError(f"must be one of {', '.join(map(repr, allowed))}")
-        return v
-
-    return AfterValidator(check)
 
 
 @dataclass
@@ -38,13 +30,13 @@ class TrainConfig:
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     nesterov: bool = True
     weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 5e-4
-    schedule: Annotated[str, _one_of(*SCHEDULES)] = "cosine"
+    schedule: Annotated[str, one_of(*SCHEDULES)] = "cosine"
     warmup_epochs: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
     pad: Annotated[int, Field(ge=0, le=1024)] = 2  # random-crop padding in pixels (4: the CIFAR standard for 32×32)
     hflip: bool | None = None  # None: use the data set's default
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
     device: Annotated[str, Field(min_length=1, max_length=64)] = "auto"
-    precision: Annotated[str, _one_of(*PRECISION_NAMES)] = "auto"
+    precision: Annotated[str, one_of(*PRECISION_NAMES)] = "auto"
     checkpoint_every_steps: Annotated[int, Field(ge=0)] = 0  # 0: checkpoint at the end of each epoch only
     sync_bn: bool = False  # data-parallel only: BatchNorm statistics over the global batch
     compile: bool = False  # torch.compile the training forward/backward
