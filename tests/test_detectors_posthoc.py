@@ -253,3 +253,13 @@ def test_odin_defaults_and_constant_logits() -> None:
     torch.testing.assert_close(s, torch.full((4,), 0.1))
     s_raw = d.score_images(_tiny_model("l2"), torch.zeros(3, 1, 28, 28), rt, variant="raw")
     assert torch.isfinite(s_raw).all()
+
+
+def test_ash_s_stays_finite_when_exp_would_overflow() -> None:
+    from l2ood.detectors.ash import ash_s
+
+    z = torch.ones(2, 100)  # percentile 99 keeps 1 of 100 equal entries: s1/s2 = 100, exp(100) overflows fp32
+    out = ash_s(z, percentile=99.0)
+    assert torch.isfinite(out).all() and (out > 0).sum(dim=1).tolist() == [1, 1]
+    torch.testing.assert_close(ash_s(torch.tensor([[3.0, 1.0, 0.0, 0.0]]), 50.0),
+                               torch.tensor([[3.0, 1.0, 0.0, 0.0]]) * torch.tensor(1.0).exp())  # unchanged case
