@@ -9,6 +9,7 @@ installed with ``pip install -e``); ``dirty`` says whether tracked files differe
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -37,6 +38,17 @@ def git_commit() -> tuple[str | None, bool | None]:
         return head.stdout.strip(), (bool(st.stdout.strip()) if st.returncode == 0 else None)
     except (OSError, subprocess.SubprocessError):
         return None, None
+
+
+def cpu_name() -> str:
+    """The CPU model (from /proc/cpuinfo where present) and whether it has AVX-512-BF16 (bf16 speeds l2ood up)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine() or "unknown CPU"
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
+                platform.machine())
+    return f"{name}, {os.cpu_count()} cores{', AVX-512-BF16' if 'avx512_bf16' in info else ''}"
 
 
 def code_version() -> dict[str, Any]:

@@ -98,8 +98,8 @@ def analyze(runs: list[str | Path], out_dir: str | Path, hist_epochs: list[int] 
     """Write ``nc.png``, ``auroc.png``, ``norm_hist.png``, ``analysis.md`` (with verdicts) and
     ``analysis.json`` (the numbers behind the verdicts)."""
     out = Path(out_dir)
+    loaded = [(str(r), *load_track(r)) for r in runs]  # inputs checked before anything is created
     out.mkdir(parents=True, exist_ok=True)
-    loaded = [(str(r), *load_track(r)) for r in runs]
     ood_sets = list(loaded[0][2][-1]["ood"])
 
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))

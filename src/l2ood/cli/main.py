@@ -82,6 +82,42 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int, width: int) -> None
                    help="ID training images held out for calibration/validation (seed 0 split)")
 
 
+# Help for options whose meaning is the same in every command (the parser fills them in where none is given).
+_HELP = {
+    "arch": "backbone architecture (CIFAR-style; --width scales it)",
+    "epochs": "training epochs",
+    "batch_size": "images per step (training) or per forward pass (scoring)",
+    "lr": "peak learning rate (SGD, Nesterov momentum 0.9)",
+    "weight_decay": "L2 weight decay",
+    "schedule": "learning-rate schedule",
+    "seed": "seed of initialization, shuffling, augmentation and the training subset",
+    "head": "l2: logits = fc(z/||z||) (the method); ce: the plain twin; t2fnorm/logitnorm: peers",
+    "ood": "comma-separated OoD data sets",
+    "n_ood": "seeded subset size per OoD set (default: all)",
+    "n_id": "seeded subset of the ID test set (default: all)",
+    "benchmark": "benchmark definition (ID set, near- and far-OoD sets)",
+    "recipe": "training recipe (architecture, width, epochs, batch, lr)",
+    "seeds": "comma-separated seeds, one model per seed",
+    "detectors": "comma-separated detectors or 'all'",
+    "compile": "torch.compile the model",
+    "runs": "run folders written by `l2ood train`",
+    "run": "a run folder written by `l2ood train`",
+    "format": "output format",
+    "precision": "auto: bf16 autocast + channels_last where supported, else fp32",
+}
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default and keeps descriptions as written."""
+
+
+def _finish_help(parser: argparse.ArgumentParser) -> None:
+    for action in parser._actions:
+        if action.help is None and action.dest in _HELP:
+            action.help = _HELP[action.dest]
+    parser.formatter_class = _HelpFormatter
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``l2ood`` command."""
     ap = argparse.ArgumentParser(
@@ -253,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--verify-n", type=_nonneg_int, default=512,
                     help="images of the run's ID test set to compare with PyTorch (0: skip; default 512)")
     ex.add_argument("--data-root", default=None, help="data root for the verification images")
+    _finish_help(ap)
+    for sp in sub.choices.values():
+        _finish_help(sp)
     return ap
 
 
@@ -351,7 +390,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                   holdout=hold, data_root=args.data_root, progress=not args.no_progress, log=_log)
         named.append((head.upper(), r))
     _print_and_report(named, out, f"l2ood demo: {args.dataset}, L2 vs CE")
-    print(f"demo finished in {time.perf_counter() - t0:.0f} s")
+    from ..provenance import cpu_name
+    from ..runtime import resolve_runtime
+
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s on {cpu_name()} "
+          f"[{resolve_runtime(args.device, args.precision).describe()}]; one seed ({args.seed}), {args.epochs} epochs: "
+          "expect other numbers on another CPU or seed (docs/RESULTS.md has 3 seeds)")
+    print(f"trained runs: {out / 'l2'} (L2) and {out / 'ce'} (CE). Next: l2ood calibrate {out / 'l2'} && "
+          f"l2ood screen {out / 'l2'} PHOTOS/ --html review.html")
     return 0
 
 
