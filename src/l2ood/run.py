@@ -56,7 +56,8 @@ class Run:
         record: the run record.
         path: the run folder (``None`` for :meth:`from_model`); extractions are cached in ``path/cache``.
         model: an already-built model (else loaded lazily from ``path``).
-        device, precision: the runtime for every forward pass (see :mod:`l2ood.runtime`).
+        device: where every forward pass runs (see :mod:`l2ood.runtime`).
+        precision: the autocast precision of every forward pass.
         data_root: overrides the data root recorded at training for re-loading the run's data.
     """
 

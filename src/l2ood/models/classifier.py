@@ -44,7 +44,8 @@ class Classifier(nn.Module):
         head: ``"l2"`` (normalize z before the linear layer), ``"ce"`` (plain linear layer),
             ``"t2fnorm"`` or ``"logitnorm"`` (see :mod:`l2ood.models.heads`).
         tau: temperature of ``t2fnorm``/``logitnorm`` (default 0.1 / 0.04; unused otherwise).
-        mean, std: per-channel input statistics on the [0, 1] scale.
+        mean: per-channel input means on the [0, 1] scale.
+        std: per-channel input standard deviations on the [0, 1] scale.
         eps: lower bound on ‖z‖ in the normalization, ``z / max(‖z‖, eps)``.
     """
 
