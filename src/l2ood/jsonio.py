@@ -16,7 +16,11 @@ import numpy as np
 
 
 def clean(obj: Any) -> Any:
-    """A copy of ``obj`` with non-finite floats as ``None`` and NumPy values as Python values."""
+    """A copy of ``obj`` with non-finite floats as ``None`` and NumPy values as Python values.
+
+    >>> clean({"auroc": float("nan"), "scores": [1.5, float("inf")], "n": np.int64(3)})
+    {'auroc': None, 'scores': [1.5, None], 'n': 3}
+    """
     if isinstance(obj, float | np.floating):
         v = float(obj)
         return v if math.isfinite(v) else None

@@ -51,7 +51,8 @@ class DataSource:
     def describe(self) -> str:
         parts = [f"{self.spec} ({self.split})"]
         for o in self.ops:
-            parts.append(f"{o.part} of holdout n={o.n} seed={o.seed}" if o.kind == "holdout"
+            parts.append((f"held-out n={o.n} seed={o.seed}" if o.part == "holdout"
+                          else f"minus held-out n={o.n} seed={o.seed}") if o.kind == "holdout"
                          else f"subset n={o.n} seed={o.seed}")
         return ", ".join(parts)
 

@@ -181,7 +181,13 @@ def array_to_tensor(a: np.ndarray) -> Tensor:
 def to_model_input(images: Tensor | np.ndarray | str | Path | bytes, channels: int, size: tuple[int, int],
                    fit: str = "resize", max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor:
     """Image file (path or bytes), uint8 array (channels last) or uint8 tensor ``(N, C, H, W)`` →
-    uint8 tensor ``(N, channels, *size)``: the model's input before the [0, 1] scaling."""
+    uint8 tensor ``(N, channels, *size)``: the model's input before the [0, 1] scaling.
+
+    >>> gray = np.full((10, 20), 200, np.uint8)          # one 10×20 gray image
+    >>> x = to_model_input(gray, 3, (8, 8))              # → RGB 8×8, as the model expects
+    >>> tuple(x.shape), int(x.min()), int(x.max())
+    ((1, 3, 8, 8), 200, 200)
+    """
     if fit not in FITS:
         raise DataError(f"fit must be one of {FITS}, got {fit!r}")
     if isinstance(images, str | Path | bytes | bytearray):

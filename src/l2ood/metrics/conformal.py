@@ -96,7 +96,11 @@ class Calibration:
 
 
 def threshold_for_tpr(cal_scores: ArrayLike, tpr: float) -> float:
-    """The ⌈tpr·n⌉-th largest calibration score (accept when ``score ≥ threshold``)."""
+    """The ⌈tpr·n⌉-th largest calibration score (accept when ``score ≥ threshold``).
+
+    >>> threshold_for_tpr([1.0, 2.0, 3.0, 4.0], 0.75)  # keeps 3 of the 4 calibration scores
+    2.0
+    """
     a = np.sort(np.asarray(cal_scores, dtype=np.float64).ravel())[::-1]
     if a.size == 0:
         raise ConfigError("no calibration scores")
@@ -107,7 +111,11 @@ def threshold_for_tpr(cal_scores: ArrayLike, tpr: float) -> float:
 
 
 def conformal_p_values(cal_scores: ArrayLike, s: ArrayLike) -> np.ndarray:
-    """``p(s) = (1 + #{i: cal_i ≤ s}) / (n + 1)`` for each s (vectorized with a sorted search)."""
+    """``p(s) = (1 + #{i: cal_i ≤ s}) / (n + 1)`` for each s (vectorized with a sorted search).
+
+    >>> conformal_p_values([1.0, 2.0, 3.0], [0.5, 2.0, 9.0]).tolist()
+    [0.25, 0.75, 1.0]
+    """
     cal = np.sort(np.asarray(cal_scores, dtype=np.float64).ravel())
     s = np.asarray(s, dtype=np.float64)
     counts = np.searchsorted(cal, s, side="right")
