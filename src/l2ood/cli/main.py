@@ -163,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The main job: trains the L2 model and its CE twin on --dataset "
                                    "(default Fashion-MNIST), "
                                    f"evaluates against {DEMO_OOD}, prints the table and writes a report. "
-                                   "Measured 338 s on a 2-core AMD EPYC (Zen 4, AVX-512-BF16), about 9 min on a 2-core Intel Xeon; "
-                                   "~2.5x longer in fp32.")
+                                   "Measured 338 s on a 2-core AMD EPYC (Zen 4, AVX-512-BF16), about 9 min on a "
+                                   "2-core Intel Xeon; ~2.5x longer in fp32.")
     _add_train_args(d, epochs=6, width=16)
     d.add_argument("--ood", default=DEMO_OOD)
     d.add_argument("--n-ood", type=_positive_int, default=None)
