@@ -1,10 +1,12 @@
-"""Train a classifier with the L2-normalized head on your own image folder, then calibrate its screen.
+"""Fine-tune with the L2-normalized head on your own image folder, then calibrate its screen.
 
-    python examples/train_l2_on_folder.py --data PHOTOS/ --out runs/mine          # ROOT/<class>/*.jpg
-    python examples/train_l2_on_folder.py --small                                   # generated data, ~5 s
+    python examples/train_l2_on_folder.py --data PHOTOS/ --init-from runs/pretrained --out runs/mine
+    python examples/train_l2_on_folder.py --small        # generated data: pretrain, then fine-tune; ~15 s
 
-The run folder records the exact data spec, so `l2ood evaluate`, `l2ood calibrate` and `l2ood screen` work on
-it afterwards. (Fine-tuning a pretrained timm/torchvision backbone is the next step of the roadmap.)
+`--init-from` takes the backbone of an earlier l2ood run (same architecture and width) and trains a new L2
+head (and the backbone) on your classes; without it the model is trained from scratch. The run folder records
+the exact data spec and the source weights' digest, so `l2ood evaluate`, `calibrate` and `screen` work on it
+afterwards. (timm/torchvision backbones with their own pretrained weights are the next step of the roadmap.)
 """
 
 from __future__ import annotations
@@ -22,31 +24,42 @@ from l2ood.screen import calibrate_run
 from l2ood.train import TrainConfig, train
 
 
+def n_images(folder: str) -> int:
+    return sum(1 for p in Path(folder).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="image folder ROOT/<class>/*.png|jpg (default: generated with --small)")
+    ap.add_argument("--init-from", default=None, help="an l2ood run (or .safetensors) to start the backbone from")
     ap.add_argument("--out", default=None, help="run folder (default: a temporary folder)")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--width", type=int, default=16)
-    ap.add_argument("--small", action="store_true", help="generated data, 3 epochs, width 8")
+    ap.add_argument("--small", action="store_true", help="generated data; pretrain 4 epochs, fine-tune 2; width 8")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="l2ood-example-"))
-    data = args.data or str(write_folder(tmp / "photos"))
-    epochs, width = (3, 8) if args.small else (args.epochs, args.width)
+    init_from, epochs, width = args.init_from, args.epochs, args.width
+    data = args.data
+    if args.small:
+        width, epochs = 8, 2
+        source = training_data(f"imagefolder:{write_folder(tmp / 'source', 80, classes=4, seed=1)}", holdout=0)[0]
+        train(source, ModelConfig(width=width, head="l2"), TrainConfig(epochs=4, batch_size=64, pad=4), tmp / "pre",
+              progress=False, log=None)
+        init_from = str(tmp / "pre")
+        data = str(write_folder(tmp / "photos", 40, classes=3))
+    if data is None:
+        ap.error("--data is required (or --small)")
     out = Path(args.out or tmp / "run")
-
-    train_set, holdout = training_data(f"imagefolder:{data}", holdout=max(20, len_or(data) // 10), size=(32, 32))
-    print(f"training on {len(train_set)} images of {train_set.num_classes} classes; {len(holdout or [])} held out")
-    train(train_set, ModelConfig(width=width, head="l2"), TrainConfig(epochs=epochs, batch_size=64, pad=4), out,
-          progress=False, log=print)
+    train_set, holdout = training_data(f"imagefolder:{data}", holdout=max(20, n_images(data) // 10), size=(32, 32))
+    print(f"training on {len(train_set)} images of {train_set.num_classes} classes; {len(holdout or [])} held out"
+          + (f"; backbone from {init_from}" if init_from else ""))
+    res = train(train_set, ModelConfig(width=width, head="l2"),
+                TrainConfig(epochs=epochs, batch_size=32, pad=4, init_from=init_from), out, progress=False, log=None)
+    print(f"final train accuracy {100 * res.history[-1]['train_acc']:.1f} %")
     cal = calibrate_run(out, tpr=0.95)
     run = Run.load(out)
     print(f"run: {out}; screen rule: {cal.rule()}")
-    print(f"ID test set recorded: {run.record.test_description}")
-
-
-def len_or(folder: str) -> int:
-    return sum(1 for p in Path(folder).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
+    print(f"ID test set recorded: {run.record.test_description}; init: {run.record.train.init_from}")
 
 
 if __name__ == "__main__":

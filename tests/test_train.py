@@ -150,3 +150,32 @@ def test_class_count_comes_from_the_data(tmp_path: Path) -> None:
     one = ImageSet(name="one", images=imgs, labels=torch.zeros(24, dtype=torch.long))
     with pytest.raises(ValueError, match="at least 2 classes"):
         train(one, ModelConfig(width=4), _cfg(epochs=1, batch_size=8), tmp_path / "one", progress=False)
+
+
+def test_init_from_fine_tunes_the_backbone_only(tmp_path: Path, data_root: Path) -> None:
+    from l2ood.errors import ConfigError
+    from l2ood.record import file_sha256
+    from l2ood.train.trainer import init_backbone
+
+    ds = load_dataset("fashion-mnist", "train", root=data_root)
+    train(ds, ModelConfig(width=4), _cfg(epochs=3), tmp_path / "src", progress=False, log=None)
+    source = Run.load(tmp_path / "src").model.state_dict()
+    torch.manual_seed(1)
+    fresh = build_model(ModelConfig(width=4, in_channels=1, num_classes=3))
+    digest = init_backbone(fresh, tmp_path / "src")
+    assert digest == file_sha256(tmp_path / "src" / "model.safetensors")
+    for k, v in fresh.state_dict().items():
+        if k.startswith("backbone."):
+            assert torch.equal(v, source[k]), k
+    assert fresh.fc.weight.shape == (3, fresh.fc.in_features)  # a new head for the new classes
+    with pytest.raises(ConfigError, match="does not fit"):
+        init_backbone(build_model(ModelConfig(width=8, in_channels=1)), tmp_path / "src")
+    (tmp_path / "w.pth").write_bytes(b"\x80\x04.")
+    with pytest.raises(ArtifactError, match="pickle"):
+        init_backbone(fresh, tmp_path / "w.pth")
+    res = train(ds, ModelConfig(width=4), _cfg(epochs=1, init_from=str(tmp_path / "src")), tmp_path / "ft",
+                progress=False, log=None)
+    rec = Run.load(tmp_path / "ft").record
+    assert rec.train.init_from == str(tmp_path / "src") and rec.train.extra["init_from_sha256"] == digest
+    scratch = train(ds, ModelConfig(width=4), _cfg(epochs=1), tmp_path / "scratch", progress=False, log=None)
+    assert res.history[0]["loss"] < scratch.history[0]["loss"]  # it starts from trained features

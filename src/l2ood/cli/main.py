@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--head", default="l2", choices=HEAD_MODES)
     t.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<head>-w<width>-s<seed>)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    t.add_argument("--init-from", default=None, metavar="RUN",
+                   help="fine-tune: start the backbone from this run's weights (a run folder or .safetensors of the "
+                        "same --arch/--width); the head is new")
     t.add_argument("--overwrite", action="store_true",
                    help="replace the run in --out: deletes only the files l2ood wrote there (never others)")
     t.add_argument("--checkpoint-every-steps", type=_nonneg_int, default=0,
@@ -304,7 +307,8 @@ def _configs(args: argparse.Namespace, head: str) -> tuple[ModelConfig, TrainCon
     tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                        schedule=args.schedule, seed=args.seed, device=args.device, precision=args.precision,
                        checkpoint_every_steps=getattr(args, "checkpoint_every_steps", 0),
-                       sync_bn=getattr(args, "sync_bn", False), compile=getattr(args, "compile", False))
+                       sync_bn=getattr(args, "sync_bn", False), compile=getattr(args, "compile", False),
+                       init_from=str(Path(args.init_from).absolute()) if getattr(args, "init_from", None) else None)
     return mcfg, tcfg
 
 

@@ -40,6 +40,7 @@ class TrainConfig:
     checkpoint_every_steps: Annotated[int, Field(ge=0)] = 0  # 0: checkpoint at the end of each epoch only
     sync_bn: bool = False  # data-parallel only: BatchNorm statistics over the global batch
     compile: bool = False  # torch.compile the training forward/backward
+    init_from: Annotated[str, Field(min_length=1, max_length=8192)] | None = None  # fine-tune: backbone weights
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (e.g. the bench recipe)
 
     def validate(self) -> None:

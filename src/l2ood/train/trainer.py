@@ -184,6 +184,11 @@ def _train(
 
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg)
+    if cfg.init_from:  # on resume the checkpoint's weights win; the source's digest is recorded either way
+        digest = init_backbone(model, cfg.init_from)
+        cfg.extra = {**cfg.extra, "init_from_sha256": digest}
+        if log and not (resume and (run_dir / RECORD).is_file()):
+            log(f"fine-tuning: backbone initialized from {cfg.init_from} (head trained from scratch)")
     if cfg.sync_bn:
         model = convert_sync_bn(model, rt.device.type)  # type: ignore[assignment]
     model = rt.prepare(model)
@@ -332,6 +337,34 @@ def _finish(run_dir: Path, model: Classifier, model_cfg: ModelConfig, cfg: Train
     rec = run_record.new_record(model_cfg, cfg, data, weights_sha256=digest,
                                 history=history, runtime=rt.describe(), world_size=world, calibrations=kept)
     run_record.write_record(run_dir, rec)
+
+
+def init_backbone(model: Classifier, source: str | Path) -> str:
+    """Load the backbone weights of ``source`` (a run folder or a ``.safetensors`` file of an l2ood model) into
+    ``model``; the linear head keeps its fresh initialization (new classes, new head). Every backbone tensor
+    must exist with the same shape. Returns the SHA-256 of the weights file (recorded in the run)."""
+    from safetensors.torch import load_file
+
+    from .. import record as run_record
+    from .artifact import WEIGHTS, refuse_pickle
+
+    path = Path(source)
+    refuse_pickle(path)
+    file = path / WEIGHTS if path.is_dir() else path
+    if not file.is_file():
+        raise ConfigError(f"--init-from {source}: no {WEIGHTS} there (give a run folder or a .safetensors file)")
+    try:
+        tensors = load_file(str(file))
+    except Exception as e:  # malformed header: safetensors raises several types
+        raise ConfigError(f"--init-from {file}: not a readable safetensors file ({e})") from None
+    own = {k: v for k, v in model.state_dict().items() if k.startswith("backbone.")}
+    missing = [k for k in own if k not in tensors]
+    wrong = [k for k in own if k in tensors and tuple(tensors[k].shape) != tuple(own[k].shape)]
+    if missing or wrong:
+        raise ConfigError(f"--init-from {file}: its backbone does not fit this model (same --arch and --width "
+                          f"and input channels needed); missing {missing[:3]}, other shapes for {wrong[:3]}")
+    model.load_state_dict({k: tensors[k] for k in own}, strict=False)
+    return run_record.file_sha256(file)
 
 
 def _resume_key(train_cfg: dict[str, Any]) -> dict[str, Any]:
