@@ -2,9 +2,9 @@
 
     python examples/posthoc_own_model.py          # a small network trained here for a few seconds
 
-l2ood's detectors take the penultimate features z and the linear head (W, b). Wrap your network as a
-`Classifier` whose backbone returns z, copy your head into it, and every detector works — ‖z‖
-(feature_norm), energy, KNN, Mahalanobis, ViM, ... — with no change to your model.
+Name your network's last linear layer: l2ood reads the penultimate features z as that layer's input (a forward
+hook) and its weights, so every detector works — ‖z‖ (feature_norm), energy, KNN, Mahalanobis, ViM, ODIN (with
+the model in the loop) — with no change to your model (`l2ood.posthoc.PostHoc`).
 """
 
 from __future__ import annotations
@@ -15,10 +15,7 @@ import torch
 from _data import gratings, noise
 from torch import nn
 
-from l2ood.data import ImageSet
-from l2ood.evaluation import evaluate
-from l2ood.models import Classifier, ModelConfig
-from l2ood.run import Run
+from l2ood.posthoc import PostHoc
 
 
 class MyNet(nn.Module):
@@ -33,11 +30,6 @@ class MyNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
-
-
-def to_set(name: str, imgs: object, labels: object = None) -> ImageSet:
-    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous()  # type: ignore[call-overload]
-    return ImageSet(name, x, None if labels is None else torch.as_tensor(labels))
 
 
 def main() -> None:
@@ -59,19 +51,17 @@ def main() -> None:
         opt.step()
     net.eval()
 
-    # wrap: backbone = your feature extractor, head = your linear layer (plain logits: head "ce")
-    wrapped = Classifier(net.features, feature_dim=32, num_classes=3, head="ce", mean=[0.0] * 3, std=[1.0] * 3)
-    wrapped.fc.load_state_dict(net.classifier.state_dict())
-    run = Run.from_model(wrapped.eval(), ModelConfig(in_channels=3, image_size=(32, 32), head="ce"), device="cpu",
-                         precision="fp32")
-    with torch.no_grad():  # the wrapper gives your model's logits exactly
-        assert torch.allclose(run.model(x[:8]).logits, net(x[:8]), atol=1e-5)
-    r = evaluate(run, to_set("my test set", xte, yte), [to_set("noise", noise(200))],
-                 ["feature_norm", "energy", "knn", "mahalanobis", "vim"], fit_set=to_set("my train set", xtr, ytr))
-    print(f"ID accuracy {100 * r.results['id_accuracy']:.1f} %")
-    for det, m in r.results["ood"]["noise"]["detectors"].items():
+    # name the model's linear head; its input is the penultimate feature vector z
+    ph = PostHoc(net, head="classifier", detectors=["feature_norm", "energy", "knn", "mahalanobis", "vim", "odin"],
+                 device="cpu")
+    ph.fit((x, y))  # ID training images (a DataLoader or Dataset works too)
+    test = torch.from_numpy(xte).permute(0, 3, 1, 2)  # uint8 is scaled to [0, 1], as the model was trained
+    odd = torch.from_numpy(noise(200, size=32)[:, :, :32]).permute(0, 3, 1, 2).contiguous()
+    with torch.no_grad():
+        acc = (net(test.float() / 255).argmax(1) == torch.as_tensor(yte)).float().mean()
+    print(f"ID accuracy {100 * float(acc):.1f} %")
+    for det, m in ph.evaluate(test, {"noise": odd})["noise"].items():
         print(f"{det:14s} AUROC {100 * m['auroc']:.1f}  FPR@95 {100 * m['fpr95']:.1f}")
-
 
 if __name__ == "__main__":
     main()

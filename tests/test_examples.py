@@ -26,7 +26,7 @@ def _run_example(name: str, tmp_path: Path) -> str:
 def test_example_posthoc_own_model(tmp_path: Path) -> None:
     out = _run_example("posthoc_own_model.py", tmp_path)
     auroc = {m[0]: float(m[1]) for m in re.findall(r"^(\w+)\s+AUROC ([0-9.]+)", out, re.M)}
-    assert set(auroc) == {"feature_norm", "energy", "knn", "mahalanobis", "vim"}
+    assert set(auroc) == {"feature_norm", "energy", "knn", "mahalanobis", "vim", "odin"}
     assert auroc["mahalanobis"] > 90 and auroc["knn"] > 90  # colour noise is far from the gratings
 
 
@@ -54,7 +54,9 @@ def _python_blocks(path: Path) -> list[str]:
 
 
 def test_readme_python_blocks_run(tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (block,) = _python_blocks(ROOT / "README.md")
+    blocks = _python_blocks(ROOT / "README.md")
+    assert len(blocks) == 2
+    block = next(b for b in blocks if "training_data" in b)
     small = block.replace("holdout=5000", "holdout=100").replace("epochs=6", "epochs=1").replace("width=16", "width=2")
     assert small != block
     monkeypatch.chdir(tmp_path)
@@ -91,3 +93,28 @@ def test_version_is_single_sourced() -> None:
     assert re.search(r"^version: (\S+)$", cff, re.M).group(1) == l2ood.__version__  # type: ignore[union-attr]
     base = re.match(r"\d+\.\d+\.\d+", l2ood.__version__).group(0)  # type: ignore[union-attr]
     assert f"## [{base}]" in (ROOT / "CHANGELOG.md").read_text() and (ROOT / "LICENSE").read_text().startswith("MIT")
+
+
+def test_readme_posthoc_block_runs() -> None:
+    import torch
+    from torch import nn
+
+    block = next(b for b in _python_blocks(ROOT / "README.md") if "PostHoc" in b)
+
+    class Net(nn.Module):  # a user's model with a linear head named fc
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.body(x))
+
+    x = torch.rand(60, 3, 10, 10)
+    ns: dict[str, object] = {
+        "my_model": Net().eval(), "test_images": torch.rand(20, 3, 10, 10), "noise_images": torch.randn(20, 3, 10, 10),
+        "train_loader": torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.arange(60) % 3),
+                                                    batch_size=16)}
+    exec(compile(block, "README.md", "exec"), ns)
+    res = ns["ph"].evaluate(ns["test_images"], {"noise": ns["noise_images"]})  # type: ignore[attr-defined]
+    assert set(res["noise"]) == {"feature_norm", "energy", "knn", "mahalanobis", "odin"}

@@ -1,0 +1,184 @@
+"""Post-hoc OoD detection for any PyTorch classifier whose last layer is linear.
+
+Name the model's linear head; l2ood reads the penultimate features ``z`` as the head's input (a forward
+hook, flattened) and the head's ``W, b``, so every detector works on the user's network unchanged,
+including ODIN (the model stays in the loop for its input gradients)::
+
+    from l2ood.posthoc import PostHoc
+
+    ph = PostHoc(my_model, head="fc", detectors=["feature_norm", "energy", "knn", "mahalanobis", "odin"])
+    ph.fit(train_loader)            # DataLoader of (images, labels), a Dataset, or an (N, C, H, W) tensor
+    scores = ph.score(images)       # {detector: (N,) tensor}, higher = more in-distribution
+    ood = ph.evaluate(id_images, {"noise": noise_images})   # AUROC / FPR@95 per detector
+
+Images are passed exactly as the model expects them (float, already normalized); uint8 images are scaled to
+[0, 1] first. The head's output must be the model's output (the logits), as in torchvision's and timm's
+classifiers (``fc``, ``head``, ``classifier``, ``classifier.1`` ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .detectors import DETECTORS, Detector, Extraction, Head, make_detector
+from .detectors.base import InputDetector
+from .errors import ConfigError
+from .metrics import ood_metrics
+from .models.classifier import Output
+from .runtime import Runtime, resolve_runtime
+
+
+class HookedClassifier(nn.Module):
+    """A user's classifier seen through l2ood's interface: ``features(x)`` = the head's input ``z``,
+    ``logits_from_features(z)`` = the head applied to ``z``, ``fc`` = the head (``head="ce"``: plain logits)."""
+
+    head: str = "ce"
+    tau: float = 1.0
+
+    def __init__(self, model: nn.Module, head: str | nn.Linear) -> None:
+        super().__init__()
+        self.model = model
+        fc = model.get_submodule(head) if isinstance(head, str) else head
+        if not isinstance(fc, nn.Linear):
+            raise ConfigError(f"the head must be an nn.Linear (got {type(fc).__name__}); name the model's last "
+                              "linear layer, e.g. 'fc', 'head' or 'classifier.1'")
+        self.fc = fc
+        self._z: Tensor | None = None
+        fc.register_forward_hook(self._capture)
+
+    def _capture(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        self._z = inputs[0]
+
+    def _run(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        self._z = None
+        out = self.model(x)
+        if self._z is None:
+            raise ConfigError("the named head was not called in the model's forward pass")
+        logits = out if isinstance(out, Tensor) else out[0]
+        return self._z.flatten(1), logits
+
+    def features(self, x: Tensor) -> Tensor:
+        return self._run(x)[0].float()
+
+    def logits_from_features(self, z: Tensor, variant: str = "trained", norm: Tensor | None = None) -> Tensor:
+        return self.fc(z.to(self.fc.weight.dtype)).float()
+
+    def forward(self, x: Tensor) -> Output:
+        z, logits = self._run(x)
+        z = z.float()
+        if logits.shape[-1] != self.fc.out_features or logits.ndim != 2:
+            raise ConfigError("the model's output is not the named head's output (the logits)")
+        return Output(logits.float(), z, z.norm(dim=1))
+
+
+def _batches(data: Any, batch_size: int) -> Iterable[tuple[Tensor, Tensor | None]]:
+    """(images, labels or None) batches from a DataLoader, a Dataset, a tensor or an (images, labels) pair."""
+    if isinstance(data, Tensor):
+        for s in range(0, len(data), batch_size):
+            yield data[s : s + batch_size], None
+        return
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor):
+        for s in range(0, len(data[0]), batch_size):
+            yield data[0][s : s + batch_size], data[1][s : s + batch_size]
+        return
+    if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
+        data = torch.utils.data.DataLoader(data, batch_size=batch_size)  # type: ignore[arg-type]
+    for item in data:
+        if isinstance(item, Tensor):
+            yield item, None
+        elif isinstance(item, list | tuple):
+            yield item[0], (item[1] if len(item) > 1 and isinstance(item[1], Tensor) else None)
+        elif isinstance(item, Mapping):
+            yield item["image"], item.get("label")
+        else:
+            raise ConfigError(f"cannot read a batch of type {type(item).__name__}; give (images, labels) batches")
+
+
+class PostHoc:
+    """Fit and score l2ood's detectors on a user's classifier (see the module doc).
+
+    Args:
+        model: the classifier (its output must be the logits of ``head``).
+        head: the name of its last linear layer (``model.get_submodule(head)``) or the layer itself.
+        detectors: registered detector names (:data:`l2ood.detectors.DETECTORS`).
+        device: where the model runs (``"auto"``: cuda > mps > cpu); the model is moved there.
+        batch_size: images per forward pass.
+    """
+
+    def __init__(self, model: nn.Module, head: str | nn.Linear = "fc",
+                 detectors: Iterable[str] = ("feature_norm", "energy", "maxlogit", "msp"), *,
+                 device: str = "auto", batch_size: int = 256, detector_kwargs: dict[str, dict[str, Any]] | None = None
+                 ) -> None:
+        names = list(detectors)
+        unknown = [d for d in names if d not in DETECTORS]
+        if unknown:
+            raise ConfigError(f"unknown detector(s) {', '.join(unknown)}; known: {', '.join(DETECTORS)}")
+        self.rt: Runtime = resolve_runtime(device, "fp32")
+        self.net = HookedClassifier(model, head).to(self.rt.device).eval()
+        kw = detector_kwargs or {}
+        self.detectors: dict[str, Detector] = {d: make_detector(d, **kw.get(d, {})) for d in names}
+        self.batch_size = batch_size
+        self.fitted = not any(d.needs_fit for d in self.detectors.values())
+
+    @property
+    def head(self) -> Head:
+        return Head(self.net.fc.weight.detach().float().cpu(), self.net.fc.bias.detach().float().cpu()
+                    if self.net.fc.bias is not None else torch.zeros(self.net.fc.out_features), "ce")
+
+    def _input(self, x: Tensor) -> Tensor:
+        x = x.to(self.rt.device)
+        return x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+
+    @torch.no_grad()
+    def extract(self, data: Any) -> Extraction:
+        """Features (the head's input), logits and labels of every image in ``data``."""
+        feats, logits, labels = [], [], []
+        for x, y in _batches(data, self.batch_size):
+            out = self.net(self._input(x))
+            feats.append(out.features.cpu())
+            logits.append(out.logits.cpu())
+            if y is not None:
+                labels.append(torch.as_tensor(y).long())
+        if not feats:
+            raise ConfigError("no images given")
+        return Extraction(torch.cat(feats), torch.cat(logits), torch.cat(labels) if labels else None)
+
+    def fit(self, data: Any) -> PostHoc:
+        """Fit the detectors that need ID statistics on ``data`` (the model's ID training images)."""
+        need = [d for d in self.detectors.values() if d.needs_fit]
+        if need:
+            ext = self.extract(data)
+            for det in need:
+                det.fit(ext, self.head)
+        self.fitted = True
+        return self
+
+    def score(self, images: Any) -> dict[str, Tensor]:
+        """``{detector: (N,) scores}`` for ``images`` (a tensor, DataLoader or Dataset); higher = ID."""
+        if not self.fitted:
+            raise ConfigError("call fit(ID training data) first: " + ", ".join(
+                n for n, d in self.detectors.items() if d.needs_fit) + " need ID statistics")
+        ext = None
+        out: dict[str, Tensor] = {}
+        for name, det in self.detectors.items():
+            if isinstance(det, InputDetector):
+                xs = torch.cat([self._input(x).cpu() for x, _ in _batches(images, self.batch_size)])
+                out[name] = det.score_images(self.net, xs, self.rt).float()  # type: ignore[arg-type]
+            else:
+                ext = ext if ext is not None else self.extract(images)
+                out[name] = det.score(ext, self.head).float()
+        return out
+
+    def evaluate(self, id_images: Any, ood: Mapping[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+        """``{ood set: {detector: {auroc, fpr95, aupr_in, aupr_out}}}`` with ID as the positive class."""
+        s_id = {k: v.numpy() for k, v in self.score(id_images).items()}
+        res: dict[str, dict[str, dict[str, float]]] = {}
+        for name, data in ood.items():
+            s = self.score(data)
+            res[name] = {d: dict(ood_metrics(np.asarray(s_id[d]), s[d].numpy())) for d in s_id}
+        return res
