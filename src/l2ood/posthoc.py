@@ -51,8 +51,8 @@ class HookedClassifier(nn.Module):
         self._z: Tensor | None = None
         fc.register_forward_hook(self._capture)
 
-    def _capture(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        self._z = inputs[0]
+    def _capture(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:  # noqa: ARG002
+        self._z = inputs[0]  # (the forward-hook signature; only the head's input is kept)
 
     def _run(self, x: Tensor) -> tuple[Tensor, Tensor]:
         self._z = None
@@ -65,7 +65,9 @@ class HookedClassifier(nn.Module):
     def features(self, x: Tensor) -> Tensor:
         return self._run(x)[0].float()
 
-    def logits_from_features(self, z: Tensor, variant: str = "trained", norm: Tensor | None = None) -> Tensor:
+    def logits_from_features(self, z: Tensor, variant: str = "trained",  # noqa: ARG002
+                             norm: Tensor | None = None) -> Tensor:  # noqa: ARG002
+        """The head on ``z``: plain logits (a "ce" head has no normalized variant)."""
         return self.fc(z.to(self.fc.weight.dtype)).float()
 
     def forward(self, x: Tensor) -> Output:
