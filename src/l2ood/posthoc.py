@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from .detectors import DETECTORS, Detector, Extraction, Head, make_detector
 from .detectors.base import InputDetector
 from .errors import ConfigError
-from .metrics import ood_metrics
+from .metrics import OODMetrics, ood_metrics
 from .models.classifier import Output
 from .runtime import Runtime, resolve_runtime
 
@@ -89,7 +89,7 @@ def _batches(data: Any, batch_size: int) -> Iterable[tuple[Tensor, Tensor | None
             yield data[0][s : s + batch_size], data[1][s : s + batch_size]
         return
     if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
-        data = torch.utils.data.DataLoader(data, batch_size=batch_size)  # type: ignore[arg-type]
+        data = torch.utils.data.DataLoader(data, batch_size=batch_size)
     for item in data:
         if isinstance(item, Tensor):
             yield item, None
@@ -176,11 +176,11 @@ class PostHoc:
                 out[name] = det.score(ext, self.head).float()
         return out
 
-    def evaluate(self, id_images: Any, ood: Mapping[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+    def evaluate(self, id_images: Any, ood: Mapping[str, Any]) -> dict[str, dict[str, OODMetrics]]:
         """``{ood set: {detector: {auroc, fpr95, aupr_in, aupr_out}}}`` with ID as the positive class."""
         s_id = {k: v.numpy() for k, v in self.score(id_images).items()}
-        res: dict[str, dict[str, dict[str, float]]] = {}
+        res: dict[str, dict[str, OODMetrics]] = {}
         for name, data in ood.items():
             s = self.score(data)
-            res[name] = {d: dict(ood_metrics(np.asarray(s_id[d]), s[d].numpy())) for d in s_id}
+            res[name] = {d: ood_metrics(np.asarray(s_id[d]), s[d].numpy()) for d in s_id}
         return res
