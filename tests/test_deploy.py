@@ -262,7 +262,7 @@ def test_onnx_export_matches_pytorch(served: Path, tmp_path: Path, capsys: pytes
 
 def test_requests_beyond_the_concurrency_limit_get_503(served: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     scr = Screener.from_run(served / "run", device="cpu", precision="fp32")
-    slow = scr._records
+    slow = scr.records
 
     def slowly(items: list[tuple[str, int | None, object]]) -> list[dict[str, object]]:
         time.sleep(0.8)
@@ -270,7 +270,7 @@ def test_requests_beyond_the_concurrency_limit_get_503(served: Path, monkeypatch
 
     img = _png(sorted((served / "imgs").glob("id_*.png"))[0])
     with TestClient(create_app(scr, ServeConfig(max_in_flight=1))) as c:
-        monkeypatch.setattr(scr, "_records", slowly)
+        monkeypatch.setattr(scr, "records", slowly)
         first: list[int] = []
         t = threading.Thread(target=lambda: first.append(c.post("/v1/screen", content=img).status_code))
         t.start()

@@ -148,7 +148,7 @@ class MicroBatcher:
             flat: list[tuple[str, int | None, Tensor | str]] = [("", None, t) for j in jobs for t in j.items]
             t0 = time.perf_counter()
             try:
-                recs = await loop.run_in_executor(None, self.screener._records, flat)
+                recs = await loop.run_in_executor(None, self.screener.records, flat)
             except Exception as e:  # a model failure fails every waiting request, never the loop
                 for j in jobs:
                     if not j.future.done():
@@ -168,7 +168,7 @@ class MicroBatcher:
             rest = self.queue.get_nowait()
             if rest is not None and not rest.future.done():
                 items: list[tuple[str, int | None, Tensor | str]] = [("", None, t) for t in rest.items]
-                rest.future.set_result(await loop.run_in_executor(None, self.screener._records, items))
+                rest.future.set_result(await loop.run_in_executor(None, self.screener.records, items))
 
 
 def create_app(screener: Screener, config: ServeConfig | None = None, *, run_label: str = "") -> Any:

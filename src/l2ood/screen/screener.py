@@ -123,8 +123,10 @@ class Screener:
             is_ood = np.where(finite, is_ood, True)  # fail closed: a non-finite score is never "in"
         return ScreenOutput(s, p_values, is_ood, pred.numpy(), conf.numpy(), finite)
 
-    def _records(self, items: list[tuple[str, int | None, Tensor | str]]) -> list[dict[str, Any]]:
-        """Records in input order; string entries are error reasons, images (model format) are scored together."""
+    def records(self, items: list[tuple[str, int | None, Tensor | str]]) -> list[dict[str, Any]]:
+        """One record per ``(path, index, image or error reason)`` item, in input order: images (uint8 in the
+        model's format) are scored together in one forward pass, strings become error records. A non-finite
+        score becomes an error record (fail closed). Used by :meth:`screen` and the HTTP service's batcher."""
         ok = [i for i, (_, _, a) in enumerate(items) if not isinstance(a, str)]
         out = self.score(torch.stack([items[i][2] for i in ok])) if ok else None  # type: ignore[misc]
         row = {i: j for j, i in enumerate(ok)}
@@ -191,7 +193,7 @@ class Screener:
 
     def _flush(self, pending: list[tuple[str, int | None, Tensor | str]],
                bar: Any) -> Iterator[dict[str, Any]]:
-        recs = self._records(pending)
+        recs = self.records(pending)
         bar.update(len(pending))
         pending.clear()
         yield from recs
