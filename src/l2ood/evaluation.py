@@ -115,7 +115,7 @@ def evaluate(
     if need_fit:
         if fit_set is None:
             raise ConfigError("these detectors need ID training data: " + ", ".join(need_fit))
-        fit_ext = fwd(run.to_input_format(fit_set), desc="extract ID train")
+        fit_ext = fwd(fit_set, desc="extract ID train")  # forward() brings it to the model's format
         fit_raw = fit_ext.with_head(head.raw()) if any(variants[col] == "raw" for col in need_fit) else None
         for col in need_fit:
             if variants[col] == "raw":

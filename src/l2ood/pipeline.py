@@ -107,11 +107,11 @@ def train_and_evaluate(train_set: ImageSet, model_cfg: ModelConfig, train_cfg: T
                             resume=True, progress=progress, log=log)
         assert trained is not None, "train_and_evaluate runs on one process"
         run = trained
+    run.adopt(train_set, holdout)  # the images in memory are the run's: checked, not loaded again
     where = None
     if id_test is None:
-        id_test, where = (holdout, f"{run.record.test_description}") if (
-            run.data.test_origin == "holdout" and holdout is not None) else run.id_test()
-    r = evaluate(run, id_test, ood_sets, detectors, fit_set=train_set, batch_size=batch_size, progress=progress,
-                 id_source=where or id_test.name)
+        id_test, where = run.id_test()
+    r = evaluate(run, id_test, ood_sets, detectors, fit_set=run.train_split(), batch_size=batch_size,
+                 progress=progress, id_source=where or id_test.name)
     r.save(out / "eval")
     return run, r

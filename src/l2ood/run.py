@@ -68,7 +68,8 @@ class Run:
         self._model = model
         self._device, self._precision = device, precision
         self.data_root = data_root
-        self._split: tuple[ImageSet, ImageSet | None] | None = None
+        self._train: ImageSet | None = None  # loaded (or adopted) once
+        self._holdout: ImageSet | None = None
 
     # -------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -165,30 +166,38 @@ class Run:
     def _formatted(self, ds: ImageSet) -> ImageSet:
         return to_format(ds, self.config.in_channels, tuple(self.config.image_size))  # type: ignore[arg-type]
 
+    def _checked_train(self, train: ImageSet) -> ImageSet:
+        """``train`` in the model's format, after checking it is the set the run was trained on."""
+        train = self._formatted(train)
+        spec = self.data.train.describe() if self.data.train else "?"
+        if len(train) != self.data.n_train:
+            raise DataError(f"{self._where()}: the run was trained on {self.data.n_train} images, but its data "
+                            f"spec ({spec}) gives {len(train)} now: the data changed since training")
+        if self.data.fingerprint is not None and fingerprint(train.images) != self.data.fingerprint:
+            raise DataError(f"{self._where()}: the images of {spec} differ from those the run was trained on "
+                            "(pixel fingerprint mismatch): the data changed since training")
+        return train
+
+    def adopt(self, train: ImageSet, holdout: ImageSet | None = None) -> None:
+        """Use images already in memory as the run's training split (checked like :meth:`train_split`) and
+        holdout, so they are not loaded again."""
+        self._train = self._checked_train(train)
+        if holdout is not None and self.data.holdout is not None:
+            self._holdout = self._formatted(holdout)
+
     def train_split(self) -> ImageSet:
         """The exact images the run was trained on (count and pixel fingerprint checked)."""
-        if self._split is None:
-            train = self._formatted(self._load("train"))
-            if len(train) != self.data.n_train:
-                raise DataError(f"{self._where()}: the run was trained on {self.data.n_train} images, but its data "
-                                f"spec ({self.data.train.describe() if self.data.train else '?'}) gives {len(train)} "
-                                "now: the data changed since training")
-            if self.data.fingerprint is not None and fingerprint(train.images) != self.data.fingerprint:
-                spec = self.data.train.describe() if self.data.train else "?"
-                raise DataError(f"{self._where()}: the images of {spec}"
-                                " differ from those the run was trained on (pixel fingerprint mismatch): the data "
-                                "changed since training")
-            hold = self._formatted(self._load("holdout")) if self.data.holdout is not None else None
-            self._split = (train, hold)
-        return self._split[0]
+        if self._train is None:
+            self._train = self._checked_train(self._load("train"))
+        return self._train
 
     def holdout(self) -> ImageSet | None:
         """The held-out ID images of the training data (``None`` when the run kept none)."""
-        if self._split is not None:
-            return self._split[1]
         if self.data.holdout is None:
             return None
-        return self._formatted(self._load("holdout"))
+        if self._holdout is None:
+            self._holdout = self._formatted(self._load("holdout"))
+        return self._holdout
 
     def id_test(self) -> tuple[ImageSet, str]:
         """``(ID test images, where they come from)`` — never images the run was trained on."""
