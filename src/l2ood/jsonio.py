@@ -37,6 +37,39 @@ def clean(obj: Any) -> Any:
     return obj
 
 
+def _refuse_constant(token: str) -> float:
+    raise ValueError(f"non-standard JSON token {token}")
+
+
+def read_strict(path: Path, max_bytes: int, what: str, hint: str = "") -> Any:
+    """Parse a JSON file strictly: the size is checked before reading, only regular files are read, the text
+    must be UTF-8 and may not hold ``NaN``/``Infinity`` tokens. Every problem is a :class:`~l2ood.errors.RunError`
+    naming the file (``hint`` is appended to the invalid-JSON message); a missing file raises
+    ``FileNotFoundError`` so the caller can word it."""
+    from .errors import RunError
+
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise RunError(f"{path}: cannot read: {e.strerror or e}") from None
+    if not path.is_file():
+        raise RunError(f"{path}: not a regular file")
+    if size > max_bytes:
+        raise RunError(f"{path}: {size} bytes is larger than any {what} (limit {max_bytes})")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise RunError(f"{path}: not UTF-8 text") from None
+    except OSError as e:
+        raise RunError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as e:
+        raise RunError(f"{path}: not valid JSON ({e}){hint}") from None
+
+
 def dumps(obj: Any, **kw: Any) -> str:
     """``json.dumps`` of :func:`clean` (``obj``) with ``allow_nan=False``."""
     return json.dumps(clean(obj), allow_nan=False, **kw)

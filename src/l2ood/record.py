@@ -45,6 +45,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from . import jsonio
 from .data import DATASETS, PARAMETRIC, DataSource, ImageSet, Op, canonical_spec, has_split
 from .data.preprocess import DECODER, RESIZE, Preprocessing
 from .errors import RunError
@@ -233,14 +234,6 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _reject_constant(token: str) -> float:
-    raise ValueError(f"non-standard JSON token {token}")
-
-
-def _strict_json(text: str) -> Any:
-    return json.loads(text, parse_constant=_reject_constant)
-
-
 # ------------------------------------------------------------------------------------------------ building
 
 def resolve_test(train: DataSource | None, holdout: DataSource | None,
@@ -397,25 +390,9 @@ def read_record(run_dir: str | Path) -> RunRecord:
     """Read and validate ``RUN/model.json`` (size-checked, strict JSON, 0.1.0 records upgraded)."""
     path = Path(run_dir) / META
     try:
-        size = path.stat().st_size
+        obj = jsonio.read_strict(path, MAX_RECORD_BYTES, "run record")
     except FileNotFoundError:
         raise RunError(f"{path}: no run record (not a trained l2ood run; train one with `l2ood train`)") from None
-    except OSError as e:
-        raise RunError(f"{path}: cannot read: {e.strerror or e}") from None
-    if not path.is_file():
-        raise RunError(f"{path}: not a regular file")
-    if size > MAX_RECORD_BYTES:
-        raise RunError(f"{path}: {size} bytes is larger than any run record (limit {MAX_RECORD_BYTES})")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise RunError(f"{path}: not UTF-8 text") from None
-    except OSError as e:
-        raise RunError(f"{path}: cannot read: {e.strerror or e}") from None
-    try:
-        obj = _strict_json(text)
-    except (json.JSONDecodeError, ValueError, RecursionError) as e:
-        raise RunError(f"{path}: not valid JSON ({e})") from None
     return validate_record(obj, str(path))
 
 

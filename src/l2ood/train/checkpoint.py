@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 from torch import nn
 
+from .. import jsonio
 from ..errors import RunError
 from .runfolder import temp_path
 
@@ -114,15 +115,10 @@ def read_checkpoint_record(run_dir: str | Path) -> dict[str, Any]:
     """Read and validate ``checkpoint.json`` (size-checked, strict JSON); raises :class:`RunError`."""
     path = Path(run_dir) / RECORD
     try:
-        size = path.stat().st_size
+        obj = jsonio.read_strict(path, MAX_RECORD_BYTES, "checkpoint record",
+                                 hint="; delete the checkpoint files to start over")
     except FileNotFoundError:
         raise RunError(f"no checkpoint in {run_dir} (missing {RECORD})") from None
-    if size > MAX_RECORD_BYTES:
-        raise RunError(f"{path}: {size} bytes is larger than any checkpoint record")
-    try:
-        obj = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_reject)
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise RunError(f"{path}: not valid JSON ({e}); delete the checkpoint files to start over") from None
     try:
         CheckpointRecord.model_validate(obj, strict=False)
     except ValidationError as e:
@@ -132,9 +128,6 @@ def read_checkpoint_record(run_dir: str | Path) -> dict[str, Any]:
         raise RunError(f"{path}: a checkpoint record is a JSON object")
     return obj
 
-
-def _reject(token: str) -> float:
-    raise ValueError(f"non-standard JSON token {token}")
 
 
 def load_checkpoint(run_dir: str | Path, model: nn.Module,
