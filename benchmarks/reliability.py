@@ -30,7 +30,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -80,22 +79,11 @@ def jsonl_records(path: Path) -> list[dict[str, object]]:
     return [json.loads(x, parse_constant=refuse) for x in path.read_text().splitlines() if x.strip()]
 
 
-@contextlib.contextmanager
-def mounted(args: list[str], target: Path) -> Iterator[bool]:
-    target.mkdir(parents=True, exist_ok=True)
-    ok = subprocess.run(["mount", *args, str(target)], capture_output=True).returncode == 0
-    try:
-        yield ok
-    finally:
-        if ok:
-            subprocess.run(["umount", "-l", str(target)], capture_output=True)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=str(ROOT / "docs" / "RELIABILITY.md"))
     args = ap.parse_args()
-    from tests.conftest import write_idx_dataset
+    from tests.conftest import mounted, write_idx_dataset
 
     rows: list[tuple[str, str, str]] = []  # (class, case, outcome)
     tmp = Path(tempfile.mkdtemp(prefix="l2ood-reliability-"))

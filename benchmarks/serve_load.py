@@ -88,7 +88,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--memory-requests", type=int, default=10000)
     args = ap.parse_args()
-    from tests.conftest import make_pattern_images, write_idx_dataset
+    from tests.conftest import make_pattern_images, wait_ready, write_idx_dataset
 
     tmp = Path(tempfile.mkdtemp(prefix="l2ood-serve-"))
     env = {**os.environ, "L2OOD_CACHE": str(tmp / "cache")}
@@ -126,13 +126,7 @@ def main() -> None:
     try:
         import httpx
 
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
+        if not wait_ready(url, 120):
             raise RuntimeError("the service did not become ready")
         asyncio.run(_load(url, bodies, 200, 8))  # warm-up
         for clients in (1, 8, 32):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -51,3 +55,32 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test reads the user's L2OOD_DATA or writes to the real cache."""
     monkeypatch.delenv("L2OOD_DATA", raising=False)
     monkeypatch.setenv("L2OOD_CACHE", str(tmp_path / "cache"))
+
+
+@contextlib.contextmanager
+def mounted(args: list[str], target: Path) -> Iterator[bool]:
+    """``mount ARGS TARGET`` for the duration (yields False where mounting is not permitted), then unmount.
+    Shared by the fault tests and benchmarks/reliability.py."""
+    target.mkdir(parents=True, exist_ok=True)
+    ok = subprocess.run(["mount", *args, str(target)], capture_output=True).returncode == 0
+    try:
+        yield ok
+    finally:
+        if ok:
+            subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+def wait_ready(url: str, seconds: float = 30.0) -> bool:
+    """Poll ``URL/ready`` until it answers 200 (True) or ``seconds`` pass (False). Shared by the service
+    tests and benchmarks/serve_load.py."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return False

@@ -24,6 +24,7 @@ from l2ood.screen import Screener
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
+from tests.conftest import wait_ready  # noqa: E402
 
 from l2ood.deploy.service import ServeConfig, check_bind, create_app  # noqa: E402
 
@@ -171,13 +172,7 @@ def test_graceful_shutdown_finishes_requests_in_flight(served: Path) -> None:
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
+        if not wait_ready(url, 60):
             pytest.fail("the service did not become ready")
         img = _png(sorted((served / "imgs").glob("id_*.png"))[0])
         codes: list[int] = []

@@ -11,13 +11,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tests.conftest import mounted
 
 from l2ood import record as rec_mod
 from l2ood.cli import main
@@ -163,22 +163,11 @@ def test_output_never_over_run_files(trained: Path, tmp_path: Path, capsys: pyte
     assert _snapshot(run) == before and img.stat().st_size > 0
 
 
-@contextlib.contextmanager
-def _mount(args: list[str], target: Path) -> Iterator[bool]:
-    target.mkdir(parents=True, exist_ok=True)
-    ok = subprocess.run(["mount", *args, str(target)], capture_output=True).returncode == 0
-    try:
-        yield ok
-    finally:
-        if ok:
-            subprocess.run(["umount", "-l", str(target)], capture_output=True)
-
-
 def test_read_only_run_folder(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = _copy(trained, tmp_path)
     before = _snapshot(run)
     ro = tmp_path / "ro"
-    with _mount(["--bind", "-o", "ro", str(run)], ro) as ok:
+    with mounted(["--bind", "-o", "ro", str(run)], ro) as ok:
         if not ok:
             pytest.skip("mount is not permitted here")
         subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], capture_output=True)
@@ -199,7 +188,7 @@ def test_read_only_run_folder(trained: Path, tmp_path: Path, capsys: pytest.Capt
 
 def test_full_disk_loses_nothing(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     disk = tmp_path / "disk"
-    with _mount(["-t", "tmpfs", "-o", "size=2m", "tmpfs"], disk) as ok:
+    with mounted(["-t", "tmpfs", "-o", "size=2m", "tmpfs"], disk) as ok:
         if not ok:
             pytest.skip("mount is not permitted here")
         run = disk / "run"
