@@ -12,21 +12,23 @@ logits the model was trained with) and ``name:raw`` (``W·z + b``, all normaliza
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from . import jsonio
-from .data import ImageSet, load_dataset
+from .data import load_dataset
 from .detectors import DETECTORS, Detector, Extraction, Head, all_detectors, make_detector
 from .detectors.base import InputDetector
 from .errors import ConfigError
 from .metrics import ood_metrics
 from .models import is_normalized
 from .provenance import code_version
-from .run import Run
+from .run import Images, Run
 
 DEFAULT_DETECTORS = ("feature_norm", "msp", "maxlogit", "energy")
 
@@ -72,9 +74,10 @@ class EvalResult:
         np.savez_compressed(out / "scores.npz", **arrays)  # type: ignore[arg-type]  # numpy's stub: **kwds as bool
 
 
-def _score(det: Detector, ext: Extraction, head: Head, ds: ImageSet, run: Run, variant: str) -> np.ndarray:
+def _score(det: Detector, ext: Extraction, head: Head, ds: Images, run: Run, variant: str) -> np.ndarray:
     if isinstance(det, InputDetector):
-        return det.score_images(run.model, ds.images, run.runtime, variant=variant).numpy()
+        parts = [det.score_images(run.model, x, run.runtime, variant=variant) for x in run.image_batches(ds)]
+        return torch.cat(parts).numpy() if parts else np.empty(0, np.float32)
     if variant == "raw":
         head = head.raw()
         ext = ext.with_head(head)
@@ -83,11 +86,11 @@ def _score(det: Detector, ext: Extraction, head: Head, ds: ImageSet, run: Run, v
 
 def evaluate(
     run: Run,
-    id_test: ImageSet,
-    ood_sets: list[ImageSet],
+    id_test: Images,
+    ood_sets: Sequence[Images],
     detectors: list[str],
     *,
-    fit_set: ImageSet | None = None,
+    fit_set: Images | None = None,
     batch_size: int = 512,
     progress: bool = False,
     cache: bool = True,
@@ -101,7 +104,7 @@ def evaluate(
     head = run.head
     id_test = run.to_input_format(id_test)
 
-    def fwd(ds: ImageSet, desc: str | None = None) -> Extraction:
+    def fwd(ds: Images, desc: str | None = None) -> Extraction:
         return run.forward(ds, batch_size=batch_size, progress=progress, desc=desc, cache=cache)
 
     id_ext = fwd(id_test)
@@ -151,11 +154,22 @@ def evaluate(
     return EvalResult(results, scores)
 
 
+STREAMABLE = ("imagefolder:", "imglist:", "wds:")
+
+
 def load_ood_sets(names: list[str], *, root: str | Path | None, n: int | None, seed: int,
-                  channels: int, size: tuple[int, int]) -> list[ImageSet]:
-    """Load OoD sets by name, converted to the ID format."""
-    return [load_dataset(nm, "test", root=root, n=n, seed=seed, channels=channels, size=size)
-            for nm in names]
+                  channels: int, size: tuple[int, int], stream: bool = False) -> list[Images]:
+    """Load OoD sets by name, converted to the ID format. ``stream=True`` (runs trained on streamed data)
+    indexes image folders, lists and shards for streaming, read through the run's preprocessing."""
+    out: list[Images] = []
+    for nm in names:
+        if stream and nm.startswith(STREAMABLE):
+            from .data.stream import open_stream
+
+            out.append(open_stream(nm, "test", root=root, size=size).subset(n, seed=seed))
+        else:
+            out.append(load_dataset(nm, "test", root=root, n=n, seed=seed, channels=channels, size=size))
+    return out
 
 
 def evaluate_run(
@@ -188,6 +202,7 @@ def evaluate_run(
     if n_id is not None:
         id_test = id_test.subset(n_id, seed=seed)
     c, size = run.config.in_channels, tuple(run.config.image_size)
-    ood_sets = load_ood_sets(ood, root=data_root, n=n_ood, seed=seed, channels=c, size=size)  # type: ignore[arg-type]
+    ood_sets = load_ood_sets(ood, root=data_root, n=n_ood, seed=seed, channels=c, size=size,  # type: ignore[arg-type]
+                             stream=run.preprocessing.fit == "imagenet")
     return evaluate(run, id_test, ood_sets, detectors, fit_set=fit_set, batch_size=batch_size, progress=progress,
                     cache=cache, id_source=where)

@@ -11,10 +11,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .data import DataError, ImageSet, load_dataset, load_source
+from .data.stream import StreamingSet, materialize, open_stream
 from .errors import ConfigError
 from .evaluation import EvalResult, evaluate
 from .models import ModelConfig
@@ -24,21 +25,60 @@ from .train import TrainConfig, train
 from .train.distributed import dist_from_env
 
 Log = Callable[[str], None] | None
+Images = ImageSet | StreamingSet
+DATA_PATHS = ("auto", "memory", "stream")
+STREAMABLE = ("imagefolder:", "imglist:", "wds:")
+STREAM_MIN_SIDE = 128  # auto: images at least this large are streamed
+STREAM_BUDGET_GIB = 4  # auto: data sets larger than this once decoded are streamed
+
+
+def choose_data_path(dataset: str, data_path: str = "auto", size: tuple[int, int] | None = None,
+                     n_images: int | None = None) -> str:
+    """``"memory"`` or ``"stream"`` for training on ``dataset`` (see ``--data-path``): ``auto`` streams tar
+    shards, images of at least :data:`STREAM_MIN_SIDE` px, and data over :data:`STREAM_BUDGET_GIB` GiB
+    once decoded; everything else is decoded into memory."""
+    if data_path not in DATA_PATHS:
+        raise ConfigError(f"data path must be one of {DATA_PATHS}, got {data_path!r}")
+    streamable = dataset.startswith(STREAMABLE)
+    if data_path == "stream" and not streamable:
+        raise ConfigError(f"--data-path stream reads {', '.join(s + '...' for s in STREAMABLE)} sources; "
+                          f"'{dataset}' is loaded into memory (--data-path memory)")
+    if data_path != "auto":
+        return data_path
+    if not streamable:
+        return "memory"
+    if dataset.startswith("wds:") or (size is not None and min(size) >= STREAM_MIN_SIDE):
+        return "stream"
+    side = size or (32, 32)
+    if n_images is not None and n_images * 3 * side[0] * side[1] > STREAM_BUDGET_GIB * 2**30:
+        return "stream"
+    return "memory"
 
 
 def training_data(dataset: str, *, holdout: int = 5000, holdout_seed: int = 0, subset: int | None = None,
                   subset_seed: int = 0, root: str | Path | None = None,
-                  size: tuple[int, int] | None = None) -> tuple[ImageSet, ImageSet | None]:
+                  size: tuple[int, int] | None = None, data_path: str = "memory") -> tuple[Images, Images | None]:
     """``(training images, held-out images or None)`` of ``dataset``'s train split.
 
     The holdout (``holdout`` images, seed ``holdout_seed``) is split off first; ``subset`` then takes a
-    seeded subset (seed ``subset_seed``) of the rest. Both are recorded in the sets' sources."""
-    full = load_dataset(dataset, "train", root=root, size=size)
+    seeded subset (seed ``subset_seed``) of the rest. Both are recorded in the sets' sources.
+    ``data_path`` (``memory``, ``stream`` or ``auto``, see :func:`choose_data_path`): streamed sets are
+    :class:`~l2ood.data.stream.StreamingSet` indexes (default size 224×224) read batch by batch."""
+    full: Images
+    if data_path != "memory" and dataset.startswith(STREAMABLE):
+        index = open_stream(dataset, "train", root=root, size=size or (224, 224))
+        if choose_data_path(dataset, data_path, size, len(index)) == "stream":
+            full = index
+        else:
+            full = load_dataset(dataset, "train", root=root, size=size)
+    else:
+        choose_data_path(dataset, data_path, size)  # the errors for bad combinations
+        full = load_dataset(dataset, "train", root=root, size=size)
     if full.labels is None:
         raise DataError(f"{dataset}: training data need labels")
     if holdout < 0:
         raise ConfigError(f"holdout must be >= 0, got {holdout}")
-    hold = None
+    hold: Images | None = None
     rest = full
     if holdout:
         if holdout >= len(full):
@@ -49,8 +89,8 @@ def training_data(dataset: str, *, holdout: int = 5000, holdout_seed: int = 0, s
     return rest, hold
 
 
-def id_test_for(train_set: ImageSet, test_data: str | None = None, holdout: ImageSet | None = None,
-                root: str | Path | None = None) -> tuple[ImageSet, str]:
+def id_test_for(train_set: Images, test_data: str | None = None, holdout: Images | None = None,
+                root: str | Path | None = None) -> tuple[Images, str]:
     """The ID test images a run trained on ``train_set`` will record (see :func:`l2ood.record.resolve_test`)."""
     src = train_set.source
     test, origin = resolve_test(src, holdout_of(src), test_data, None if root is None else str(root))
@@ -63,8 +103,15 @@ def id_test_for(train_set: ImageSet, test_data: str | None = None, holdout: Imag
     return load_source(test, root=root, size=(h, w)), f"{test.describe()} [{origin}]"
 
 
-def train_run(train_set: ImageSet, model_cfg: ModelConfig, train_cfg: TrainConfig, out: str | Path, *,
-              test_data: str | None = None, holdout: ImageSet | None = None, track: str | None = None,
+def _in_memory(ds: Images, n: int) -> ImageSet:
+    """``ds`` itself when in memory; else a seeded subset of ``n`` streamed images decoded into memory."""
+    if isinstance(ds, ImageSet):
+        return ds
+    return materialize(ds.subset(n, seed=123), fit="imagenet")
+
+
+def train_run(train_set: Images, model_cfg: ModelConfig, train_cfg: TrainConfig, out: str | Path, *,
+              test_data: str | None = None, holdout: Images | None = None, track: str | None = None,
               track_ood: str | None = None, data_root: str | Path | None = None, resume: bool = False,
               overwrite: bool = False, progress: bool = True, log: Log = print) -> Run | None:
     """Train one run into ``out`` (see :func:`l2ood.train.train`); returns it (``None`` on ranks > 0).
@@ -78,8 +125,12 @@ def train_run(train_set: ImageSet, model_cfg: ModelConfig, train_cfg: TrainConfi
 
         tcfg = TrackConfig.parse(track, track_ood)
         id_test, _ = id_test_for(train_set, test_data, holdout, data_root)
-        tracker = Tracker.build(tcfg, train_set, id_test, out, resolve_runtime(train_cfg.device, train_cfg.precision),
-                                train_cfg.epochs, root=data_root)
+        # streamed data: the tracked subsets are decoded once (evaluation view) and kept in memory
+        track_train = _in_memory(train_set, tcfg.n_train or 5000)
+        track_test = _in_memory(id_test, tcfg.n_test)
+        tracker = Tracker.build(tcfg, track_train, track_test, out,
+                                resolve_runtime(train_cfg.device, train_cfg.precision), train_cfg.epochs,
+                                root=data_root)
     train(train_set, model_cfg, train_cfg, out, resume=resume, progress=progress, log=log, on_epoch_end=tracker,
           test_data=test_data, overwrite=overwrite)
     if not dist_from_env().is_main:
@@ -87,9 +138,9 @@ def train_run(train_set: ImageSet, model_cfg: ModelConfig, train_cfg: TrainConfi
     return Run.load(out, device=train_cfg.device, precision=train_cfg.precision, data_root=data_root)
 
 
-def train_and_evaluate(train_set: ImageSet, model_cfg: ModelConfig, train_cfg: TrainConfig, out: str | Path, *,
-                       ood_sets: list[ImageSet], detectors: list[str], id_test: ImageSet | None = None,
-                       test_data: str | None = None, holdout: ImageSet | None = None,
+def train_and_evaluate(train_set: Images, model_cfg: ModelConfig, train_cfg: TrainConfig, out: str | Path, *,
+                       ood_sets: Sequence[Images], detectors: list[str], id_test: Images | None = None,
+                       test_data: str | None = None, holdout: Images | None = None,
                        data_root: str | Path | None = None, batch_size: int = 512, progress: bool = True,
                        log: Log = print) -> tuple[Run, EvalResult]:
     """Train (a finished run in ``out`` is kept; an interrupted one resumed), then evaluate.

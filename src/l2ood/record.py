@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from . import jsonio
 from .data import DATASETS, PARAMETRIC, DataSource, ImageSet, Op, canonical_spec, has_split
 from .data.preprocess import DECODER, RESIZE, Preprocessing
+from .data.stream import StreamingSet
 from .errors import RunError
 from .metrics.conformal import Calibration
 from .models import ModelConfig
@@ -90,6 +91,7 @@ class SourceRecord(_Model):
     split: Annotated[str, Field(min_length=1, max_length=64)]
     root: Annotated[str, Field(max_length=8192)] | None = None
     ops: Annotated[list[OpRecord], Field(max_length=64)] = []
+    stream: bool = False  # read batch by batch from disk (l2ood.data.stream)
 
     @classmethod
     def of(cls, src: DataSource) -> SourceRecord:
@@ -97,7 +99,7 @@ class SourceRecord(_Model):
 
     def source(self) -> DataSource:
         return DataSource(self.spec, self.split, self.root,
-                          tuple(Op(o.op, o.n, o.seed, o.part or "") for o in self.ops))
+                          tuple(Op(o.op, o.n, o.seed, o.part or "") for o in self.ops), self.stream)
 
     def describe(self) -> str:
         return self.source().describe()
@@ -120,7 +122,7 @@ class PreprocessingRecord(_Model):
     decode: Annotated[str, Field(max_length=64)] = DECODER
     channels: Literal[1, 3]
     size: tuple[Annotated[int, Field(ge=1, le=4096)], Annotated[int, Field(ge=1, le=4096)]]
-    fit: Literal["resize", "crop"] = "resize"
+    fit: Literal["resize", "crop", "imagenet"] = "resize"
     resize: Annotated[str, Field(max_length=64)] = RESIZE
     mean: Annotated[list[_Finite], Field(min_length=1, max_length=3)]
     std: Annotated[list[Annotated[float, Field(gt=0, allow_inf_nan=False)]], Field(min_length=1, max_length=3)]
@@ -240,10 +242,13 @@ def resolve_test(train: DataSource | None, holdout: DataSource | None,
                  test_data: str | None, root: str | None) -> tuple[DataSource | None, str]:
     """The ID test images of a run — never training images — and where they come from: the explicit
     ``test_data`` spec; else the training data set's own ``test`` split; else the holdout."""
+    stream = train is not None and train.stream
     if test_data:
-        return DataSource(canonical_spec(test_data), "test", root), "test-data"
+        spec = canonical_spec(test_data)
+        streamable = spec.split(":", 1)[0] in ("imagefolder", "imglist", "wds")
+        return DataSource(spec, "test", root, stream=stream and streamable), "test-data"
     if train is not None and has_split(train.spec, "test"):
-        return DataSource(train.spec, "test", train.root), "test-split"
+        return DataSource(train.spec, "test", train.root, stream=stream), "test-split"
     if holdout is not None:
         return holdout, "holdout"
     return None, "none"
@@ -256,12 +261,14 @@ def holdout_of(train: DataSource | None) -> DataSource | None:
     for i, op in enumerate(train.ops):
         if op.kind == "holdout":
             return DataSource(train.spec, train.split, train.root,
-                              (*train.ops[:i], Op("holdout", op.n, op.seed, "holdout")))
+                              (*train.ops[:i], Op("holdout", op.n, op.seed, "holdout")), train.stream)
     return None
 
 
-def data_record(train_set: ImageSet, test_data: str | None = None, *, with_fingerprint: bool = True) -> DataRecord:
-    """The :class:`DataRecord` of a training set (its :attr:`l2ood.data.ImageSet.source`)."""
+def data_record(train_set: ImageSet | StreamingSet, test_data: str | None = None, *,
+                with_fingerprint: bool = True) -> DataRecord:
+    """The :class:`DataRecord` of a training set (its :attr:`l2ood.data.ImageSet.source`). The fingerprint
+    hashes the pixels of an in-memory set, the index (paths, sizes, labels) of a streamed one."""
     src = train_set.source
     hold = holdout_of(src)
     test, origin = resolve_test(src, hold, test_data, src.root if src else None)
@@ -271,7 +278,8 @@ def data_record(train_set: ImageSet, test_data: str | None = None, *, with_finge
         test=SourceRecord.of(test) if test else None,
         test_origin=origin,  # type: ignore[arg-type]
         n_train=len(train_set),
-        fingerprint=fingerprint(train_set.images) if with_fingerprint else None,
+        fingerprint=None if not with_fingerprint else (
+            train_set.fingerprint() if isinstance(train_set, StreamingSet) else fingerprint(train_set.images)),
     )
 
 

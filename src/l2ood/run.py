@@ -19,15 +19,18 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from .data import DataError, ImageSet, load_source, to_format
 from .data.preprocess import Preprocessing
+from .data.stream import IGNORE_LABEL, StreamingSet, extract_views
 from .detectors import Extraction, Head, extract, forward_batch
 from .errors import RunError
 from .metrics.conformal import Calibration
@@ -43,6 +46,8 @@ from .record import (
 )
 from .runtime import Runtime, resolve_runtime
 from .train.artifact import load_weights, refuse_pickle
+
+Images = ImageSet | StreamingSet  # in memory, or an index read batch by batch
 
 
 def _sha1(t: Tensor) -> str:
@@ -68,8 +73,8 @@ class Run:
         self._model = model
         self._device, self._precision = device, precision
         self.data_root = data_root
-        self._train: ImageSet | None = None  # loaded (or adopted) once
-        self._holdout: ImageSet | None = None
+        self._train: Images | None = None  # loaded (or adopted) once
+        self._holdout: Images | None = None
 
     # -------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -155,7 +160,7 @@ class Run:
     def _where(self) -> str:
         return str(self.path / META) if self.path else "in-memory run"
 
-    def _load(self, which: str) -> ImageSet:
+    def _load(self, which: str) -> Images:
         src = getattr(self.data, which)
         if src is None:
             raise DataError(f"{self._where()}: no {which} data recorded (the run was trained on images built in "
@@ -163,35 +168,41 @@ class Run:
         h, w = self.config.image_size
         return load_source(src.source(), root=self.data_root, size=(h, w))
 
-    def _formatted(self, ds: ImageSet) -> ImageSet:
+    def _formatted(self, ds: Images) -> Images:
+        if isinstance(ds, StreamingSet):  # read at the model's size through its recorded preprocessing
+            return ds.with_size(tuple(self.config.image_size))  # type: ignore[arg-type]
         return to_format(ds, self.config.in_channels, tuple(self.config.image_size))  # type: ignore[arg-type]
 
-    def _checked_train(self, train: ImageSet) -> ImageSet:
+    def _checked_train(self, train: Images) -> Images:
         """``train`` in the model's format, after checking it is the set the run was trained on."""
         train = self._formatted(train)
         spec = self.data.train.describe() if self.data.train else "?"
         if len(train) != self.data.n_train:
             raise DataError(f"{self._where()}: the run was trained on {self.data.n_train} images, but its data "
                             f"spec ({spec}) gives {len(train)} now: the data changed since training")
-        if self.data.fingerprint is not None and fingerprint(train.images) != self.data.fingerprint:
-            raise DataError(f"{self._where()}: the images of {spec} differ from those the run was trained on "
-                            "(pixel fingerprint mismatch): the data changed since training")
+        if self.data.fingerprint is not None:
+            streamed = isinstance(train, StreamingSet)
+            now = train.fingerprint() if isinstance(train, StreamingSet) else fingerprint(train.images)
+            if now != self.data.fingerprint:
+                what = "index (paths, sizes, labels)" if streamed else "pixel"
+                raise DataError(f"{self._where()}: the images of {spec} differ from those the run was trained on "
+                                f"({what} fingerprint mismatch): the data changed since training")
         return train
 
-    def adopt(self, train: ImageSet, holdout: ImageSet | None = None) -> None:
+    def adopt(self, train: Images, holdout: Images | None = None) -> None:
         """Use images already in memory as the run's training split (checked like :meth:`train_split`) and
         holdout, so they are not loaded again."""
         self._train = self._checked_train(train)
         if holdout is not None and self.data.holdout is not None:
             self._holdout = self._formatted(holdout)
 
-    def train_split(self) -> ImageSet:
+    def train_split(self) -> Images:
         """The exact images the run was trained on (count and pixel fingerprint checked)."""
         if self._train is None:
             self._train = self._checked_train(self._load("train"))
         return self._train
 
-    def holdout(self) -> ImageSet | None:
+    def holdout(self) -> Images | None:
         """The held-out ID images of the training data (``None`` when the run kept none)."""
         if self.data.holdout is None:
             return None
@@ -199,7 +210,7 @@ class Run:
             self._holdout = self._formatted(self._load("holdout"))
         return self._holdout
 
-    def id_test(self) -> tuple[ImageSet, str]:
+    def id_test(self) -> tuple[Images, str]:
         """``(ID test images, where they come from)`` — never images the run was trained on."""
         if self.data.test is None:
             raise DataError(f"{self._where()}: no ID test data recorded: the data set has no test split and the run "
@@ -210,7 +221,7 @@ class Run:
             return hold, self.record.test_description
         return self._formatted(self._load("test")), self.record.test_description
 
-    def to_input_format(self, ds: ImageSet) -> ImageSet:
+    def to_input_format(self, ds: Images) -> Images:
         """Any image set → this model's channels and size (:func:`l2ood.data.to_format`)."""
         return self._formatted(ds)
 
@@ -220,7 +231,35 @@ class Run:
         feats, logits = forward_batch(self.model, images, self.runtime)
         return Extraction(feats, logits)
 
-    def forward(self, ds: ImageSet, *, batch_size: int = 512, progress: bool = False, desc: str | None = None,
+    def image_batches(self, ds: Images, batch_size: int = 256) -> Iterator[Tensor]:
+        """uint8 batches of ``ds`` in the model's format (streamed sets: read and decoded in workers;
+        unreadable images are left out)."""
+        ds = self._formatted(ds)
+        if isinstance(ds, StreamingSet):
+            for x, y, _ in extract_views(ds, batch_size=batch_size, fit=self.preprocessing.fit):
+                yield x[y != IGNORE_LABEL]
+            return
+        for s in range(0, len(ds), batch_size):
+            yield ds.images[s : s + batch_size]
+
+    def _forward_stream(self, ds: StreamingSet, batch_size: int, progress: bool, desc: str | None) -> Extraction:
+        feats, logits, labels, errors = [], [], [], []
+        for x, y, err in extract_views(ds, batch_size=batch_size, fit=self.preprocessing.fit, progress=progress,
+                                       desc=desc or f"extract {ds.name}"):
+            keep = y != IGNORE_LABEL
+            errors += err
+            f, lg = forward_batch(self.model, x[keep], self.runtime)
+            feats.append(f)
+            logits.append(lg)
+            labels.append(y[keep])
+        if errors:
+            warnings.warn(f"{ds.name}: {len(errors)} unreadable image(s) left out (first: {errors[0]})", stacklevel=3)
+        m = self.model
+        return Extraction(torch.cat(feats) if feats else torch.empty(0, m.fc.in_features),
+                          torch.cat(logits) if logits else torch.empty(0, m.fc.out_features),
+                          torch.cat(labels) if ds.labels is not None and labels else None)
+
+    def forward(self, ds: Images, *, batch_size: int = 512, progress: bool = False, desc: str | None = None,
                 cache: bool = True) -> Extraction:
         """Features, logits and labels of every image in ``ds`` (converted to the model's format first).
 
@@ -230,8 +269,10 @@ class Run:
         ds = self._formatted(ds)
         path = None
         if cache and self.path is not None:
+            digest = (f"s{ds.fingerprint()[:15]}{self.preprocessing.fit}" if isinstance(ds, StreamingSet)
+                      else _sha1(ds.images))
             key = (f"{ds.name.replace('/', '_')[:40]}-{len(ds)}-{self.record.weights_sha256[:16]}-"
-                   f"{_sha1(ds.images)}-{self.runtime.precision}")
+                   f"{digest}-{self.runtime.precision}")
             path = self.path / "cache" / f"{key}.safetensors"
             if path.is_file():
                 try:
@@ -240,7 +281,10 @@ class Run:
                         return ext
                 except Exception:  # a damaged cache file is recomputed
                     path.unlink(missing_ok=True)
-        ext = extract(self.model, ds, self.runtime, batch_size, progress, desc=desc)
+        if isinstance(ds, StreamingSet):
+            ext = self._forward_stream(ds, min(batch_size, 256), progress, desc)
+        else:
+            ext = extract(self.model, ds, self.runtime, batch_size, progress, desc=desc)
         if path is not None:
             try:  # the cache is an optimisation: a read-only or full disk only costs the next pass
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -249,7 +293,7 @@ class Run:
                 warnings.warn(f"could not cache features in {path.parent} ({e.strerror or e})", stacklevel=2)
         return ext
 
-    def scores(self, ds: ImageSet, detector: str = "feature_norm", **kw: Any) -> np.ndarray:
+    def scores(self, ds: Images, detector: str = "feature_norm", **kw: Any) -> np.ndarray:
         """Scores of a post-hoc detector that needs no fitting (default ‖z‖) for every image of ``ds``."""
         from .detectors import make_detector
 

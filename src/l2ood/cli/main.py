@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import jsonio
-from ..data import DATASETS, PARAMETRIC, ImageSet
+from ..data import DATASETS, PARAMETRIC
 from ..errors import ConfigError, L2oodError
-from ..models import ARCHITECTURES, HEAD_MODES, ModelConfig
+from ..models import ARCHITECTURES, HEAD_MODES, ModelConfig, _known_arch
+from ..pipeline import DATA_PATHS, STREAM_BUDGET_GIB, STREAM_MIN_SIDE, Images
 from ..runtime import PRECISIONS
 from ..train import SCHEDULES, TrainConfig
 from ..train.distributed import dist_from_env
@@ -65,7 +66,9 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int, width: int) -> None
     trainable = [k for k, v in DATASETS.items() if not v.generated and "train" in v.splits]
     p.add_argument("--dataset", default="fashion-mnist",
                    help=f"ID training data: {', '.join(trainable)} or {', '.join(PARAMETRIC)} (labelled)")
-    p.add_argument("--arch", default="resnet18", choices=list(ARCHITECTURES))
+    p.add_argument("--arch", default="resnet18", type=_arch,
+                   help=f"backbone: {', '.join(ARCHITECTURES)} (CIFAR-style; --width scales them), or any "
+                        "timm:NAME / torchvision:NAME backbone (optional extras l2ood[timm] / l2ood[torchvision])")
     p.add_argument("--width", type=_positive_int, default=width, help="first-stage channels (64 = standard)")
     p.add_argument("--epochs", type=_positive_int, default=epochs)
     p.add_argument("--batch-size", type=_positive_int, default=128)
@@ -80,6 +83,15 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int, width: int) -> None
                         "for npz packs, image lists and class-folder trees without test/, the holdout)")
     p.add_argument("--holdout", type=_nonneg_int, default=5000, metavar="N",
                    help="ID training images held out for calibration/validation (seed 0 split)")
+    p.add_argument("--data-path", default="auto", choices=DATA_PATHS,
+                   help="memory: decode every image once into RAM (crop+flip augmentation in torch); stream: read "
+                        "and augment batch by batch in DataLoader workers (random resized crop + flip; image "
+                        "folders, image lists, wds: tar shards); auto: stream for wds: shards, images of "
+                        f"{STREAM_MIN_SIDE}+ px or data over {STREAM_BUDGET_GIB} GiB decoded, else memory")
+    p.add_argument("--image-size", type=_positive_int, default=None, metavar="PX",
+                   help="input side in pixels for image folders/lists/shards (default 224 streamed, 32 in memory)")
+    p.add_argument("--workers", type=_nonneg_int, default=None,
+                   help="streaming: DataLoader worker processes (default: the usable CPUs, at most 8; 0: none)")
 
 
 # Help for options whose meaning is the same in every command (the parser fills them in where none is given).
@@ -118,6 +130,13 @@ def _finish_help(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = _HelpFormatter
 
 
+def _arch(v: str) -> str:
+    try:
+        return _known_arch(v)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``l2ood`` command."""
     ap = argparse.ArgumentParser(
@@ -136,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init-from", default=None, metavar="RUN",
                    help="fine-tune: start the backbone from this run's weights (a run folder or .safetensors of the "
                         "same --arch/--width); the head is new")
+    t.add_argument("--pretrained", default=None, metavar="FILE",
+                   help="fine-tune: initialize the backbone from a local weights file (safetensors, or a torch "
+                        "checkpoint read with weights_only=True) of the --arch backbone, e.g. torchvision's "
+                        "resnet18 weights; its classifier head is left out and a new one trained")
     t.add_argument("--overwrite", action="store_true",
                    help="replace the run in --out: deletes only the files l2ood wrote there (never others)")
     t.add_argument("--checkpoint-every-steps", type=_nonneg_int, default=0,
@@ -308,15 +331,18 @@ def _configs(args: argparse.Namespace, head: str) -> tuple[ModelConfig, TrainCon
                        schedule=args.schedule, seed=args.seed, device=args.device, precision=args.precision,
                        checkpoint_every_steps=getattr(args, "checkpoint_every_steps", 0),
                        sync_bn=getattr(args, "sync_bn", False), compile=getattr(args, "compile", False),
-                       init_from=str(Path(args.init_from).absolute()) if getattr(args, "init_from", None) else None)
+                       init_from=str(Path(args.init_from).absolute()) if getattr(args, "init_from", None) else None,
+                       pretrained=str(Path(args.pretrained).absolute()) if getattr(args, "pretrained", None) else None,
+                       workers=getattr(args, "workers", None))
     return mcfg, tcfg
 
 
-def _training_data(args: argparse.Namespace) -> tuple[ImageSet, ImageSet | None]:
+def _training_data(args: argparse.Namespace) -> tuple[Images, Images | None]:
     from ..pipeline import training_data
 
+    size = (args.image_size, args.image_size) if getattr(args, "image_size", None) else None
     return training_data(args.dataset, holdout=args.holdout, subset=args.train_subset, subset_seed=args.seed,
-                         root=args.data_root)
+                         root=args.data_root, size=size, data_path=getattr(args, "data_path", "memory"))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -487,7 +513,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     if args.verify_n:
         test, where = run.id_test()
-        imgs = test.subset(args.verify_n, seed=0).images
+        import torch
+
+        imgs = torch.cat(list(run.image_batches(test.subset(args.verify_n, seed=0))))
         v = verify_onnx(run, path, imgs)
         print(f"verified on {int(v['n'])} images of {where}: max |feature_norm diff| {v['max_abs_score_diff']:.3g} "
               f"(relative {v['max_rel_score_diff']:.3g}), max |logit diff| {v['max_abs_logit_diff']:.3g}, same class "

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .cifar import load_cifar
 from .errors import DataError, DataFormatError, DataNotFoundError
@@ -119,7 +120,7 @@ DATASETS: dict[str, DatasetInfo] = {
                              ("test",)),
 }
 
-PARAMETRIC = ("npz:PATH", "imagefolder:PATH", "imglist:LISTFILE[@IMAGEROOT]")
+PARAMETRIC = ("npz:PATH", "imagefolder:PATH", "imglist:LISTFILE[@IMAGEROOT]", "wds:SHARDS")
 
 
 def has_split(name: str, split: str) -> bool:
@@ -131,8 +132,8 @@ def has_split(name: str, split: str) -> bool:
     """
     if name in DATASETS:
         return split in DATASETS[name].splits
-    if name.startswith("imagefolder:"):
-        root = Path(name[len("imagefolder:"):])
+    if name.startswith(("imagefolder:", "wds:")):
+        root = Path(name.split(":", 1)[1])
         try:
             return root.is_dir() and split_folder(root, split) != root
         except DataNotFoundError:  # split folders exist, but not this one
@@ -150,6 +151,8 @@ def canonical_spec(name: str) -> str:
         return "npz:" + absolute(name[4:])
     if name.startswith("imagefolder:"):
         return "imagefolder:" + absolute(name[len("imagefolder:"):])
+    if name.startswith("wds:"):
+        return "wds:" + absolute(name[len("wds:"):])
     if name.startswith("imglist:"):
         list_file, image_root = parse_imglist_spec(name[len("imglist:"):])
         return "imglist:" + absolute(str(list_file)) + (f"@{absolute(str(image_root))}" if image_root else "")
@@ -157,9 +160,18 @@ def canonical_spec(name: str) -> str:
 
 
 def load_source(source: DataSource, *, root: str | Path | None = None,
-                size: tuple[int, int] | None = None) -> ImageSet:
-    """Load the exact images a :class:`DataSource` describes (``root`` overrides the recorded data root)."""
-    ds = load_dataset(source.spec, source.split, root=root if root is not None else source.root, size=size)
+                size: tuple[int, int] | None = None) -> Any:
+    """Load the exact images a :class:`DataSource` describes (``root`` overrides the recorded data root):
+    an :class:`ImageSet`, or for a streamed source (``source.stream``) a
+    :class:`~l2ood.data.stream.StreamingSet` (an index; pixels are read when iterated)."""
+    ds: Any
+    where = root if root is not None else source.root
+    if source.stream:
+        from .stream import open_stream
+
+        ds = open_stream(source.spec, source.split, root=where, size=size or (224, 224))
+    else:
+        ds = load_dataset(source.spec, source.split, root=where, size=size)
     for op in source.ops:
         if op.kind == "subset":
             ds = ds.subset(op.n, seed=op.seed)
@@ -201,6 +213,10 @@ def load_dataset(
     elif name.startswith("imglist:"):
         list_file, image_root = parse_imglist_spec(name[len("imglist:"):])
         ds = load_imglist(list_file, image_root, root=root, size=size or (32, 32))
+    elif name.startswith("wds:"):
+        from .stream import materialize, open_stream
+
+        ds = materialize(open_stream(name, split, root=root, size=size or (32, 32)))
     elif name in DATASETS:
         info = DATASETS[name]
         if split not in info.splits:

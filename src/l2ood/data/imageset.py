@@ -41,12 +41,17 @@ class DataSource:
     split: str
     root: str | None = None
     ops: tuple[Op, ...] = ()
+    stream: bool = False  # read from disk batch by batch (:mod:`l2ood.data.stream`), not loaded into memory
 
     def then(self, op: Op) -> DataSource:
         return replace(self, ops=(*self.ops, op))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"spec": self.spec, "split": self.split, "root": self.root, "ops": [o.to_dict() for o in self.ops]}
+        d: dict[str, Any] = {"spec": self.spec, "split": self.split, "root": self.root,
+                             "ops": [o.to_dict() for o in self.ops]}
+        if self.stream:
+            d["stream"] = True
+        return d
 
     def describe(self) -> str:
         parts = [f"{self.spec} ({self.split})"]

@@ -20,13 +20,15 @@ from .imageset import ImageSet
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 
-FITS = ("resize", "crop")
+FITS = ("resize", "crop", "imagenet")
+IMAGENET_RESIZE = 256 / 224  # torchvision's ImageNet evaluation: Resize(256) + CenterCrop(224)
 
 
-def _crop_geometry(h: int, w: int, size: tuple[int, int]) -> tuple[tuple[int, int], int, int]:
-    """``((resized h, w), top, left)``: shorter side → ``max(size)``, then a centre crop of ``size``."""
+def _crop_geometry(h: int, w: int, size: tuple[int, int], fit: str = "crop") -> tuple[tuple[int, int], int, int]:
+    """``((resized h, w), top, left)``: shorter side → ``max(size)`` (``fit="imagenet"``:
+    ``round(max(size)·256/224)``), then a centre crop of ``size``."""
     th, tw = size
-    s = max(th, tw)
+    s = max(th, tw) if fit == "crop" else round(max(th, tw) * IMAGENET_RESIZE)
     nh, nw = (int(s * h / w), s) if w <= h else (s, int(s * w / h))
     nh, nw = max(nh, th), max(nw, tw)
     return (nh, nw), round((nh - th) / 2), round((nw - tw) / 2)
@@ -38,7 +40,8 @@ def convert_format(
     """Convert uint8 ``(N, C, H, W)`` images to ``channels`` and ``size``; returns uint8.
 
     ``fit="resize"`` stretches the whole image to ``size``; ``fit="crop"`` resizes the shorter side
-    to ``max(size)`` and crops the centre (torchvision ``Resize`` + ``CenterCrop``)."""
+    to ``max(size)`` and crops the centre (torchvision ``Resize`` + ``CenterCrop``); ``fit="imagenet"``
+    resizes the shorter side to ``max(size)·256/224`` first (ImageNet evaluation: 256 → 224)."""
     if fit not in FITS:
         raise ConfigError(f"fit must be one of {FITS}, got {fit!r}")
     if images.dtype != torch.uint8 or images.ndim != 4:
@@ -48,7 +51,7 @@ def convert_format(
         raise ConfigError(f"channels must be 1 or 3, got {channels}")
     if c not in (1, 3, 4):
         raise ConfigError(f"input images must have 1, 3 or 4 channels, got {c}")
-    if c == channels and (h, w) == tuple(size):
+    if c == channels and (h, w) == tuple(size) and fit != "imagenet":
         return images
     size = (int(size[0]), int(size[1]))
     out = torch.empty((n, channels, *size), dtype=torch.uint8)
@@ -60,8 +63,8 @@ def convert_format(
             x = (x * _LUMA.view(1, 3, 1, 1)).sum(1, keepdim=True)
         elif x.shape[1] == 1 and channels == 3:
             x = x.expand(-1, 3, -1, -1)
-        if fit == "crop" and (h, w) != tuple(size):
-            (nh, nw), top, left = _crop_geometry(h, w, size)
+        if fit != "resize" and ((h, w) != tuple(size) or fit == "imagenet"):
+            (nh, nw), top, left = _crop_geometry(h, w, size, fit)
             if (nh, nw) != (h, w):
                 x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
             x = x[:, :, top : top + size[0], left : left + size[1]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Annotated
@@ -37,9 +38,14 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+ADAPTER_PREFIXES = ("timm:", "torchvision:")  # any backbone of those libraries: timm:NAME, torchvision:NAME
+_ADAPTER_NAME = re.compile(r"^(timm|torchvision):[A-Za-z0-9_.\-]{1,128}$")
+
+
 def _known_arch(v: str) -> str:
-    if v not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture '{v}'; known: {', '.join(ARCHITECTURES)}")
+    if v not in ARCHITECTURES and not _ADAPTER_NAME.match(v):
+        raise ValueError(f"unknown architecture '{v}'; known: {', '.join(ARCHITECTURES)}, or timm:NAME / "
+                         "torchvision:NAME for any backbone of those libraries")
     return v
 
 
@@ -94,10 +100,24 @@ class ModelConfig:
 
 def build_model(cfg: ModelConfig) -> Classifier:
     """Build the classifier described by ``cfg`` (random initialization)."""
-    if cfg.arch not in ARCHITECTURES:
-        raise ConfigError(f"unknown architecture '{cfg.arch}'; known: {', '.join(ARCHITECTURES)}")
+    try:
+        _known_arch(cfg.arch)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if cfg.head not in HEAD_MODES:
         raise ConfigError(f"unknown head '{cfg.head}'; known: {', '.join(HEAD_MODES)}")
-    backbone: nn.Module = ARCHITECTURES[cfg.arch](width=cfg.width, in_channels=cfg.in_channels)
+    backbone: nn.Module
+    if cfg.arch.startswith("timm:"):
+        from .adapters import from_timm
+
+        backbone = from_timm(cfg.arch[len("timm:"):], pretrained=False, in_channels=cfg.in_channels)
+    elif cfg.arch.startswith("torchvision:"):
+        from .adapters import from_torchvision
+
+        if cfg.in_channels != 3:
+            raise ConfigError(f"{cfg.arch}: torchvision backbones take RGB input (in_channels 3)")
+        backbone = from_torchvision(cfg.arch[len("torchvision:"):])
+    else:
+        backbone = ARCHITECTURES[cfg.arch](width=cfg.width, in_channels=cfg.in_channels)
     return Classifier(backbone, backbone.feature_dim, cfg.num_classes, head=cfg.head,  # type: ignore[arg-type]
                       mean=cfg.mean, std=cfg.std, tau=cfg.tau)

@@ -14,6 +14,7 @@ The libraries are imported lazily, only when an adapter is called; they are opti
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -28,11 +29,15 @@ from ..errors import ConfigError
 _TORCHVISION_HEADS = ("heads", "head", "fc", "classifier")
 
 
+class MissingExtra(ConfigError, ImportError):
+    """An optional dependency (timm, torchvision) that a requested backbone needs is not installed."""
+
+
 def _optional_import(module: str, package: str, caller: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise ImportError(
+        raise MissingExtra(
             f"{caller} needs the optional dependency '{package}', which is not installed: "
             f"pip install {package}  (or: pip install 'l2ood[{package}]')"
         ) from e
@@ -64,6 +69,8 @@ def from_timm(name: str, pretrained: bool = False, in_channels: int = 3) -> Pool
     pre-logits layer), else ``num_features``.
     """
     timm = _optional_import("timm", "timm", "from_timm")
+    if not pretrained and name not in timm.list_models():
+        raise ConfigError(f"timm has no model '{name}' (timm.list_models() lists the names)")
     body = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_channels)
     dim = getattr(body, "head_hidden_size", None) or body.num_features
     return PooledBackbone(body, int(dim))
@@ -95,6 +102,8 @@ def from_torchvision(name: str, weights: Any = None) -> PooledBackbone:
     ``feature_dim`` is inferred by one forward pass of a ``(1, 3, 224, 224)`` zero batch in eval mode.
     """
     tv_models = _optional_import("torchvision.models", "torchvision", "from_torchvision")
+    if name not in tv_models.list_models():
+        raise ConfigError(f"torchvision has no model '{name}' (torchvision.models.list_models() lists the names)")
     body = tv_models.get_model(name, weights=weights)
     _strip_head(body, name)
     wrapped = PooledBackbone(body, 0)
@@ -108,3 +117,55 @@ def from_torchvision(name: str, weights: Any = None) -> PooledBackbone:
     finally:
         body.train(was_training)
     return wrapped
+
+
+_PREFIXES = ("module.", "model.", "_orig_mod.", "backbone.body.", "backbone.", "body.")
+
+
+def read_weights_file(path: str | Path) -> dict[str, Tensor]:
+    """Tensors of a weights file: safetensors, or a torch checkpoint read with ``torch.load(weights_only=True)``
+    (no code is unpickled; a ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper is unwrapped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--pretrained {path}: no such file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:  # malformed header: safetensors raises several types
+            raise ConfigError(f"--pretrained {path}: not a readable safetensors file ({e})") from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # weights_only refuses anything but tensors and plain containers
+        raise ConfigError(f"--pretrained {path}: not a torch weights file readable with weights_only=True "
+                          f"({type(e).__name__}: {str(e)[:200]}); convert it to safetensors") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ConfigError(f"--pretrained {path}: expected a state dict (names → tensors)")
+    return {str(k): v for k, v in obj.items()}
+
+
+def load_backbone_weights(backbone: nn.Module, tensors: dict[str, Tensor], where: str = "weights") -> list[str]:
+    """Copy ``tensors`` into ``backbone``: every backbone tensor must be found (after stripping the usual
+    prefixes ``module.``, ``model.``, …; a timm/torchvision backbone is matched to its inner network) with
+    the same shape. Tensors the backbone lacks (the pretrained classifier head) are left out and
+    returned. Raises :class:`ConfigError` naming what is missing or of another shape."""
+    target = backbone.body if isinstance(backbone, PooledBackbone) else backbone
+    own = target.state_dict()
+    names = dict(tensors)
+    for _ in range(3):
+        if own.keys() & names.keys():
+            break
+        names = {next((k[len(p):] for p in _PREFIXES if k.startswith(p)), k): v for k, v in names.items()}
+    missing = [k for k in own if k not in names]
+    wrong = [f"{k} {tuple(names[k].shape)} vs {tuple(own[k].shape)}" for k in own
+             if k in names and tuple(names[k].shape) != tuple(own[k].shape)]
+    if missing or wrong:
+        raise ConfigError(f"{where}: does not fit this backbone: {len(missing)} tensor(s) missing "
+                          f"(e.g. {missing[:3]}), {len(wrong)} of another shape (e.g. {wrong[:2]}); "
+                          "is it a checkpoint of the same architecture?")
+    target.load_state_dict({k: names[k] for k in own}, strict=True)
+    return sorted(k for k in names if k not in own)

@@ -15,7 +15,7 @@ from ..data import load_dataset
 from ..errors import ConfigError
 from ..metrics.conformal import Calibration, calibrate
 from ..record import add_calibration
-from ..run import Run
+from ..run import Images, Run
 from .screener import screenable_detectors
 
 
@@ -37,6 +37,7 @@ def calibrate_run(run: Run | str | Path, *, tpr: float = 0.95, alpha: float | No
         run = Run.load(run, data_root=data_root)
     elif data_root is not None:
         run.data_root = data_root
+    cal_set: Images
     if calibration_data:
         cal_set = load_dataset(calibration_data, "test", root=data_root)
         split = {"source": calibration_data, "n": len(cal_set)}

@@ -41,6 +41,8 @@ class TrainConfig:
     sync_bn: bool = False  # data-parallel only: BatchNorm statistics over the global batch
     compile: bool = False  # torch.compile the training forward/backward
     init_from: Annotated[str, Field(min_length=1, max_length=8192)] | None = None  # fine-tune: backbone weights
+    pretrained: Annotated[str, Field(min_length=1, max_length=8192)] | None = None  # timm/torchvision weights file
+    workers: Annotated[int, Field(ge=0, le=256)] | None = None  # streaming: DataLoader workers (None: CPUs, ≤ 8)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (e.g. the bench recipe)
 
     def validate(self) -> None:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,13 +27,30 @@ from tqdm.auto import tqdm
 
 from .. import jsonio
 from ..data import ImageSet, augment_batch, channel_stats
+from ..data.stream import (
+    IGNORE_LABEL,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    StreamingSet,
+    epoch_seed,
+    loader,
+    sample_stats,
+)
 from ..errors import ConfigError, L2oodError
 from ..models import Classifier, ModelConfig, build_model
 from ..runtime import Runtime, resolve_runtime
 from .artifact import save_weights
 from .checkpoint import RECORD, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .distributed import all_reduce_sum, convert_sync_bn, dist_from_env, init_distributed, scaled_loss, shard
+from .distributed import (
+    all_reduce_min,
+    all_reduce_sum,
+    convert_sync_bn,
+    dist_from_env,
+    init_distributed,
+    scaled_loss,
+    shard,
+)
 from .runfolder import check_target, clean_temp, remove_owned, run_lock
 
 
@@ -76,6 +94,102 @@ def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(_seed(seed, epoch, step, 1))
 
 
+Batch = tuple[int, torch.Tensor, torch.Tensor, int]  # (step, float input on the device, labels, global batch size)
+
+
+class _MemoryFeeder:
+    """Batches of an in-memory :class:`ImageSet`: uint8 on the device, per-batch crop + flip in torch."""
+
+    def __init__(self, ds: ImageSet, cfg: TrainConfig, info: Any, rt: Runtime, hflip: bool) -> None:
+        if ds.labels is None:
+            raise ConfigError(f"{ds.name}: training needs labels")
+        self.images, self.labels = ds.images.to(rt.device), ds.labels.to(rt.device)
+        self.cfg, self.info, self.rt, self.hflip = cfg, info, rt, hflip
+        self.steps_per_epoch = math.ceil(len(ds) / cfg.batch_size)
+
+    def epoch(self, epoch: int, first: int) -> Iterator[Batch]:
+        cfg, info = self.cfg, self.info
+        perm = epoch_permutation(len(self.images), cfg.seed, epoch).to(self.rt.device)
+        for step in range(first, self.steps_per_epoch):
+            gidx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            start, length = shard(len(gidx), info)
+            idx = gidx[start : start + length]
+            x = self.images[idx].float().div_(255.0)
+            x = self.rt.layout(augment_batch(x, cfg.pad, self.hflip, step_generator(cfg.seed, epoch, step),
+                                             rows=(start, len(gidx))))
+            yield step, x, self.labels[idx], len(gidx)
+
+    def report(self, epoch: int) -> None:
+        """Nothing to report: in-memory images were decoded (and checked) when loaded."""
+
+
+class _StreamFeeder:
+    """Batches of a :class:`~l2ood.data.stream.StreamingSet`, decoded and augmented (random resized crop +
+    flip) in DataLoader workers. Step ``s`` of epoch ``e`` is a pure function of ``(seed, e, s)``.
+
+    Tar shards under ``torchrun``: rank r owns shards ``r::world`` and draws its own permutation of
+    their images from ``(seed, rank, e)``; ``batch_size / world`` images per rank and step, steps per
+    epoch = the fewest any rank can fill (the last partial batch is dropped). Other sources: every
+    rank draws the global permutation and reads its contiguous slice of each global batch."""
+
+    def __init__(self, ds: StreamingSet, cfg: TrainConfig, info: Any, rt: Runtime, hflip: bool) -> None:
+        if ds.labels is None:
+            raise ConfigError(f"{ds.name}: training needs labels")
+        self.ds, self.cfg, self.info, self.rt, self.hflip = ds, cfg, info, rt, hflip
+        self.sharded = ds.is_tar and info.active
+        self.errors: list[str] = []
+        self.n_errors = 0
+        if self.sharded:
+            if cfg.batch_size % info.world:
+                raise ConfigError(f"--batch-size {cfg.batch_size} must be a multiple of the {info.world} ranks "
+                                  "when each rank reads its own tar shards")
+            self.own = ds.owned_by(info.rank, info.world)
+            self.local = cfg.batch_size // info.world
+            steps = len(self.own) // self.local
+            self.steps_per_epoch = int(all_reduce_min(torch.tensor([steps], dtype=torch.int64))[0])
+            if self.steps_per_epoch < 1:
+                raise ConfigError(f"{ds.name}: a rank's shards hold fewer than {self.local} images (one batch)")
+        else:
+            self.steps_per_epoch = math.ceil(len(ds) / cfg.batch_size)
+
+    def _batches(self, epoch: int, first: int) -> tuple[list[list[tuple[int, int]]], list[int]]:
+        cfg, info = self.cfg, self.info
+        es = epoch_seed(cfg.seed, epoch)
+        out, sizes = [], []
+        if self.sharded:
+            perm = self.own[epoch_permutation(len(self.own), _seed(cfg.seed, info.rank), epoch).numpy()]
+            for step in range(first, self.steps_per_epoch):
+                out.append([(int(i), es) for i in perm[step * self.local : (step + 1) * self.local]])
+                sizes.append(cfg.batch_size)
+            return out, sizes
+        perm_t = epoch_permutation(len(self.ds), cfg.seed, epoch)
+        for step in range(first, self.steps_per_epoch):
+            gidx = perm_t[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            start, length = shard(len(gidx), info)
+            out.append([(int(i), es) for i in gidx[start : start + length]])
+            sizes.append(len(gidx))
+        return out, sizes
+
+    def epoch(self, epoch: int, first: int) -> Iterator[Batch]:
+        batches, sizes = self._batches(epoch, first)
+        if not batches:
+            return
+        self.errors, self.n_errors = [], 0
+        it = loader(self.ds, batches, workers=self.cfg.workers, hflip=self.hflip,
+                    pin_memory=self.rt.device.type == "cuda")
+        for k, (x, y, errs) in enumerate(it):
+            if errs:
+                self.n_errors += len(errs)
+                self.errors = self.errors or errs[:1]
+            x = self.rt.layout(x.to(self.rt.device, non_blocking=True).float().div_(255.0))
+            yield first + k, x, y.to(self.rt.device, non_blocking=True), sizes[k]
+
+    def report(self, epoch: int) -> None:
+        if self.n_errors:
+            warnings.warn(f"{self.ds.name}: {self.n_errors} unreadable image(s) left out of epoch {epoch + 1} "
+                          f"(first: {self.errors[0] if self.errors else '?'})", stacklevel=2)
+
+
 def make_optimizer(model: Classifier, cfg: TrainConfig) -> torch.optim.SGD:
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                            nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
@@ -93,7 +207,7 @@ def _finite_params(model: torch.nn.Module) -> bool:
 
 
 def train(
-    train_set: ImageSet,
+    train_set: ImageSet | StreamingSet,
     model_cfg: ModelConfig,
     cfg: TrainConfig,
     run_dir: str | Path,
@@ -150,7 +264,7 @@ def _prepare_folder(run_dir: Path, resume: bool, overwrite: bool, log: Callable[
 
 
 def _train(
-    train_set: ImageSet,
+    train_set: ImageSet | StreamingSet,
     model_cfg: ModelConfig,
     cfg: TrainConfig,
     run_dir: Path,
@@ -171,8 +285,14 @@ def _train(
         log, progress = None, False
     if main_rank:
         run_dir.mkdir(parents=True, exist_ok=True)
+    streamed = isinstance(train_set, StreamingSet)
     if model_cfg.mean == [0.0] and model_cfg.std == [1.0]:
-        model_cfg.mean, model_cfg.std = channel_stats(train_set.images)
+        if not isinstance(train_set, StreamingSet):
+            model_cfg.mean, model_cfg.std = channel_stats(train_set.images)
+        elif cfg.pretrained or cfg.init_from:  # a pretrained backbone keeps the normalization it was trained with
+            model_cfg.mean, model_cfg.std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+        else:
+            model_cfg.mean, model_cfg.std = sample_stats(train_set, seed=cfg.seed, workers=cfg.workers)
     model_cfg.in_channels, h, w = train_set.shape
     model_cfg.image_size = (h, w)
     model_cfg.num_classes = train_set.num_classes  # like channels and size, the classes come from the data
@@ -184,6 +304,11 @@ def _train(
 
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg)
+    if cfg.pretrained:
+        digest = load_pretrained(model, cfg.pretrained)
+        cfg.extra = {**cfg.extra, "pretrained_sha256": digest}
+        if log and not (resume and (run_dir / RECORD).is_file()):
+            log(f"fine-tuning: backbone initialized from {cfg.pretrained} (head trained from scratch)")
     if cfg.init_from:  # on resume the checkpoint's weights win; the source's digest is recorded either way
         digest = init_backbone(model, cfg.init_from)
         cfg.extra = {**cfg.extra, "init_from_sha256": digest}
@@ -196,7 +321,9 @@ def _train(
     hflip = train_set.hflip if cfg.hflip is None else cfg.hflip
 
     n = len(train_set)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    feeder = (_StreamFeeder(train_set, cfg, info, rt, hflip) if isinstance(train_set, StreamingSet)
+              else _MemoryFeeder(train_set, cfg, info, rt, hflip))
+    steps_per_epoch = feeder.steps_per_epoch
     total_steps = steps_per_epoch * cfg.epochs
     start_epoch, start_step, history = 0, 0, []
     if resume and (run_dir / RECORD).is_file():
@@ -215,10 +342,6 @@ def _train(
     if cfg.compile:
         net = torch.compile(net)  # type: ignore[assignment]
 
-    images = train_set.images.to(rt.device)
-    labels = train_set.labels.to(rt.device) if train_set.labels is not None else None
-    if labels is None:
-        raise ConfigError(f"{train_set.name}: training needs labels")
     scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
 
     def record_for(epoch: int, step_in_epoch: int) -> dict[str, Any]:
@@ -237,38 +360,31 @@ def _train(
     global_step = start_epoch * steps_per_epoch + start_step
     if log:
         log(f"training {model_cfg.arch}(width={model_cfg.width}, head={model_cfg.head}) on "
-            f"{train_set.name} ({n} images) for {cfg.epochs} epochs [{rt.describe()}"
-            f"{f', {info.world} ranks' if info.active else ''}]")
+            f"{train_set.name} ({n} images{', streamed' if streamed else ''}) for {cfg.epochs} epochs "
+            f"[{rt.describe()}{f', {info.world} ranks' if info.active else ''}]")
     try:
         for epoch in range(start_epoch, cfg.epochs):
             net.train()
-            perm = epoch_permutation(n, cfg.seed, epoch).to(rt.device)
             first = start_step if epoch == start_epoch else 0
             counters = torch.zeros(3, device=rt.device, dtype=torch.float64)  # loss sum, correct, seen
             t0 = time.perf_counter()
-            bar = tqdm(range(first, steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                       disable=not progress, leave=False, unit="step")
-            for step in bar:
-                gidx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                start, length = shard(len(gidx), info)
-                idx = gidx[start : start + length]
-                x = images[idx].float().div_(255.0)
-                x = rt.layout(augment_batch(x, cfg.pad, hflip, step_generator(cfg.seed, epoch, step),
-                                            rows=(start, len(gidx))))
-                y = labels[idx]
+            bar = tqdm(feeder.epoch(epoch, first), total=steps_per_epoch - first,
+                       desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False, unit="step")
+            for step, x, y, n_global in bar:
                 for g in opt.param_groups:
                     g["lr"] = lr_at(cfg, global_step, total_steps, steps_per_epoch)
                 with rt.autocast():
                     out = net(x)
-                loss = scaled_loss(out.logits, y, len(gidx), info)
+                loss = scaled_loss(out.logits, y, n_global, info)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
                 with torch.no_grad():
-                    counters[0] += loss.detach().double() * (len(gidx) / info.world)
-                    counters[1] += (out.logits.detach().argmax(1) == y).sum()
-                    counters[2] += len(y)
+                    valid = y != IGNORE_LABEL
+                    counters[0] += loss.detach().double() * (n_global / info.world)
+                    counters[1] += ((out.logits.detach().argmax(1) == y) & valid).sum()
+                    counters[2] += valid.sum()
                 global_step += 1
                 if step % 20 == 0 or step == steps_per_epoch - 1:
                     tot = all_reduce_sum(counters.clone())
@@ -286,6 +402,7 @@ def _train(
                     checkpoint(epoch, step + 1)
                     return TrainResult(model, history, run_dir)
             bar.close()
+            feeder.report(epoch)
             dt = time.perf_counter() - t0
             tot = all_reduce_sum(counters.clone())
             seen = max(1.0, float(tot[2]))
@@ -318,7 +435,8 @@ def _train(
             dist.destroy_process_group()
 
 
-def _finish(run_dir: Path, model: Classifier, model_cfg: ModelConfig, cfg: TrainConfig, train_set: ImageSet,
+def _finish(run_dir: Path, model: Classifier, model_cfg: ModelConfig, cfg: TrainConfig,
+            train_set: ImageSet | StreamingSet,
             test_data: str | None, history: list[dict[str, Any]], rt: Runtime, world: int) -> None:
     """Write the weights and the run record; keep calibrations that belong to identical weights."""
     from .. import record as run_record
@@ -334,8 +452,9 @@ def _finish(run_dir: Path, model: Classifier, model_cfg: ModelConfig, cfg: Train
         if old is not None and old.weights_sha256 == digest:
             kept = dict(old.calibrations)
     data = run_record.data_record(train_set, test_data)
-    rec = run_record.new_record(model_cfg, cfg, data, weights_sha256=digest,
-                                history=history, runtime=rt.describe(), world_size=world, calibrations=kept)
+    rec = run_record.new_record(model_cfg, cfg, data, weights_sha256=digest, history=history,
+                                runtime=rt.describe(), world_size=world, calibrations=kept,
+                                fit="imagenet" if isinstance(train_set, StreamingSet) else "resize")
     run_record.write_record(run_dir, rec)
 
 
@@ -367,7 +486,21 @@ def init_backbone(model: Classifier, source: str | Path) -> str:
     return run_record.file_sha256(file)
 
 
+def load_pretrained(model: Classifier, path: str | Path) -> str:
+    """Initialize ``model``'s backbone from a pretrained weights file (safetensors, or a torch checkpoint read
+    with ``weights_only=True``; see :func:`l2ood.models.adapters.load_backbone_weights`); the head keeps its
+    fresh initialization. Returns the file's SHA-256 (recorded in the run)."""
+    from .. import record as run_record
+    from ..models.adapters import load_backbone_weights, read_weights_file
+
+    left_out = load_backbone_weights(model.backbone, read_weights_file(path), f"--pretrained {path}")
+    if left_out and len(left_out) > 8:
+        warnings.warn(f"--pretrained {path}: {len(left_out)} tensors not used by the backbone "
+                      f"(e.g. {left_out[:3]})", stacklevel=2)
+    return run_record.file_sha256(path)
+
+
 def _resume_key(train_cfg: dict[str, Any]) -> dict[str, Any]:
     """Settings that must match to resume (device/precision/checkpoint cadence may change)."""
     return {k: v for k, v in train_cfg.items()
-            if k not in ("device", "precision", "checkpoint_every_steps", "extra", "compile")}
+            if k not in ("device", "precision", "checkpoint_every_steps", "extra", "compile", "workers")}
