@@ -150,8 +150,9 @@ def decode_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXEL
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageReadError(f"image too large (decompression-bomb guard): {e}") from None
     except UnidentifiedImageError:
-        raise ImageReadError(f"not a recognized image format ({Path(name).suffix or 'no extension'} "
-                             "file whose content is not PNG/JPEG/BMP/TIFF/WebP/GIF)") from None
+        what = "data" if name == "<bytes>" else f"{Path(name).suffix or 'no extension'} file"
+        raise ImageReadError(f"not a recognized image format ({what} whose content is not "
+                             "PNG/JPEG/BMP/TIFF/WebP/GIF)") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct_error) as e:
         raise ImageReadError(f"corrupt or truncated image: {e}") from None
     except MemoryError:

@@ -117,6 +117,22 @@ def _holder(fd: int) -> str:
         return "another process"
 
 
+_HELD: set[int] = set()  # descriptors of the run locks this process holds
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (e.g. a DataLoader worker): close the copies of the parent's lock descriptors, so
+    the lock dies with its holder — a worker outliving a killed trainer must not keep the folder locked."""
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: str | Path, what: str = "") -> Iterator[None]:
     """Hold the run folder's writer lock (creating the folder); :class:`RunError` when another process has it."""
@@ -134,6 +150,7 @@ def run_lock(run_dir: str | Path, what: str = "") -> Iterator[None]:
             raise RunError(f"{run_dir} is in use by {_holder(fd)}: one writer at a time; wait for it to finish "
                            "or stop it") from None
         locked = True
+        _HELD.add(fd)
         info = {"pid": os.getpid(), "host": socket.gethostname(),
                 "command": what or " ".join(sys.argv[:4]), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         with contextlib.suppress(OSError):
@@ -142,6 +159,7 @@ def run_lock(run_dir: str | Path, what: str = "") -> Iterator[None]:
         yield
     finally:
         if locked:
+            _HELD.discard(fd)
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
         os.close(fd)  # releases the lock
