@@ -13,7 +13,7 @@ from l2ood.runtime import resolve_runtime
 
 FEATURE_DETECTORS = [n for n, c in DETECTORS.items() if not c.needs_model]
 INPUT_DETECTORS = [n for n, c in DETECTORS.items() if c.needs_model]
-SMALL = {"knn": {"k": 3}, "vim": {"dim": 4}}
+SMALL = {"knn": {"k": 3}, "vim": {"dim": 4}, "nnguide": {"k": 3}}
 
 
 @st.composite
@@ -72,8 +72,12 @@ def test_every_input_detector_is_finite(seed: int, mode: str, fill: float) -> No
 
 def test_registry_holds_the_issue_list() -> None:
     expected = {"feature_norm", "l1_norm", "msp", "maxlogit", "energy", "odin", "mahalanobis", "rmds",
-                "mahalanobis++", "knn", "vim", "react", "ash_s", "gen"}
+                "mahalanobis++", "knn", "vim", "react", "ash_s", "gen",
+                # issue 14
+                "scale", "ash_p", "ash_b", "fdbd", "nnguide", "dice", "she", "klm", "gradnorm", "residual",
+                "relation", "rankfeat", "openmax", "temp_scale", "entropy"}
     assert expected <= set(DETECTORS), expected - set(DETECTORS)
+    assert len(DETECTORS) >= 28
     import importlib
     import re
 

@@ -39,13 +39,17 @@ def ash_s(z: Tensor, percentile: float = 90.0) -> Tensor:
     k = ash_keep_count(z.shape[1], percentile)
     s1 = z.sum(dim=1)
     values, idx = z.topk(k, dim=1)
-    s2 = values.sum(dim=1)
+    ratio = sharpening_exponent(s1, values.sum(dim=1))
+    return torch.zeros_like(z).scatter_(1, idx, values * ratio.exp().unsqueeze(1))
+
+
+def sharpening_exponent(s1: Tensor, s2: Tensor) -> Tensor:
+    """``s1 / s2`` per row, 0 where ``s2 = 0``, clamped at 80 (shared by ASH-S and SCALE)."""
     nonzero = s2 != 0
     ratio = torch.where(nonzero, s1 / torch.where(nonzero, s2, torch.ones_like(s2)), torch.zeros_like(s2))
     # exp(s1/s2) overflows fp32 beyond 88: s1/s2 ≤ D/k for non-negative features (≈ 10 at the default 90th
     # percentile), larger only for extreme percentiles or negative entries; the clamp keeps the result finite
-    ratio = ratio.clamp(max=80.0)
-    return torch.zeros_like(z).scatter_(1, idx, values * ratio.exp().unsqueeze(1))
+    return ratio.clamp(max=80.0)
 
 
 @register

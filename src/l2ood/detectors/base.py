@@ -8,11 +8,11 @@ logits are formed) to one score per image. Detectors never take a model by name.
 * Post-hoc detectors implement :meth:`Detector.score` only.
 * Detectors that need ID training statistics set ``needs_fit = True`` and implement
   :meth:`Detector.fit`, which consumes the training outputs in row chunks (:meth:`Extraction.chunks`)
-  so extra memory stays O(chunk·D + D²) (KNN must keep its bank: O(N·D)).
+  so extra memory stays O(chunk·D + D²) (KNN, NNGuide and Relation must keep a bank: O(N·D)).
 * Detectors that read logits set ``uses_logits = True``: for models trained with a normalized head
   they are run on both logit variants (``name:trained`` and ``name:raw``).
-* Detectors that need gradients w.r.t. the input (ODIN) subclass :class:`InputDetector` and score
-  images with the model instead.
+* Detectors that need gradients w.r.t. the input (ODIN) or feature maps before pooling (RankFeat) subclass
+  :class:`InputDetector` and score images with the model instead.
 
 Registry: :data:`DETECTORS`, filled by the :func:`register` decorator — the single source of names.
 """

@@ -51,6 +51,15 @@ class Head:
         """Logits of features ``z`` in this head's variant."""
         return head_logits(z.float(), self.weight, self.bias, self.mode, self.tau, self.variant)
 
+    def inputs(self, z: Tensor) -> Tensor:
+        """What the linear layer ``W, b`` sees in this variant (fp32): ``z/‖z‖`` (``l2``), ``z/(τ‖z‖)``
+        (``t2fnorm``) for the trained logits, else ``z`` (``ce``, ``logitnorm``, every ``raw`` variant)."""
+        z = z.float()
+        if self.variant == "trained" and self.mode in ("l2", "t2fnorm"):
+            n = z.norm(p=2, dim=1, keepdim=True).clamp_min(1e-12)  # the eps of head_logits
+            return z / (n if self.mode == "l2" else n * self.tau)
+        return z
+
     def raw(self) -> Head:
         """The same head with every normalization removed (``W·z + b``)."""
         return replace(self, variant="raw")

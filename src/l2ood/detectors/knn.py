@@ -52,6 +52,23 @@ def _similarity(q: Tensor, b: Tensor) -> Tensor:
     return q @ b.T
 
 
+def topk_similarities(q: Tensor, bank: Tensor, k: int, bank_chunk: int) -> Tensor:
+    """The ``k`` largest inner products ``q · bankᵀ`` per row of ``q`` (``q × k``, unsorted), computed over
+    bank blocks of ``bank_chunk`` rows and merged (top ``k`` of the running top ``k`` and each block's)."""
+    best: Tensor | None = None  # running top-k similarities (q × ≤k), unsorted
+    for s in range(0, bank.shape[0], bank_chunk):
+        sim = _similarity(q, bank[s : s + bank_chunk])
+        top = sim.topk(min(k, sim.shape[1]), dim=1, sorted=False).values
+        del sim
+        if best is not None:
+            both = torch.cat([best, top], dim=1)
+            top = both.topk(min(k, both.shape[1]), dim=1, sorted=False).values
+            del both
+        best = top
+    assert best is not None and best.shape[1] == k
+    return best
+
+
 def _check_positive_int(name: str, v: int) -> None:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ConfigError(f"{name} must be a positive integer, got {v!r}")
@@ -108,19 +125,7 @@ class KNN(Detector):
 
     def _kth_similarity(self, q: Tensor, bank: Tensor) -> Tensor:
         """The ``k``-th largest similarity of each row of ``q`` to ``bank``, merged block by block."""
-        k = self.k
-        best: Tensor | None = None  # running top-k similarities (q × ≤k), unsorted
-        for s in range(0, bank.shape[0], self.bank_chunk):
-            sim = _similarity(q, bank[s : s + self.bank_chunk])
-            top = sim.topk(min(k, sim.shape[1]), dim=1, sorted=False).values
-            del sim
-            if best is not None:
-                both = torch.cat([best, top], dim=1)
-                top = both.topk(min(k, both.shape[1]), dim=1, sorted=False).values
-                del both
-            best = top
-        assert best is not None and best.shape[1] == k
-        return best.min(dim=1).values
+        return topk_similarities(q, bank, self.k, self.bank_chunk).min(dim=1).values
 
     def score(self, x: Extraction, head: Head) -> Tensor:
         bank = self.bank

@@ -69,7 +69,7 @@ class ViM(Detector):
     # -- fitted state -------------------------------------------------------------------------
     def _fitted(self) -> tuple[Tensor, Tensor]:
         if self._u is None or self._residual is None:
-            raise RuntimeError("vim is not fitted: call fit(train, head) before score()")
+            raise RuntimeError(f"{self.name} is not fitted: call fit(train, head) before score()")
         return self._u, self._residual
 
     @property
@@ -103,7 +103,7 @@ class ViM(Detector):
         """``r(z) = ‖(z − u)ᵀP⊥‖₂`` ``(N,)``, float64, computed in row chunks."""
         u, p = self._fitted()
         if z.ndim != 2 or z.shape[1] != u.shape[0]:
-            raise ConfigError(f"vim: features of shape {tuple(z.shape)} do not match the fitted "
+            raise ConfigError(f"{self.name}: features of shape {tuple(z.shape)} do not match the fitted "
                              f"dimension {u.shape[0]}")
         out = torch.empty(z.shape[0], dtype=torch.float64)
         for s in range(0, z.shape[0], self.chunk_size):
@@ -114,10 +114,10 @@ class ViM(Detector):
     def fit(self, train: Extraction, head: Head) -> ViM:
         n, d = train.features.shape
         if n == 0:
-            raise ConfigError("vim: the ID training set is empty")
+            raise ConfigError(f"{self.name}: the ID training set is empty")
         dim = default_dim(d) if self.dim is None else self.dim
         if dim >= d:
-            raise ConfigError(f"vim: dim={dim} must be smaller than the feature dimension D={d}")
+            raise ConfigError(f"{self.name}: dim={dim} must be smaller than the feature dimension D={d}")
         u = self.origin_of(head)
         heads = {v: replace(head, variant=v) for v in _VARIANTS}
         # pass 1: second moment of z − u (float64) and the mean max logit of each variant
@@ -136,7 +136,7 @@ class ViM(Detector):
         r_mean = sum(self.residual_norm(c.features).sum().item() for c in train.chunks(self.chunk_size)) / n
         if not r_mean > 1e-12 * float(second.trace().sqrt()):  # degenerate: exactly in the subspace
             self._u = self._residual = None
-            raise ConfigError(f"vim: the ID training features have no component outside the top-{dim} "
+            raise ConfigError(f"{self.name}: the ID training features have no component outside the top-{dim} "
                              f"principal subspace (mean residual {r_mean:.3g}); use a smaller dim")
         self._alpha = {v: max_logit[v] / n / r_mean for v in _VARIANTS}
         self._head = (head.weight, head.bias)
