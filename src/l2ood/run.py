@@ -100,10 +100,11 @@ class Run:
 
     @classmethod
     def from_model(cls, model: Classifier, config: ModelConfig, *, device: str = "auto",
-                   precision: str = "auto") -> Run:
+                   precision: str = "auto", fit: str = "resize") -> Run:
         """Wrap an in-memory model (no data spec: pass data explicitly to evaluate or calibrate it).
 
-        Mean/std and the class count are taken from the model itself."""
+        Mean/std and the class count are taken from the model itself; ``fit`` is how files are brought to
+        its input size (:mod:`l2ood.data.preprocess`)."""
         from dataclasses import replace
 
         config = replace(config, mean=model.input_mean.flatten().tolist(),
@@ -113,8 +114,47 @@ class Run:
             config = replace(config, mean=config.mean * 3, std=config.std * 3)
         config.validate()
         rec = new_record(config, _default_train(), DataRecord(train=None, n_train=0),
-                         weights_sha256="0" * 64, history=[], runtime="in memory")
+                         weights_sha256="0" * 64, history=[], runtime="in memory", fit=fit)
         return cls(rec, None, model=model, device=device, precision=precision)
+
+    @classmethod
+    def from_pretrained(cls, arch: str, weights: str | Path, *, width: int = 64,
+                        image_size: tuple[int, int] = (224, 224),
+                        mean: list[float] | None = None, std: list[float] | None = None, fit: str = "imagenet",
+                        device: str = "auto", precision: str = "auto") -> Run:
+        """A pretrained classifier, head included, from a weights file (safetensors, or a torch checkpoint read
+        with ``weights_only=True``) for post-hoc evaluation without training — e.g. torchvision's ImageNet
+        ResNet50: ``Run.from_pretrained("torchvision:resnet50", "resnet50.safetensors")``.
+
+        The head is the one ``(C, D)`` weight (+ ``(C,)`` bias) the backbone does not use, with ``D`` the
+        backbone's feature size; inputs are normalized with ``mean``/``std`` (default ImageNet's) and
+        files are read at ``image_size`` through ``fit`` (default: shorter side 256/224, centre crop).
+        ``width`` applies to l2ood's own architectures only."""
+        import torch
+
+        from .data.stream import IMAGENET_MEAN, IMAGENET_STD
+        from .models import build_model
+        from .models.adapters import load_backbone_weights, read_weights_file
+
+        tensors = read_weights_file(weights)
+        cfg = ModelConfig(arch=arch, width=width, head="ce", num_classes=2, image_size=image_size,
+                          mean=list(mean or IMAGENET_MEAN), std=list(std or IMAGENET_STD))
+        probe = build_model(cfg)
+        left = load_backbone_weights(probe.backbone, tensors, f"{weights}")
+        dim = probe.fc.in_features
+        heads = [k for k in left if k.endswith("weight") and tensors[k].ndim == 2 and tensors[k].shape[1] == dim
+                 and k[: -len("weight")] + "bias" in tensors]
+        if len(heads) != 1:
+            raise RunError(f"{weights}: expected one classifier head (a C×{dim} weight with its bias) besides the "
+                           f"backbone, found {len(heads)}: {heads[:4]}")
+        w, b = tensors[heads[0]], tensors[heads[0][: -len("weight")] + "bias"]
+        cfg.num_classes = int(w.shape[0])
+        model = build_model(cfg)
+        load_backbone_weights(model.backbone, tensors, f"{weights}")
+        with torch.no_grad():
+            model.fc.weight.copy_(w)
+            model.fc.bias.copy_(b)
+        return cls.from_model(model.eval(), cfg, device=device, precision=precision, fit=fit)
 
     # -------------------------------------------------------------------------------------------- model
     @cached_property

@@ -23,17 +23,32 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
         "id": "cifar100", "channels": 3, "size": [32, 32],
         "ood": {"near": ["cifar10", "tin"], "far": ["mnist", "svhn", "dtd", "places365"]},
     },
-    # OpenOOD v1.5 ImageNet-200 through its image lists (benchmark_imglist/ + images_largescale/)
+    # OpenOOD v1.5 ImageNet-200 through its image lists (benchmark_imglist/ + images_largescale/), at 224 px:
+    # streamed (random resized crop + flip for training; shorter side 256 + centre crop 224 for evaluation)
     "imagenet200": {
         "id": "imglist:{root}/benchmark_imglist/imagenet200/test_imagenet200.txt@{root}/images_largescale",
         "train": "imglist:{root}/benchmark_imglist/imagenet200/train_imagenet200.txt@{root}/images_largescale",
-        "channels": 3, "size": [64, 64],
+        "channels": 3, "size": [224, 224], "stream": True,
         "ood": {
             "near": ["imglist:{root}/benchmark_imglist/imagenet200/test_ssb_hard.txt@{root}/images_largescale",
                      "imglist:{root}/benchmark_imglist/imagenet200/test_ninco.txt@{root}/images_largescale"],
             "far": ["imglist:{root}/benchmark_imglist/imagenet200/test_inaturalist.txt@{root}/images_largescale",
                     "imglist:{root}/benchmark_imglist/imagenet200/test_textures.txt@{root}/images_largescale",
                     "imglist:{root}/benchmark_imglist/imagenet200/test_openimage_o.txt@{root}/images_largescale"],
+        },
+    },
+    # OpenOOD v1.5 ImageNet-1k (full-spectrum lists), for post-hoc evaluation of a pretrained classifier
+    # (recipe "pretrained-resnet50"); fitted detectors use the training list (subsample with --n-fit)
+    "imagenet": {
+        "id": "imglist:{root}/benchmark_imglist/imagenet/test_imagenet.txt@{root}/images_largescale",
+        "train": "imglist:{root}/benchmark_imglist/imagenet/train_imagenet.txt@{root}/images_largescale",
+        "channels": 3, "size": [224, 224], "stream": True,
+        "ood": {
+            "near": ["imglist:{root}/benchmark_imglist/imagenet/test_ssb_hard.txt@{root}/images_largescale",
+                     "imglist:{root}/benchmark_imglist/imagenet/test_ninco.txt@{root}/images_largescale"],
+            "far": ["imglist:{root}/benchmark_imglist/imagenet/test_inaturalist.txt@{root}/images_largescale",
+                    "imglist:{root}/benchmark_imglist/imagenet/test_textures.txt@{root}/images_largescale",
+                    "imglist:{root}/benchmark_imglist/imagenet/test_openimage_o.txt@{root}/images_largescale"],
         },
     },
     # What exists offline on this project's machines (../shared/data, see its SOURCES.md): CIFAR-10 as a
@@ -60,6 +75,13 @@ RECIPES: dict[str, dict[str, Any]] = {
                        "weight_decay": 5e-4, "schedule": "cosine", "pad": 4},
     "openood": {"arch": "resnet18", "width": 64, "epochs": 100, "batch_size": 128, "lr": 0.1,
                 "weight_decay": 5e-4, "schedule": "cosine", "pad": 4},
+    # OpenOOD v1.5 ImageNet-200 baseline: torchvision-layout ResNet18 at 224 px, 90 epochs, SGD (Nesterov,
+    # momentum 0.9, wd 5e-4), lr 0.1 cosine, batch 128 per GPU on 2 GPUs (scripts/ood/*/imagenet200_train_*.sh)
+    "openood-imagenet200": {"arch": "torchvision:resnet18", "width": 64, "epochs": 90, "batch_size": 256,
+                            "lr": 0.1, "weight_decay": 5e-4, "schedule": "cosine", "pad": 0},
+    # no training: a pretrained ImageNet-1k classifier (head included) from a weights file (--pretrained FILE)
+    "pretrained-resnet50": {"arch": "torchvision:resnet50", "width": 64, "epochs": 0, "batch_size": 256,
+                            "lr": 0.0, "weight_decay": 0.0, "schedule": "cosine", "pad": 0, "pretrained": True},
     "cpu-small": {"arch": "resnet18", "width": 16, "epochs": 10, "batch_size": 128, "lr": 0.1,
                   "weight_decay": 5e-4, "schedule": "cosine", "pad": 4},
 }

@@ -21,11 +21,14 @@ from typing import Any
 import numpy as np
 
 from .. import jsonio
-from ..data import ImageSet, load_dataset
+from ..data import load_dataset
+from ..data.stream import open_stream
 from ..errors import ConfigError
-from ..models import ARCHITECTURES, HEAD_MODES, ModelConfig
-from ..pipeline import train_and_evaluate
+from ..evaluation import EvalResult, evaluate
+from ..models import ARCHITECTURES, HEAD_MODES, ModelConfig, _known_arch
+from ..pipeline import STREAMABLE, Images, train_and_evaluate
 from ..provenance import code_version, code_version_line
+from ..run import Run
 from ..train import TrainConfig
 from .definitions import BENCHMARKS, RECIPES, resolve
 
@@ -47,12 +50,21 @@ class BenchSpec:
     n_id: int | None = None
     compile: bool = False
     progress: bool = True
+    pretrained: str | None = None  # weights file: fine-tune from it, or (recipe "pretrained-*") evaluate it
+    n_fit: int | None = None  # seeded subset of the training images for fitted detectors (post-hoc recipes)
+    workers: int | None = None  # streamed benchmarks: DataLoader workers
 
     def validate(self) -> None:
         """Check the matrix before anything is loaded or trained."""
-        bad = [a for a in self.archs if a not in ARCHITECTURES]
+        bad = []
+        for a in self.archs:
+            try:
+                _known_arch(a)
+            except ValueError:
+                bad.append(a)
         if bad:
-            raise ConfigError(f"unknown architecture(s) {', '.join(bad)}; known: {', '.join(ARCHITECTURES)}")
+            raise ConfigError(f"unknown architecture(s) {', '.join(bad)}; known: {', '.join(ARCHITECTURES)}, "
+                              "timm:NAME, torchvision:NAME")
         bad = [v for v in self.variants if v not in HEAD_MODES]
         if bad:
             raise ConfigError(f"unknown variant(s) {', '.join(bad)}; known: {', '.join(HEAD_MODES)}")
@@ -60,9 +72,18 @@ class BenchSpec:
             raise ConfigError("the matrix needs at least one architecture, variant and seed")
 
 
-def _load(name: str, split: str, spec: BenchSpec, bdef: dict[str, Any], n: int | None = None) -> ImageSet:
-    return load_dataset(resolve(name, spec.data_root), split, root=spec.data_root, n=n, seed=0,
-                        channels=int(bdef["channels"]), size=tuple(bdef["size"]))
+def _size(spec: BenchSpec, bdef: dict[str, Any]) -> tuple[int, int]:
+    side = (spec.overrides or {}).get("size")
+    return (int(side), int(side)) if side else (int(bdef["size"][0]), int(bdef["size"][1]))
+
+
+def _load(name: str, split: str, spec: BenchSpec, bdef: dict[str, Any], n: int | None = None) -> Images:
+    """A benchmark data set: streamed (an index read batch by batch) when the definition says so, else in memory."""
+    name = resolve(name, spec.data_root)
+    if bdef.get("stream") and name.startswith(STREAMABLE):
+        return open_stream(name, split, root=spec.data_root, size=_size(spec, bdef)).subset(n, seed=0)
+    return load_dataset(name, split, root=spec.data_root, n=n, seed=0, channels=int(bdef["channels"]),
+                        size=_size(spec, bdef))
 
 
 def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> tuple[Path, Path]:
@@ -80,10 +101,13 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> tuple[Path
         "benchmark": spec.benchmark, "definition": bdef, "recipe": spec.recipe, "hyper": recipe,
         "archs": spec.archs, "variants": spec.variants, "seeds": spec.seeds, "detectors": spec.detectors,
         "n_ood": spec.n_ood, "n_id": spec.n_id, "code_version": code_version()}, indent=2))
-    train_set = _load(bdef.get("train", bdef["id"]), "train", spec, bdef)
+    posthoc = bool(recipe.get("pretrained"))
+    if posthoc and not spec.pretrained:
+        raise ConfigError(f"recipe '{spec.recipe}' evaluates a pretrained classifier: pass --pretrained FILE")
+    train_set = _load(bdef.get("train", bdef["id"]), "train", spec, bdef, spec.n_fit if posthoc else None)
     id_test = _load(bdef["id"], "test", spec, bdef, spec.n_id)
     groups: dict[str, str] = {}
-    ood_sets: list[ImageSet] = []
+    ood_sets: list[Images] = []
     for group, names in bdef["ood"].items():
         for nm in names:
             ds = _load(nm, "test", spec, bdef, spec.n_ood)
@@ -103,12 +127,19 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> tuple[Path
                 run_dir = spec.out / arch / variant / f"seed{seed}"
                 log(f"cell {arch}/{variant}/seed{seed}: " + ("evaluating" if (run_dir / "model.json").is_file()
                                                             else "training") + f", {len(spec.detectors)} detectors")
+                if posthoc:
+                    r = _posthoc_cell(spec, arch, variant, int(recipe["width"]), bdef, train_set, id_test, ood_sets,
+                                      log)
+                    cell.write_text(jsonio.dumps({"arch": arch, "variant": variant, "seed": seed,
+                                                "requested": spec.detectors, "groups": groups, "train_seconds": 0.0,
+                                                "code_version": code_version(), "results": r.results}, indent=1))
+                    continue
                 mcfg = ModelConfig(arch=arch, width=int(recipe["width"]), head=variant)
                 tcfg = TrainConfig(epochs=int(recipe["epochs"]), batch_size=int(recipe["batch_size"]),
                                    lr=float(recipe["lr"]), weight_decay=float(recipe["weight_decay"]),
                                    schedule=str(recipe["schedule"]), pad=int(recipe["pad"]), seed=seed,
                                    device=spec.device, precision=spec.precision, compile=spec.compile,
-                                   extra={"recipe": spec.recipe})
+                                   pretrained=spec.pretrained, workers=spec.workers, extra={"recipe": spec.recipe})
                 run, r = train_and_evaluate(train_set, mcfg, tcfg, run_dir, ood_sets=ood_sets,
                                             detectors=spec.detectors, id_test=id_test, data_root=spec.data_root,
                                             test_data=resolve(bdef["id"], spec.data_root),
@@ -119,6 +150,21 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> tuple[Path
                                             "code_version": code_version(),
                                             "results": r.results}, indent=1))
     return aggregate(spec.out)
+
+
+def _posthoc_cell(spec: BenchSpec, arch: str, variant: str, width: int, bdef: dict[str, Any], fit_set: Images,
+                  id_test: Images, ood_sets: list[Images], log: Callable[[str], None]) -> EvalResult:
+    """Evaluate a pretrained classifier (no training): detectors that need statistics are fitted on
+    ``fit_set`` (the benchmark's training images, a seeded subset of ``--n-fit``)."""
+    if variant != "ce":
+        raise ConfigError(f"a pretrained classifier is evaluated as it was trained: use --variants ce (got {variant})")
+    assert spec.pretrained is not None
+    run = Run.from_pretrained(arch, spec.pretrained, width=width, image_size=_size(spec, bdef), device=spec.device,
+                              precision=spec.precision, fit="imagenet" if bdef.get("stream") else "resize")
+    log(f"post-hoc: {arch} from {spec.pretrained} ({run.config.num_classes} classes), detectors fitted on "
+        f"{len(fit_set)} training images")
+    return evaluate(run, id_test, ood_sets, spec.detectors, fit_set=fit_set, progress=spec.progress,
+                    batch_size=256)
 
 
 def _nan_if_none(v: float | None) -> float:

@@ -228,6 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--lr", type=_positive_float, default=None)
     bn.add_argument("--n-ood", type=_positive_int, default=None, help="seeded subset size per OoD set")
     bn.add_argument("--n-id", type=_positive_int, default=None, help="seeded subset of the ID test set")
+    bn.add_argument("--image-size", type=_positive_int, default=None, metavar="PX",
+                    help="override the benchmark's input size (e.g. a quick imagenet200 run at 64 px)")
+    bn.add_argument("--pretrained", default=None, metavar="FILE",
+                    help="weights file: fine-tune every cell's backbone from it; with a pretrained-* recipe, the "
+                         "classifier (head included) evaluated without training")
+    bn.add_argument("--n-fit", type=_positive_int, default=None,
+                    help="pretrained-* recipes: seeded subset of training images for fitted detectors")
+    bn.add_argument("--workers", type=_nonneg_int, default=None, help="streamed benchmarks: DataLoader workers")
     bn.add_argument("--compile", action="store_true")
     bn.add_argument("--out", default=None, help="output folder (default runs/bench-<benchmark>-<recipe>)")
     _add_runtime(bn)
@@ -545,13 +553,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     over = {k: v for k, v in (("width", args.width), ("epochs", args.epochs), ("batch_size", args.batch_size),
-                              ("lr", args.lr)) if v is not None}
+                              ("lr", args.lr), ("size", args.image_size)) if v is not None}
     spec = BenchSpec(args.benchmark, args.recipe,
                      args.archs.split(",") if args.archs else [RECIPES[args.recipe]["arch"]],
                      [v.strip() for v in args.variants.split(",") if v.strip()], seeds,
                      parse_detectors(args.detectors), Path(args.out or f"runs/bench-{args.benchmark}-{args.recipe}"),
                      args.data_root, over, args.device, args.precision, args.n_ood, args.n_id, args.compile,
-                     not args.no_progress)
+                     not args.no_progress,
+                     str(Path(args.pretrained).absolute()) if args.pretrained else None, args.n_fit, args.workers)
     csv_path, md_path = run_bench(spec, log=_log)
     print(md_path.read_text())
     print(f"wrote {csv_path} and {md_path}")

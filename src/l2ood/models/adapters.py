@@ -69,7 +69,8 @@ def from_timm(name: str, pretrained: bool = False, in_channels: int = 3) -> Pool
     pre-logits layer), else ``num_features``.
     """
     timm = _optional_import("timm", "timm", "from_timm")
-    if not pretrained and name not in timm.list_models():
+    is_model = getattr(timm, "is_model", None)
+    if is_model is not None and not is_model(name.split(".")[0]):  # "resnet50.a1_in1k": a name + pretrained tag
         raise ConfigError(f"timm has no model '{name}' (timm.list_models() lists the names)")
     body = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_channels)
     dim = getattr(body, "head_hidden_size", None) or body.num_features
@@ -102,7 +103,7 @@ def from_torchvision(name: str, weights: Any = None) -> PooledBackbone:
     ``feature_dim`` is inferred by one forward pass of a ``(1, 3, 224, 224)`` zero batch in eval mode.
     """
     tv_models = _optional_import("torchvision.models", "torchvision", "from_torchvision")
-    if name not in tv_models.list_models():
+    if hasattr(tv_models, "list_models") and name not in tv_models.list_models():
         raise ConfigError(f"torchvision has no model '{name}' (torchvision.models.list_models() lists the names)")
     body = tv_models.get_model(name, weights=weights)
     _strip_head(body, name)

@@ -287,10 +287,10 @@ def _train(
         run_dir.mkdir(parents=True, exist_ok=True)
     streamed = isinstance(train_set, StreamingSet)
     if model_cfg.mean == [0.0] and model_cfg.std == [1.0]:
-        if not isinstance(train_set, StreamingSet):
-            model_cfg.mean, model_cfg.std = channel_stats(train_set.images)
-        elif cfg.pretrained or cfg.init_from:  # a pretrained backbone keeps the normalization it was trained with
+        if cfg.pretrained and train_set.shape[0] == 3:  # a pretrained backbone keeps its (ImageNet) normalization
             model_cfg.mean, model_cfg.std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+        elif not isinstance(train_set, StreamingSet):
+            model_cfg.mean, model_cfg.std = channel_stats(train_set.images)
         else:
             model_cfg.mean, model_cfg.std = sample_stats(train_set, seed=cfg.seed, workers=cfg.workers)
     model_cfg.in_channels, h, w = train_set.shape
