@@ -3,10 +3,14 @@
     python examples/train_l2_on_folder.py --data PHOTOS/ --init-from runs/pretrained --out runs/mine
     python examples/train_l2_on_folder.py --small        # generated data: pretrain, then fine-tune; ~15 s
 
-`--init-from` takes the backbone of an earlier l2ood run (same architecture and width) and trains a new L2
-head (and the backbone) on your classes; without it the model is trained from scratch. The run folder records
-the exact data spec and the source weights' digest, so `l2ood evaluate`, `calibrate` and `screen` work on it
-afterwards. (timm/torchvision backbones with their own pretrained weights are the next step of the roadmap.)
+    python examples/train_l2_on_folder.py --data PHOTOS/ --arch torchvision:resnet50 \
+        --pretrained resnet50.safetensors --image-size 224 --out runs/mine     # streamed photos, any backbone
+
+`--init-from` takes the backbone of an earlier l2ood run (same architecture and width), `--pretrained` a weights
+file of a timm/torchvision backbone (`--arch timm:NAME` / `torchvision:NAME`); either way a new L2 head (and the
+backbone) is trained on your classes; without them the model is trained from scratch. Images of 128 px and more
+are streamed from disk (`l2ood.data.stream`), smaller ones decoded into memory. The run folder records the exact
+data spec and the source weights' digest, so `l2ood evaluate`, `calibrate` and `screen` work on it afterwards.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="run folder (default: a temporary folder)")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--arch", default="resnet18", help="resnet18 (l2ood's CIFAR-style) or timm:NAME / torchvision:NAME")
+    ap.add_argument("--pretrained", default=None, help="weights file of the --arch backbone (safetensors or .pth)")
+    ap.add_argument("--image-size", type=int, default=32, help="input side in pixels (>= 128: streamed)")
     ap.add_argument("--small", action="store_true", help="generated data; pretrain 4 epochs, fine-tune 2; width 8")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="l2ood-example-"))
@@ -50,11 +57,14 @@ def main() -> None:
     if data is None:
         ap.error("--data is required (or --small)")
     out = Path(args.out or tmp / "run")
-    train_set, holdout = training_data(f"imagefolder:{data}", holdout=max(20, n_images(data) // 10), size=(32, 32))
+    side = args.image_size
+    train_set, holdout = training_data(f"imagefolder:{data}", holdout=max(20, n_images(data) // 10),
+                                       size=(side, side), data_path="auto")
     print(f"training on {len(train_set)} images of {train_set.num_classes} classes; {len(holdout or [])} held out"
           + (f"; backbone from {init_from}" if init_from else ""))
-    res = train(train_set, ModelConfig(width=width, head="l2"),
-                TrainConfig(epochs=epochs, batch_size=32, pad=4, init_from=init_from), out, progress=False, log=None)
+    res = train(train_set, ModelConfig(arch=args.arch, width=width, head="l2"),
+                TrainConfig(epochs=epochs, batch_size=32, pad=4, init_from=init_from, pretrained=args.pretrained),
+                out, progress=False, log=None)
     print(f"final train accuracy {100 * res.history[-1]['train_acc']:.1f} %")
     cal = calibrate_run(out, tpr=0.95)
     run = Run.load(out)

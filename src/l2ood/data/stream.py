@@ -426,9 +426,40 @@ class _Views(torch.utils.data.Dataset):
             return torch.zeros(3, *self.ds.size, dtype=torch.uint8), IGNORE_LABEL, f"{self.ds.describe_item(i)}: {e}"
 
 
+_LIBC: Any = None
+
+
+def _trim_heap() -> None:
+    """Return freed heap memory to the system (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Called by each DataLoader worker after every batch. Decoded photos are large buffers of varying size;
+    glibc raises its mmap threshold after each large free, so later decodes come from the heap, which then
+    fragments: without this a worker's memory grows with every image it decodes (measured: 125 → 680 MiB
+    over 20 000 photos of 375×500 px), with it the workers stay flat. Fixing the threshold instead
+    (``mallopt``) also bounds memory but costs a fifth of the throughput in page faults."""
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        import ctypes.util
+
+        name = ctypes.util.find_library("c")
+        try:
+            lib = ctypes.CDLL(name) if name else None
+            _LIBC = lib if lib is not None and hasattr(lib, "malloc_trim") else False
+        except OSError:
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
 def _collate(batch: list[tuple[Tensor, int, str]]) -> tuple[Tensor, Tensor, list[str]]:
-    return (torch.stack([b[0] for b in batch]), torch.as_tensor([b[1] for b in batch], dtype=torch.long),
-            [b[2] for b in batch if b[2]])
+    in_worker = torch.utils.data.get_worker_info() is not None
+    # default_collate stacks straight into shared memory inside a worker (no extra copy on the way out)
+    images = torch.utils.data.default_collate([b[0] for b in batch])
+    out = images, torch.as_tensor([b[1] for b in batch], dtype=torch.long), [b[2] for b in batch if b[2]]
+    if in_worker:
+        _trim_heap()
+    return out
 
 
 def default_workers() -> int:
