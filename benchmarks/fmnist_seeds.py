@@ -31,8 +31,14 @@ OOD = ["mnist", "textures", "noise"]
 
 
 def fmt(vals: list[float]) -> str:
+    """``mean ± sample std [min–max]`` in %: the range shows a seed that breaks away, which a std hides."""
     a = 100 * np.asarray(vals)
-    return f"{a.mean():.2f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.2f}"
+    if len(a) < 2:
+        return f"{a.mean():.2f}"
+    return f"{a.mean():.2f} ± {a.std(ddof=1):.2f} [{a.min():.1f}–{a.max():.1f}]"
+
+
+UNSTABLE = 10.0  # AUROC points between the best and the worst seed beyond which a result is called unstable
 
 
 def main() -> None:
@@ -87,7 +93,8 @@ def write_results(raw: dict[str, dict[str, object]], args: argparse.Namespace) -
         "random crop (pad 2) + horizontal flip; Fashion-MNIST train minus a 5 000-image holdout "
         "(55 000 images); ID test = the 10 000 Fashion-MNIST test images; OoD = MNIST test (10 000), "
         "textures (2 000 seeded patches of scikit-image's brick/grass/gravel), noise (2 000: 1 000 "
-        f"uniform + 1 000 Gaussian). Seeds {', '.join(map(str, args.seeds))}; mean ± sample std over seeds. "
+        f"uniform + 1 000 Gaussian). Seeds {', '.join(map(str, args.seeds))}; mean ± sample std [min–max] over "
+        "seeds. "
         f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, precision auto (bf16 autocast where supported).",
         "",
@@ -120,6 +127,29 @@ def write_results(raw: dict[str, dict[str, object]], args: argparse.Namespace) -
         for det in raw[keys[0]]["detectors"]:
             means[(heads[h], det)] = {s: float(np.mean([raw[k]["ood"][s]["detectors"][det]["auroc"] for k in keys]))
                                       for s in OOD}
+    # every seed's value for the method and each model's best detector, and where seeds disagree
+    lines += ["", "Every seed's AUROC (%) for ‖z‖ and for each model's best detector per OoD set (by mean):", "",
+              "| OoD set | model | detector | " + " | ".join(f"seed {sd}" for sd in args.seeds) + " | range |",
+              "|---|---|---|" + "---|" * (len(args.seeds) + 1)]
+    unstable: list[str] = []
+    for s in OOD:
+        for h in heads:
+            keys = [f"{h}/seed{sd}" for sd in args.seeds if f"{h}/seed{sd}" in raw]
+            if not keys:
+                continue
+            dets = list(raw[keys[0]]["detectors"])
+            best = max(dets, key=lambda d: float(np.mean([raw[k]["ood"][s]["detectors"][d]["auroc"] for k in keys])))
+            for det in dict.fromkeys(["feature_norm", best]):
+                vals = [100 * raw[k]["ood"][s]["detectors"][det]["auroc"] for k in keys]
+                rng = max(vals) - min(vals)
+                flag = " **unstable**" if rng > UNSTABLE else ""
+                lines.append(f"| {s} | {heads[h]} | {det} | " + " | ".join(f"{v:.1f}" for v in vals)
+                             + f" | {rng:.1f}{flag} |")
+                if rng > UNSTABLE:
+                    unstable.append(f"{heads[h]} {det} on {s} ({min(vals):.1f}–{max(vals):.1f})")
+    lines += ["", ("Unstable across seeds (range > 10 AUROC points): " + "; ".join(unstable)
+                   + ". A conclusion that rests on these sets rests on single seeds.") if unstable
+              else "No listed result moves by more than 10 AUROC points between seeds."]
     lines += ["", "Summary (computed from the table, mean AUROC over seeds):", ""]
     for s in OOD:
         ranked = sorted(means, key=lambda md: -means[md][s])
