@@ -51,10 +51,13 @@ def main() -> None:
     ap.add_argument("--detectors", default="feature_norm,msp,maxlogit,energy")
     ap.add_argument("--runs", default=str(ROOT / "runs" / "bench-fmnist"))
     ap.add_argument("--out", default=str(ROOT / "docs" / "RESULTS.md"))
-    ap.add_argument("--render-only", action="store_true", help="rewrite the markdown from docs/results/fmnist.json")
+    ap.add_argument("--combine", action="append", default=[], metavar="A,B",
+                    help="add a combined column (conformal p-values on the holdout, Bonferroni-min); repeatable")
+    ap.add_argument("--json", default=str(ROOT / "docs" / "results" / "fmnist.json"), help="raw results file")
+    ap.add_argument("--render-only", action="store_true", help="rewrite the markdown from the --json file")
     args = ap.parse_args()
     if args.render_only:
-        write_results(json.loads((ROOT / "docs" / "results" / "fmnist.json").read_text()), args)
+        write_results(json.loads(Path(args.json).read_text()), args)
         return
     detectors = parse_detectors(args.detectors)
     train_set, _ = training_data("fashion-mnist", holdout=5000)
@@ -67,17 +70,18 @@ def main() -> None:
                       TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed),
                       run, resume=True, progress=False)
             print(f"evaluating seed {seed} {head}", flush=True)
-            r = evaluate_run(run, OOD, detectors, seed=0)
+            r = evaluate_run(run, OOD, detectors, seed=0, combined=[c.split(",") for c in args.combine])
             r.save(run / "eval")
             raw[f"{head}/seed{seed}"] = r.results
-    write_results(raw, args)
+        write_results(raw, args)  # after every seed, so an interrupted benchmark still leaves its finished seeds
 
 
 def write_results(raw: dict[str, dict[str, object]], args: argparse.Namespace) -> None:
-    out_json = ROOT / "docs" / "results" / "fmnist.json"
+    out_json = Path(args.json)
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(raw, indent=1))
     heads = {"l2": "L2", "ce": "CE"}
+    seeds = sorted({int(k.split("/seed")[1]) for k in raw})  # the seeds finished so far
     lines = [
         "# Results: Fashion-MNIST (ID) vs MNIST, textures, noise",
         "",
@@ -93,7 +97,7 @@ def write_results(raw: dict[str, dict[str, object]], args: argparse.Namespace) -
         "random crop (pad 2) + horizontal flip; Fashion-MNIST train minus a 5 000-image holdout "
         "(55 000 images); ID test = the 10 000 Fashion-MNIST test images; OoD = MNIST test (10 000), "
         "textures (2 000 seeded patches of scikit-image's brick/grass/gravel), noise (2 000: 1 000 "
-        f"uniform + 1 000 Gaussian). Seeds {', '.join(map(str, args.seeds))}; mean ± sample std [min–max] over "
+        f"uniform + 1 000 Gaussian). Seeds {', '.join(map(str, seeds))}; mean ± sample std [min–max] over "
         "seeds. "
         f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, precision auto (bf16 autocast where supported).",
@@ -129,12 +133,12 @@ def write_results(raw: dict[str, dict[str, object]], args: argparse.Namespace) -
                                       for s in OOD}
     # every seed's value for the method and each model's best detector, and where seeds disagree
     lines += ["", "Every seed's AUROC (%) for ‖z‖ and for each model's best detector per OoD set (by mean):", "",
-              "| OoD set | model | detector | " + " | ".join(f"seed {sd}" for sd in args.seeds) + " | range |",
-              "|---|---|---|" + "---|" * (len(args.seeds) + 1)]
+              "| OoD set | model | detector | " + " | ".join(f"seed {sd}" for sd in seeds) + " | range |",
+              "|---|---|---|" + "---|" * (len(seeds) + 1)]
     unstable: list[str] = []
     for s in OOD:
         for h in heads:
-            keys = [f"{h}/seed{sd}" for sd in args.seeds if f"{h}/seed{sd}" in raw]
+            keys = [f"{h}/seed{sd}" for sd in seeds if f"{h}/seed{sd}" in raw]
             if not keys:
                 continue
             dets = list(raw[keys[0]]["detectors"])
@@ -150,6 +154,26 @@ def write_results(raw: dict[str, dict[str, object]], args: argparse.Namespace) -
     lines += ["", ("Unstable across seeds (range > 10 AUROC points): " + "; ".join(unstable)
                    + ". A conclusion that rests on these sets rests on single seeds.") if unstable
               else "No listed result moves by more than 10 AUROC points between seeds."]
+    # combined columns against their parts (issue 14): does ‖z‖ + a direction-based detector beat each alone?
+    combos = [d for d in (raw[next(iter(raw))]["detectors"] if raw else []) if "(" in d]
+    if combos:
+        lines += ["", "Combinations against their parts (mean AUROC % over seeds; Δ = combined − best part; "
+                      "wins = seeds where the combination beats both parts):", "",
+                  "| model | combination | " + " | ".join(f"{s} Δ | {s} wins" for s in OOD) + " |",
+                  "|---|---|" + "---|---|" * len(OOD)]
+        for h in heads:
+            keys = [k for k in raw if k.startswith(h + "/")]
+            for c in combos:
+                parts = [p.strip() for p in c[c.index("(") + 1 : c.rindex(")")].split(",")]
+                cols = [p if p in raw[keys[0]]["detectors"] else f"{p}:trained" for p in parts]
+                cells = []
+                for s in OOD:
+                    def au(k: str, d: str, s: str = s) -> float:
+                        return 100 * raw[k]["ood"][s]["detectors"][d]["auroc"]
+                    delta = float(np.mean([au(k, c) - max(au(k, p) for p in cols) for k in keys]))
+                    wins = sum(au(k, c) > max(au(k, p) for p in cols) for k in keys)
+                    cells += [f"{delta:+.2f}", f"{wins}/{len(keys)}"]
+                lines.append(f"| {heads[h]} | {c} | " + " | ".join(cells) + " |")
     lines += ["", "Summary (computed from the table, mean AUROC over seeds):", ""]
     for s in OOD:
         ranked = sorted(means, key=lambda md: -means[md][s])

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from l2ood.bench import BENCHMARKS, RECIPES, resolve
+from l2ood.bench import BENCHMARKS, RECIPES, aggregate, resolve
 from l2ood.cli import main
 
 
@@ -54,7 +54,8 @@ def test_bench_matrix_and_resume(tiny_bench: Path, tmp_path: Path, capsys: pytes
     assert {r["group"] for r in rows} == {"near", "far"}
     assert {r["detector"] for r in rows if r["variant"] == "l2"} == {"feature_norm", "msp:trained", "msp:raw", "knn"}
     md = (out / "results.md").read_text()
-    assert "near AUROC" in md and "far FPR95" in md and " ± " in md
+    assert "near AUROC" in md and "far FPR95 (OoD+, OpenOOD)" in md and "far FPR95 (ID+)" in md and " ± " in md
+    assert {"fpr95", "fpr95_ood_pos"} <= set(rows[0]) and all(0 <= float(r["fpr95_ood_pos"]) <= 1 for r in rows)
     # the near group mean is the mean over its data sets, averaged over seeds
     l2fn = [r for r in rows if r["variant"] == "l2" and r["detector"] == "feature_norm" and r["group"] == "far"]
     far_mean = np.mean([np.mean([float(r["auroc"]) for r in l2fn if r["seed"] == s]) for s in ("0", "1")])
@@ -78,3 +79,34 @@ def test_bench_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown architecture" in capsys.readouterr().err
     assert main(["bench", "--variants", "softmax"]) == 2
     assert "unknown variant" in capsys.readouterr().err
+
+
+def _cell(seed: int, metrics: dict[str, dict[str, float]]) -> dict[str, object]:
+    return {"arch": "resnet18", "variant": "l2", "seed": seed, "requested": ["feature_norm"],
+            "groups": {"a": "near", "b": "far"}, "code_version": {"l2ood": "0.2.0", "git_commit": None},
+            "results": {"id_accuracy": 0.9, "ood": {s: {"n": 10, "detectors": {"feature_norm": m}}
+                                                    for s, m in metrics.items()}}}
+
+
+def test_aggregate_shows_both_fpr_conventions_labelled(tmp_path: Path) -> None:
+    (tmp_path / "cells").mkdir()
+    m = {"auroc": 0.9, "aupr_in": 0.5, "aupr_out": 0.5}
+    (tmp_path / "cells" / "c0.json").write_text(json.dumps(_cell(0, {
+        "a": {**m, "fpr95": 0.40, "fpr95_ood_pos": 0.10}, "b": {**m, "fpr95": 0.20, "fpr95_ood_pos": 0.30}})))
+    # a cell written before fpr95_ood_pos existed: its column is empty, the table averages what exists
+    (tmp_path / "cells" / "c1.json").write_text(json.dumps(_cell(1, {
+        "a": {**m, "fpr95": 0.60}, "b": {**m, "fpr95": 0.40}})))
+    csv_path, md_path = aggregate(tmp_path)
+    rows = list(csv.DictReader(csv_path.open()))
+    assert list(rows[0])[:12] == ["arch", "variant", "seed", "detector", "ood", "group", "id_acc", "auroc", "fpr95",
+                                  "fpr95_ood_pos", "aupr_in", "aupr_out"]
+    assert [r["fpr95_ood_pos"] for r in rows] == ["0.1", "0.3", "", ""]
+    md = md_path.read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| arch | variant | detector | near AUROC"))
+    assert header == ("| arch | variant | detector | near AUROC | far AUROC | near FPR95 (OoD+, OpenOOD) | "
+                      "far FPR95 (OoD+, OpenOOD) | near FPR95 (ID+) | far FPR95 (ID+) | ID acc | seeds |")
+    row = next(line for line in md.splitlines() if line.startswith("| resnet18 | l2 | feature_norm | 90.00"))
+    # OoD+: one seed only (10.00, 30.00); ID+: mean ± sample std of (40, 60) and (20, 40) over the two seeds
+    assert row == ("| resnet18 | l2 | feature_norm | 90.00 ± 0.00 | 90.00 ± 0.00 | 10.00 | 30.00 | 50.00 ± 14.14 | "
+                   "30.00 ± 14.14 | 90.00 ± 0.00 | 2 |")
+    assert "OpenOOD v1.5's FPR@95 (OoD positive)" in md and "l2ood's FPR@95 (ID positive)" in md

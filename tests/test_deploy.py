@@ -273,3 +273,27 @@ def test_requests_beyond_the_concurrency_limit_get_503(served: Path, monkeypatch
         busy = c.post("/v1/screen", content=img)
         t.join(timeout=30)
     assert first == [200] and busy.status_code == 503 and busy.headers["retry-after"] == "1"
+
+
+def test_service_with_a_fitted_detector_loads_it_once(served: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(served / "run", run, ignore=shutil.ignore_patterns(".l2ood.lock"))
+    assert main(["calibrate", str(run), "--detector", "mahalanobis", "--alpha", "0.1", "--name", "maha",
+                 "--data-root", str(served / "data"), "--no-progress", "--precision", "fp32"]) == 0
+    from l2ood.screen import fitted as fitted_mod
+
+    loads = []
+    real = fitted_mod.load_fitted
+    monkeypatch.setattr(fitted_mod, "load_fitted", lambda *a, **k: loads.append(a) or real(*a, **k))
+    scr = Screener.from_run(run, calibration="maha", device="cpu", precision="fp32")
+    imgs = sorted((served / "imgs").glob("*_0*.png"))
+    with TestClient(create_app(scr, ServeConfig(), run_label="maha")) as c:
+        recs = [c.post("/v1/screen", content=_png(p)).json() for p in imgs]
+        info = c.get("/v1/info").json()
+    assert len(loads) == 1  # loaded once, by the screener; never per request
+    assert "p-value ≤ 0.1" in info["rule"] and all(r["status"] == "ok" for r in recs)
+    direct = {Path(r["path"]).name: r for r in scr.screen([str(p) for p in imgs])}
+    for p, r in zip(imgs, recs, strict=True):
+        assert r["score"] == pytest.approx(direct[p.name]["score"], rel=1e-5)
+        assert r["p_value"] == direct[p.name]["p_value"] and r["verdict"] == direct[p.name]["verdict"]

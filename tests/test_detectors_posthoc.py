@@ -76,6 +76,21 @@ def test_react_subsampled_percentile_is_close() -> None:
     assert abs(approx - exact) < 0.02
 
 
+@pytest.mark.parametrize("p", [90.0, 50.0, 0.0, 100.0, 12.5, 99.99])
+def test_react_percentile_above_the_cap_is_exact(p: float) -> None:
+    """Above ``max_values`` the percentile is still exact (bracket from a sample, one counting pass), also with
+    heavy ties (ReLU zeros) and chunks that each hold a different range of values."""
+    g = torch.Generator().manual_seed(3)
+    relu = torch.relu(torch.randn(20000, 8, generator=g))
+    ordered = torch.rand(160000, generator=g).sort().values.view(20000, 8)
+    for feats in (relu, ordered):
+        ext = Extraction(feats, torch.zeros(20000, 1))
+        ref = float(np.percentile(feats.numpy().astype(np.float64), p))
+        for seed in (0, 1):
+            got = activation_percentile(ext, p, seed=seed, max_values=40000)  # 160 000 entries > 40 000
+            assert got == pytest.approx(ref, rel=1e-12, abs=1e-12)
+
+
 # ---------------------------------------------------------------- ASH-S
 
 

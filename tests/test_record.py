@@ -144,6 +144,57 @@ def test_each_bad_value_is_one_clear_message(api_run: Path, tmp_path: Path, chan
     assert str(run / "model.json") in msg and key in msg, msg
 
 
+def _fitted_entry(digest: str, **change: object) -> dict[str, object]:
+    return {"file": "detectors/knn.safetensors", "sha256": "0" * 64, "detector": "knn", "variant": "trained",
+            "hyper_parameters": {"k": 50}, "weights_sha256": digest, "n_fit": 30, "fit_data": "x", **change}
+
+
+@pytest.mark.parametrize(("key", "change", "why"), [
+    ("knn", {"file": "../../etc/passwd"}, "file must be 'detectors/knn.safetensors'"),
+    ("knn", {"weights_sha256": "1" * 64}, "fitted with other weights"),
+    ("knn", {"detector": "nope"}, "unknown detector"),
+    ("energy", {"detector": "energy", "file": "detectors/energy.safetensors"}, "has no fitted statistics"),
+    ("knn", {"detector": "vim", "file": "detectors/knn.safetensors"}, "does not name detector"),
+    ("knn:raw", {"file": "detectors/knn.raw.safetensors"}, "does not name detector"),
+    ("knn/../x", {}, "detectors.knn/../x"),
+    ("knn", {"n_fit": 0}, "n_fit"),
+    ("knn", {"hyper_parameters": {"k": [1, 2]}}, "hyper_parameters"),
+    ("knn", {"surprise": 1}, "surprise"),
+])
+def test_bad_fitted_detector_entries_are_refused(api_run: Path, tmp_path: Path, key: str, change: dict[str, object],
+                                                 why: str) -> None:
+    run = _copy(api_run, tmp_path)
+    digest = rec_mod.read_record(run).weights_sha256
+    _edit(run, {"detectors": {key: _fitted_entry(digest, **change)}})
+    with pytest.raises(RunError) as e:
+        Run.load(run)
+    assert why in str(e.value) and str(run / "model.json") in str(e.value), str(e.value)
+
+
+def test_records_without_fitted_or_combined_screens_keep_the_earlier_keys(api_run: Path, tmp_path: Path) -> None:
+    run = _copy(api_run, tmp_path)
+    calibrate_run(run, tpr=0.9)
+    meta = json.loads((run / "model.json").read_text())
+    assert "detectors" not in meta  # written only when a fitted detector is saved
+    assert set(meta["calibrations"]["default"]) == {"detector", "tpr", "threshold", "alpha", "scores", "split"}
+
+
+def test_fitted_detector_entries_and_combined_calibrations_are_read_back(api_run: Path, tmp_path: Path) -> None:
+    run = _copy(api_run, tmp_path)
+    digest = rec_mod.read_record(run).weights_sha256
+    combined = {"detector": "feature_norm,knn", "tpr": 0.9, "threshold": -2.302585092994046, "alpha": 0.1,
+                "scores": [-1.0, 0.0], "split": {}, "members": ["feature_norm", "knn"],
+                "member_scores": [[1.0, 2.0], [-3.0, -1.0]], "combine": "cauchy", "fitted": {"knn": "2" * 64}}
+    _edit(run, {"detectors": {"knn": _fitted_entry(digest)}, "calibrations": {"both": combined}})
+    rec = Run.load(run).record
+    assert rec.detectors["knn"].hyper_parameters == {"k": 50} and rec.calibrations["both"].combine == "cauchy"
+    rec_mod.write_record(run, rec)  # the writer round-trips both
+    assert rec_mod.read_record(run) == rec
+    _edit(run, {"calibrations": {"both": {**combined, "combine": "fisher"}}})
+    with pytest.raises(RunError, match=r"calibrations\.both"):
+        Run.load(run)
+
+
 @pytest.mark.parametrize(("text", "why"), [
     ("{not json", "not valid JSON"),
     ('{"schema": "l2ood.run/2", "train_seconds": NaN}', "non-standard JSON token NaN"),

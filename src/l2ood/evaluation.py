@@ -8,6 +8,12 @@ the extractions are stored as safetensors keyed by the weights' digest, the imag
 precision, so adding a detector later costs no forward pass. For models with a normalized head
 (l2, t2fnorm, logitnorm) every logit-based detector is reported twice, as ``name:trained`` (the
 logits the model was trained with) and ``name:raw`` (``W·z + b``, all normalization removed).
+
+**Combined columns** (``combined``): several detectors' conformal p-values, taken against their scores on
+an ID calibration split disjoint from the test images (the run's holdout), merged by a rule valid under
+arbitrary dependence (:mod:`l2ood.metrics.conformal`: Bonferroni-min by default, or Cauchy). The column
+``rule(a,b,...)`` is scored by ``ln`` of the unclipped combined p-value (higher = more ID) — the score a
+screen with that combined calibration reports — and gets the same metrics as every other column.
 """
 
 from __future__ import annotations
@@ -26,11 +32,17 @@ from .detectors import DETECTORS, Detector, Extraction, Head, all_detectors, mak
 from .detectors.base import InputDetector
 from .errors import ConfigError
 from .metrics import ood_metrics
+from .metrics.conformal import RULES, combined_scores
 from .models import is_normalized
 from .provenance import code_version
 from .run import Images, Run
 
 DEFAULT_DETECTORS = ("feature_norm", "msp", "maxlogit", "energy")
+CONVENTION = ("higher score = more in-distribution. auroc: ID positive (the same either way). fpr95: ID "
+              "positive, the fraction of OoD accepted when the threshold keeps 95 % of ID (l2ood's FPR95 (ID+)). "
+              "fpr95_ood_pos: OoD positive, the fraction of ID flagged when the threshold flags 95 % of OoD "
+              "(OpenOOD v1.5 / pytorch-ood; FPR95 (OoD+)). aupr_in: ID positive, score; aupr_out: OoD positive, "
+              "-score")
 
 
 def parse_detectors(spec: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -74,6 +86,24 @@ class EvalResult:
         np.savez_compressed(out / "scores.npz", **arrays)  # type: ignore[arg-type]  # numpy's stub: **kwds as bool
 
 
+def combined_column(members: list[str], rule: str) -> str:
+    """The column name of a combination: ``rule(member,member,...)``."""
+    return f"{rule}({','.join(members)})"
+
+
+def _member_columns(spec: str | list[str], head_mode: str) -> list[tuple[str, str, str, str]]:
+    """``(canonical key, column name, detector name, variant)`` of each member of a combination spec."""
+    from .screen.fitted import parse_spec
+
+    out = []
+    for m in parse_spec(spec, head_mode):
+        col = f"{m.name}:{m.variant}" if DETECTORS[m.name].uses_logits and is_normalized(head_mode) else m.name
+        out.append((m.key, col, m.name, m.variant))
+    if len(out) < 2:
+        raise ConfigError(f"a combination needs at least two detectors, got {spec!r}")
+    return out
+
+
 def _score(det: Detector, ext: Extraction, head: Head, ds: Images, run: Run, variant: str) -> np.ndarray:
     if isinstance(det, InputDetector):
         parts = [det.score_images(run.model, x, run.runtime, variant=variant) for x in run.image_batches(ds)]
@@ -96,11 +126,21 @@ def evaluate(
     cache: bool = True,
     detector_kwargs: dict[str, dict[str, Any]] | None = None,
     id_source: str | None = None,
+    combined: Sequence[str | list[str]] = (),
+    combine_rule: str = "bonferroni",
+    calibration_set: Images | None = None,
 ) -> EvalResult:
     """Evaluate a run on given ID test and OoD sets; ``fit_set`` feeds detectors that need ID statistics.
 
     Every set is brought to the model's input format and scored with one forward pass
-    (:meth:`l2ood.run.Run.forward`, cached on disk for run folders)."""
+    (:meth:`l2ood.run.Run.forward`, cached on disk for run folders). Each entry of ``combined`` (comma-separated
+    detector keys, e.g. ``"feature_norm,knn"``) adds a combined column (see the module doc) whose conformal
+    p-values are taken against ``calibration_set`` (ID images disjoint from ``id_test`` and from training)."""
+    if combine_rule not in RULES:
+        raise ConfigError(f"combine rule must be one of {', '.join(RULES)}, got {combine_rule!r}")
+    combos = [_member_columns(c, run.config.head) for c in combined]
+    if combos and calibration_set is None:
+        raise ConfigError("combined columns need an ID calibration set (disjoint from the test images)")
     head = run.head
     id_test = run.to_input_format(id_test)
 
@@ -111,6 +151,13 @@ def evaluate(
     acc = float((id_ext.logits.argmax(1) == id_ext.labels).float().mean()) if id_ext.labels is not None \
         else float("nan")
     cols = columns(detectors, head.mode)
+    known = {c for c, _, _ in cols}
+    for combo in combos:  # members not reported on their own are scored without a column of their own
+        for _, col, name, variant in combo:
+            if col not in known:
+                cols.append((col, name, variant))
+                known.add(col)
+    reported = [c for c, _, _ in columns(detectors, head.mode)]
     kw = detector_kwargs or {}
     dets = {col: make_detector(d, **kw.get(d, {})) for col, d, _ in cols}
     variants = {col: v for col, _, v in cols}
@@ -125,16 +172,38 @@ def evaluate(
                 dets[col].fit(fit_raw, head.raw())  # type: ignore[arg-type]
             else:
                 dets[col].fit(fit_ext, head)
-    id_scores = {col: _score(d, id_ext, head, id_test, run, variants[col]) for col, d in dets.items()}
+    combo_info: dict[str, dict[str, Any]] = {}
+    cal_scores: dict[str, np.ndarray] = {}
+    if combos:
+        assert calibration_set is not None
+        cal_set = run.to_input_format(calibration_set)
+        cal_ext = fwd(cal_set, desc="extract calibration")
+        member_cols = list(dict.fromkeys(col for combo in combos for _, col, _, _ in combo))
+        cal_scores = {col: _score(dets[col], cal_ext, head, cal_set, run, variants[col]) for col in member_cols}
+        for combo in combos:
+            name = combined_column([k for k, _, _, _ in combo], combine_rule)
+            combo_info[name] = {"rule": combine_rule, "members": [k for k, _, _, _ in combo],
+                                "columns": [c for _, c, _, _ in combo], "n_calibration": len(cal_set),
+                                "calibration": cal_set.name,
+                                "score": "ln of the unclipped combined conformal p-value (higher = more ID)"}
+
+    def score_all(ext: Extraction, ds: Images) -> dict[str, np.ndarray]:
+        sc = {col: _score(d, ext, head, ds, run, variants[col]) for col, d in dets.items()}
+        for name, info in combo_info.items():
+            sc[name] = combined_scores([cal_scores[c] for c in info["columns"]],
+                                       np.stack([sc[c] for c in info["columns"]], axis=1), combine_rule)
+        return {c: sc[c] for c in [*reported, *combo_info]}
+
+    id_scores = score_all(id_ext, id_test)
     scores: dict[str, dict[str, np.ndarray]] = {id_test.name: id_scores}
     ood_res: dict[str, Any] = {}
     for ds in ood_sets:
         ds = run.to_input_format(ds)
         ext = fwd(ds)
-        sc = {col: _score(d, ext, head, ds, run, variants[col]) for col, d in dets.items()}
+        sc = score_all(ext, ds)
         scores[ds.name] = sc
         ood_res[ds.name] = {"n": len(ds), "detectors": {col: dict(ood_metrics(id_scores[col], sc[col]))
-                                                        for col in dets}}
+                                                        for col in sc}}
     results = {
         "model": run.config.to_dict(),
         "head": run.config.head,
@@ -142,15 +211,17 @@ def evaluate(
         "id_source": id_source,
         "n_id_test": len(id_test),
         "id_accuracy": acc,
-        "detectors": list(dets),
-        "detector_params": {col: d.params() for col, d in dets.items()},
+        "detectors": [*reported, *combo_info],
+        "detector_params": {**{col: dets[col].params() for col in reported}, **combo_info},
         "ood": ood_res,
         "runtime": run.runtime.describe(),
         "train": asdict(run.record.train),
         "run": str(run.path) if run.path else None,
         "code_version": code_version(),
-        "convention": "higher score = more in-distribution; ID is the positive class",
+        "convention": CONVENTION,
     }
+    if combo_info:
+        results["combined"] = combo_info
     return EvalResult(results, scores)
 
 
@@ -186,18 +257,32 @@ def evaluate_run(
     progress: bool = False,
     cache: bool = True,
     batch_size: int = 512,
+    combined: Sequence[str | list[str]] = (),
+    combine_rule: str = "bonferroni",
 ) -> EvalResult:
     """Evaluate a trained run on its recorded ID test images and the named OoD sets.
 
     Detectors that need ID statistics are fitted on the run's exact training images
     (:meth:`l2ood.run.Run.train_split`: holdout and unused subset excluded, pixel fingerprint checked).
-    Extractions are cached in ``RUN/cache`` unless ``cache=False``.
+    Combined columns (``combined``, see :func:`evaluate`) are calibrated on the run's holdout, which must not be
+    its ID test set. Extractions are cached in ``RUN/cache`` unless ``cache=False``.
     """
     if not isinstance(run, Run):
         run = Run.load(run, device=device, precision=precision, data_root=data_root)
     elif data_root is not None:
         run.data_root = data_root
-    fit_set = run.train_split() if any(DETECTORS[d].needs_fit for d in detectors) else None
+    members = [name for c in combined for _, _, name, _ in _member_columns(c, run.config.head)]
+    fit_set = run.train_split() if any(DETECTORS[d].needs_fit for d in [*detectors, *members]) else None
+    cal_set = None
+    if combined:
+        if run.data.test_origin == "holdout":
+            raise ConfigError(f"{run.path}: the run's ID test images are its holdout, so no ID calibration split "
+                              "disjoint from them is left for a combined column; retrain with --test-data SPEC "
+                              "or evaluate the combination through l2ood.evaluation.evaluate(calibration_set=...)")
+        cal_set = run.holdout()
+        if cal_set is None:
+            raise ConfigError(f"{run.path}: combined columns are calibrated on the run's holdout, and it has none "
+                              "(trained with --holdout 0)")
     id_test, where = run.id_test()
     if n_id is not None:
         id_test = id_test.subset(n_id, seed=seed)
@@ -205,4 +290,5 @@ def evaluate_run(
     ood_sets = load_ood_sets(ood, root=data_root, n=n_ood, seed=seed, channels=c, size=size,  # type: ignore[arg-type]
                              stream=run.preprocessing.fit == "imagenet")
     return evaluate(run, id_test, ood_sets, detectors, fit_set=fit_set, batch_size=batch_size, progress=progress,
-                    cache=cache, id_source=where)
+                    cache=cache, id_source=where, combined=combined, combine_rule=combine_rule,
+                    calibration_set=cal_set)

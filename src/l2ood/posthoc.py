@@ -177,7 +177,7 @@ class PostHoc:
         return out
 
     def evaluate(self, id_images: Any, ood: Mapping[str, Any]) -> dict[str, dict[str, OODMetrics]]:
-        """``{ood set: {detector: {auroc, fpr95, aupr_in, aupr_out}}}`` with ID as the positive class."""
+        """``{ood set: {detector: {auroc, fpr95, fpr95_ood_pos, aupr_in, aupr_out}}}`` (:mod:`l2ood.metrics.ood`)."""
         s_id = {k: v.numpy() for k, v in self.score(id_images).items()}
         res: dict[str, dict[str, OODMetrics]] = {}
         for name, data in ood.items():

@@ -22,6 +22,9 @@ key                 what
 ``train_seconds``   summed epoch times
 ``weights_sha256``  digest of ``model.safetensors`` (calibrations belong to these weights)
 ``calibrations``    name → :class:`l2ood.metrics.conformal.Calibration` (``"default"`` drives screens)
+``detectors``       detector key → :class:`FittedDetectorRecord`: the fitted statistics saved in
+                    ``RUN/detectors/<key>.safetensors`` (``knn``, ``vim.raw``, ...), their SHA-256,
+                    hyper-parameters and the weights digest they were fit with
 ``recipe``          bench recipe name, if any
 ``upgraded_from``   the schema the record was read from when it was upgraded (0.1.0 records)
 ==================  =============================================================================
@@ -155,6 +158,49 @@ class HistoryEntry(_Model):
     lr_end: _Finite = 0.0
 
 
+DETECTOR_DIR = "detectors"
+
+
+def fitted_file(key: str) -> str:
+    """The run-relative file of a fitted detector: ``detectors/<key>.safetensors`` with ``:`` → ``.``
+    (``knn`` → ``detectors/knn.safetensors``, ``vim:raw`` → ``detectors/vim.raw.safetensors``)."""
+    return f"{DETECTOR_DIR}/{key.replace(':', '.')}.safetensors"
+
+
+_Scalar = int | float | str | bool | None
+
+
+class FittedDetectorRecord(_Model):
+    """A detector fitted on the run's training split, saved as safetensors (:mod:`l2ood.detectors.store`).
+
+    ``file`` must be :func:`fitted_file` of its key (no other path is ever read), ``weights_sha256`` the
+    record's own (statistics of other weights are not kept), ``detector`` a registered detector that needs
+    fitting; ``sha256`` is the file's digest, checked whenever it is loaded."""
+
+    file: Annotated[str, Field(max_length=128)]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    detector: Annotated[str, Field(min_length=1, max_length=64)]
+    variant: Literal["trained", "raw"] = "trained"
+    hyper_parameters: Annotated[dict[Annotated[str, Field(max_length=64)], _Scalar], Field(max_length=64)] = {}
+    weights_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    n_fit: Annotated[int, Field(ge=1)]
+    fit_data: Annotated[str, Field(max_length=8192)] = ""
+
+    @model_validator(mode="after")
+    def _known(self) -> FittedDetectorRecord:
+        from .detectors import DETECTORS
+
+        cls = DETECTORS.get(self.detector)
+        if cls is None:
+            raise ValueError(f"unknown detector {self.detector!r}")
+        if not cls.needs_fit:
+            raise ValueError(f"detector {self.detector!r} has no fitted statistics")
+        return self
+
+
+_FittedKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9_+.-]{1,64}(:raw)?$")]
+
+
 class RunRecord(_Model):
     """The whole record (see the module doc)."""
 
@@ -171,6 +217,7 @@ class RunRecord(_Model):
                             Field(max_length=1000)] = {}
     recipe: Annotated[str, Field(max_length=128)] | None = None
     upgraded_from: Annotated[str, Field(max_length=64)] | None = None
+    detectors: Annotated[dict[_FittedKey, FittedDetectorRecord], Field(max_length=1000)] = {}
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
 
@@ -187,6 +234,14 @@ class RunRecord(_Model):
             raise ValueError("preprocessing mean/std differ from the model's")
         if m.class_names is not None and len(m.class_names) != m.num_classes:
             raise ValueError(f"{len(m.class_names)} class names for {m.num_classes} classes")
+        for key, fd in self.detectors.items():
+            if fd.file != fitted_file(key):
+                raise ValueError(f"detectors.{key}: file must be {fitted_file(key)!r}, got {fd.file!r}")
+            if key.split(":")[0] != fd.detector or (fd.variant == "raw") != key.endswith(":raw"):
+                raise ValueError(f"detectors.{key}: the key does not name detector {fd.detector!r} ({fd.variant})")
+            if fd.weights_sha256 != self.weights_sha256:
+                raise ValueError(f"detectors.{key}: fitted with other weights ({fd.weights_sha256[:12]}…) than the "
+                                 f"run's ({self.weights_sha256[:12]}…)")
         return self
 
     def to_json(self) -> dict[str, Any]:
@@ -196,6 +251,16 @@ class RunRecord(_Model):
             for op in (d["data"].get(key) or {}).get("ops", []):
                 if op.get("part") is None:
                     op.pop("part", None)  # a subset has no part
+        # the keys of fitted detectors and combined calibrations are written only when used, so that records
+        # that do not use them stay readable by earlier l2ood versions (which refuse unknown keys)
+        for cal in d.get("calibrations", {}).values():
+            for k in ("members", "member_scores", "combine"):
+                if cal.get(k) is None:
+                    cal.pop(k, None)
+            if not cal.get("fitted"):
+                cal.pop("fitted", None)
+        if not d.get("detectors"):
+            d.pop("detectors", None)
         return d
 
     @property
@@ -429,4 +494,13 @@ def add_calibration(run_dir: str | Path, calibration: Calibration, name: str = "
         return rec.model_copy(update={"calibrations": {**rec.calibrations, name: calibration}})
 
     return update_record(run_dir, change, f"l2ood calibrate ({name})")
+
+
+def add_fitted_detector(run_dir: str | Path, key: str, entry: FittedDetectorRecord) -> RunRecord:
+    """Record that ``RUN/{entry.file}`` holds the fitted statistics of detector ``key`` (replacing an entry of
+    that key). The file must already be written; the record is validated (file name, weights digest)."""
+    def change(rec: RunRecord) -> RunRecord:
+        return rec.model_copy(update={"detectors": {**rec.detectors, key: entry}})
+
+    return update_record(run_dir, change, f"l2ood calibrate (fit {key})")
 

@@ -6,6 +6,11 @@ requested detectors with one cached forward pass per data set, and writes
 only when detectors are missing from it). The aggregate is ``OUT/results.csv`` (one row per
 cell × detector × OoD set) and ``OUT/results.md`` in OpenOOD's layout (near/far AUROC and FPR@95,
 ID accuracy; mean ± std over seeds; group values are the means over the group's data sets).
+
+FPR@95 in both conventions (:mod:`l2ood.metrics.ood`): the markdown shows OpenOOD v1.5's first,
+``FPR95 (OoD+, OpenOOD)`` (CSV column ``fpr95_ood_pos``: fraction of ID flagged when 95 % of OoD is flagged),
+then l2ood's ``FPR95 (ID+)`` (CSV column ``fpr95``: fraction of OoD accepted when 95 % of ID is kept).
+Cells written before ``fpr95_ood_pos`` existed have an empty ``fpr95_ood_pos`` and "-" in the table.
 """
 
 from __future__ import annotations
@@ -176,8 +181,15 @@ def _fmt(v: list[float]) -> str:
     return f"{a.mean():.2f} ± {a.std(ddof=1):.2f}" if len(a) > 1 else f"{a.mean():.2f}"
 
 
+CSV_METRICS = ("auroc", "fpr95", "fpr95_ood_pos", "aupr_in", "aupr_out")
+
+
 def aggregate(out: Path) -> tuple[Path, Path]:
-    """Write ``results.csv`` and ``results.md`` from the finished cells in ``out/cells``."""
+    """Write ``results.csv`` and ``results.md`` from the finished cells in ``out/cells``.
+
+    CSV columns: arch, variant, seed, detector, ood, group, id_acc, then :data:`CSV_METRICS` (``fpr95``: ID
+    positive; ``fpr95_ood_pos``: OoD positive, OpenOOD v1.5; empty where a cell predates it), any further
+    metric a cell carries, l2ood, git_commit."""
     cells = [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
     if not cells:
         raise ConfigError(f"{out}: no finished cells")
@@ -193,8 +205,10 @@ def aggregate(out: Path) -> tuple[Path, Path]:
                              "id_acc": _nan_if_none(res["id_accuracy"]), **m,
                              "l2ood": cv.get("l2ood", "0.1.0"), "git_commit": cv.get("git_commit") or ""})
     csv_path = out / "results.csv"
+    head = ["arch", "variant", "seed", "detector", "ood", "group", "id_acc", *CSV_METRICS]
+    extra = sorted({k for r in rows for k in r} - {*head, "l2ood", "git_commit"})
     with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=[*head, *extra, "l2ood", "git_commit"], restval="")
         w.writeheader()
         w.writerows(rows)
     # group means per (arch, variant, detector, seed), then mean ± std over seeds
@@ -205,6 +219,8 @@ def aggregate(out: Path) -> tuple[Path, Path]:
         k = (r["arch"], r["variant"], r["detector"])
         seeds_by[k][r["seed"]][f"{r['group']}_auroc"].append(r["auroc"])
         seeds_by[k][r["seed"]][f"{r['group']}_fpr95"].append(r["fpr95"])
+        if r.get("fpr95_ood_pos") is not None:  # cells written before it existed lack it
+            seeds_by[k][r["seed"]][f"{r['group']}_fpr95_ood_pos"].append(r["fpr95_ood_pos"])
         seeds_by[k][r["seed"]]["id_acc"] = [r["id_acc"]]
     for k, by_seed in seeds_by.items():
         for _seed, vals in by_seed.items():
@@ -212,16 +228,21 @@ def aggregate(out: Path) -> tuple[Path, Path]:
                 per[k][name].append(float(np.mean(v)))
     versions = {f"l2ood {r['l2ood']}" + (f" (git {r['git_commit'][:10]})" if r["git_commit"] else "") for r in rows}
     groups = sorted({r["group"] for r in rows}, key=lambda g: {"near": 0, "far": 1}.get(g, 2))
-    header = ["arch", "variant", "detector", *[f"{g} AUROC" for g in groups], *[f"{g} FPR95" for g in groups],
-              "ID acc", "seeds"]
+    header = ["arch", "variant", "detector", *[f"{g} AUROC" for g in groups],
+              *[f"{g} FPR95 (OoD+, OpenOOD)" for g in groups], *[f"{g} FPR95 (ID+)" for g in groups], "ID acc", "seeds"]
     lines = [f"# l2ood bench: {spec.get('benchmark', '?')} ({spec.get('recipe', '?')})", "",
              f"Hyper-parameters: `{json.dumps(spec.get('hyper', {}))}`", "",
              f"Code: cells by {', '.join(sorted(versions))}; aggregated by {code_version_line()}.", "",
              "Mean ± std over seeds (sample std); group columns average the per-data-set metrics of the "
-             "group (OpenOOD v1.5 convention). AUROC / FPR@95TPR / accuracy in %.", "",
+             "group (OpenOOD v1.5 convention). AUROC / FPR@95TPR / accuracy in %. "
+             "**FPR95 (OoD+, OpenOOD)**: OpenOOD v1.5's FPR@95 (OoD positive) — the fraction of ID test images "
+             "flagged when the threshold flags 95 % of the OoD images; compare these with OpenOOD's tables "
+             "(CSV column `fpr95_ood_pos`). **FPR95 (ID+)**: l2ood's FPR@95 (ID positive) — the fraction of OoD "
+             "images accepted when the threshold keeps 95 % of the ID test images (CSV column `fpr95`).", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (arch, variant, det), vals in sorted(per.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         cellv = [_fmt(vals.get(f"{g}_auroc", [])) if vals.get(f"{g}_auroc") else "-" for g in groups]
+        cellv += [_fmt(vals[f"{g}_fpr95_ood_pos"]) if vals.get(f"{g}_fpr95_ood_pos") else "-" for g in groups]
         cellv += [_fmt(vals.get(f"{g}_fpr95", [])) if vals.get(f"{g}_fpr95") else "-" for g in groups]
         lines.append(f"| {arch} | {variant} | {det} | " + " | ".join(cellv)
                      + f" | {_fmt(vals['id_acc'])} | {len(vals['id_acc'])} |")

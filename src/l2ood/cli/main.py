@@ -174,11 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime(t)
 
     e = sub.add_parser("evaluate", help="ID accuracy + OoD metrics of trained runs",
-                       description="AUROC, FPR@95TPR, AUPR-In/Out per OoD set and detector.")
+                       description="AUROC, FPR@95TPR, AUPR-In/Out per OoD set and detector. FPR@95TPR in two "
+                                   "conventions: fpr95 / FPR95 (ID+) = fraction of OoD accepted when 95 % of ID is "
+                                   "kept (l2ood's); fpr95_ood_pos / FPR95 (OoD+) = fraction of ID flagged when "
+                                   "95 % of OoD is flagged (OpenOOD v1.5's). The terminal table shows FPR95 "
+                                   "(ID+); results.json and report.md both.")
     e.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s) written by `l2ood train`")
     e.add_argument("--ood", default=DEMO_OOD, help=f"comma-separated OoD sets (default {DEMO_OOD}); "
                    f"known: {', '.join([*DATASETS, *PARAMETRIC])}")
     e.add_argument("--detectors", default="feature_norm,msp,maxlogit,energy", help="comma list or 'all'")
+    e.add_argument("--combine", action="append", default=[], metavar="NAME,NAME[,...]",
+                   help="add a combined column: the detectors' conformal p-values on the run's holdout merged by "
+                        "--combine-rule, scored by ln of the combined p-value (repeatable; e.g. feature_norm,knn)")
+    e.add_argument("--combine-rule", default="bonferroni", choices=("bonferroni", "cauchy"),
+                   help="rule of the --combine columns (see `l2ood calibrate --help`)")
     e.add_argument("--n-ood", type=_positive_int, default=None, help="seeded subset size per OoD set")
     e.add_argument("--n-id", type=_positive_int, default=None, help="seeded subset of the ID test set")
     e.add_argument("--out", default=None, help="report folder (default: RUN/eval, or runs/compare-*)")
@@ -206,7 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "(head) and seed, train one model (recipe hyper-parameters, overridable), then score "
                     "every detector on every OoD set of the benchmark with one cached forward pass per "
                     "data set. Finished cells are not recomputed. Writes OUT/results.csv and OUT/results.md "
-                    "(OpenOOD layout: near/far AUROC and FPR@95, ID accuracy, mean +- std over seeds).\n\n"
+                    "(OpenOOD layout: near/far AUROC and FPR@95, ID accuracy, mean +- std over seeds). FPR@95 in "
+                    "both conventions, labelled: 'FPR95 (OoD+, OpenOOD)' = OpenOOD v1.5's (fraction of ID flagged "
+                    "when 95 % of OoD is flagged; CSV fpr95_ood_pos), 'FPR95 (ID+)' = l2ood's (fraction of OoD "
+                    "accepted when 95 % of ID is kept; CSV fpr95).\n\n"
                     "benchmarks: " + "; ".join(f"{k} (ID {v['id'].split('@')[0]}, near "
                                                f"{len(v['ood'].get('near', []))}, far {len(v['ood'].get('far', []))})"
                                                for k, v in BENCHMARKS.items()) + "\n"
@@ -251,13 +263,32 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("calibrate", help="pick the screening threshold on held-out ID data",
                        description="Score the run's held-out ID split (never the test set) and store the "
                                    "threshold that keeps --tpr of it, plus the calibration scores for "
-                                   "conformal p-values, in RUN/model.json.")
+                                   "conformal p-values, in RUN/model.json. Any detector can drive the screen: "
+                                   "detectors that need ID training statistics (knn, mahalanobis, vim, ...) are "
+                                   "fit once on the run's training split and saved as "
+                                   "RUN/detectors/<name>.safetensors (recorded in model.json); odin and rankfeat "
+                                   "run the model on every image. Several detectors (--detector a,b, or --combine a,b) "
+                                   "are combined into one conformal p-value by --combine-rule.")
     c.add_argument("run", metavar="RUN")
-    c.add_argument("--tpr", type=float, default=0.95, help="fraction of ID to accept (default 0.95)")
+    c.add_argument("--tpr", type=float, default=0.95,
+                   help="fraction of ID to accept (default 0.95); a combination without --alpha uses alpha = 1 - tpr")
     c.add_argument("--alpha", type=float, default=None,
                    help="conformal mode: reject when p-value <= alpha; ID rejection rate <= alpha in "
                         "expectation (assumes exchangeable ID data)")
-    c.add_argument("--detector", default="feature_norm", help="screening score (default feature_norm)")
+    c.add_argument("--detector", default="feature_norm", metavar="NAME[,NAME...]",
+                   help="screening score: any detector of `l2ood evaluate --detectors` (name:raw for W*z+b logits "
+                        "of a normalized head), or several comma-separated ones, e.g. feature_norm,knn: each gets a "
+                        "conformal p-value on the held-out images and they are combined by --combine-rule "
+                        "(always conformal)")
+    c.add_argument("--combine", default=None, metavar="NAME,NAME[,...]",
+                   help="the same as --detector NAME,NAME,... (the spelling of `l2ood evaluate --combine`): "
+                        "combine these detectors' conformal p-values")
+    c.add_argument("--combine-rule", default="bonferroni", choices=("bonferroni", "cauchy"),
+                   help="how a combination's p-values are merged: bonferroni = min(1, K * min p_k), ID rejection "
+                        "<= alpha under any dependence between detectors; cauchy = Cauchy combination (Liu & Xie "
+                        "2020), exact under independence, only asymptotically valid (small alpha) under dependence")
+    c.add_argument("--refit", action="store_true",
+                   help="fit detectors that need training statistics again instead of reusing RUN/detectors/")
     c.add_argument("--calibration-data", default=None, metavar="NAME",
                    help="ID data to calibrate on instead of the run's holdout (e.g. npz:PATH; a registered name "
                         "gives its test split); must overlap neither the training nor the evaluation data")
@@ -269,7 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("screen", help="screen image files/folders/npz packs with a calibrated run",
                        description="Outputs one record per image: path, score, p-value, verdict (in/out), "
-                                   "predicted class and confidence. Bad files get an error record; all "
+                                   "predicted class and confidence. The calibration decides the detector(s): fitted "
+                                   "statistics are loaded once from the RUN/detectors/ files it was made with "
+                                   "(digest checked; never refit here); for a combined calibration the score is "
+                                   "ln of the unclipped combined p-value. Bad files get an error record; all "
                                    "others are still screened. Exit status: 0 = every input screened, "
                                    "1 = some input could not be read, 2 = usage error.")
     s.add_argument("run", metavar="RUN")
@@ -391,7 +425,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for run in args.runs:
         r = evaluate_run(run, ood, detectors, data_root=args.data_root, n_ood=args.n_ood, n_id=args.n_id,
                          device=args.device, precision=args.precision, progress=not args.no_progress,
-                         batch_size=args.batch_size)
+                         batch_size=args.batch_size, combined=args.combine, combine_rule=args.combine_rule)
         label = f"{Path(run).name} ({r.results['head'].upper()})"
         try:
             r.save(Path(run) / "eval")
@@ -443,12 +477,26 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from ..run import Run
     from ..screen import calibrate_run
 
+    detector = args.detector
+    if args.combine is not None:
+        if args.detector != "feature_norm":
+            raise ConfigError("give the detectors either with --detector or with --combine, not both")
+        if len([d for d in args.combine.split(",") if d.strip()]) < 2:
+            raise ConfigError(f"--combine needs at least two comma-separated detectors, got {args.combine!r}")
+        detector = args.combine
     run = Run.load(args.run, device=args.device, precision=args.precision, data_root=args.data_root)
-    cal = calibrate_run(run, tpr=args.tpr, alpha=args.alpha, detector=args.detector,
+    cal = calibrate_run(run, tpr=args.tpr, alpha=args.alpha, detector=detector,
                         calibration_data=args.calibration_data, name=args.name, data_root=args.data_root,
-                        batch_size=args.batch_size, progress=not args.no_progress)
-    print(f"calibrated {args.run} on {cal.n} held-out ID images: threshold {cal.threshold:.6g} "
-          f"(accepts {100 * args.tpr:.1f} % of them); rule: {cal.rule()}; stored as '{args.name}'")
+                        batch_size=args.batch_size, progress=not args.no_progress, combine=args.combine_rule,
+                        refit=args.refit)
+    fitted = "".join(f"; fitted statistics of {k}: {run.record.detectors[k].file}"
+                     for k in cal.fitted if k in run.record.detectors)
+    if cal.is_combined:
+        print(f"calibrated {args.run} on {cal.n} held-out ID images: {len(cal.detectors)} detectors combined "
+              f"({cal.combine}); rule: {cal.rule()}{fitted}; stored as '{args.name}'")
+    else:
+        print(f"calibrated {args.run} on {cal.n} held-out ID images: threshold {cal.threshold:.6g} "
+              f"(accepts {100 * args.tpr:.1f} % of them); rule: {cal.rule()}{fitted}; stored as '{args.name}'")
     return 0
 
 

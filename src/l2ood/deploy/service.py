@@ -13,6 +13,11 @@ Endpoints (JSON unless stated):
 * ``GET /health`` (liveness) and ``GET /ready`` (200 once the model is loaded and warmed up, 503 while
   starting or shutting down) — no authentication.
 
+The calibration decides the detector(s) (:class:`l2ood.screen.Screener`): fitted statistics
+(``RUN/detectors/…``) are loaded once at start-up from the files the calibration was made with, detectors that
+need the model (ODIN, RankFeat) run it inside the forward pass of each micro-batch, and a combined calibration
+answers with the combined conformal p-value.
+
 Concurrent requests share one model through a micro-batcher: while other requests are in flight, images
 queue up for at most ``batch_window_ms`` (or until ``max_batch`` images) and are scored in one forward pass on
 a worker thread; a request alone is scored at once.

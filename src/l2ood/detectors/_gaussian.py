@@ -1,8 +1,8 @@
 """Shared code of the Gaussian detectors (Mahalanobis, RMDS, Mahalanobis++): a streaming fit of
 class-conditional Gaussians with one tied covariance, and chunked squared Mahalanobis distances.
 
-Fit (:func:`fit_class_gaussians`) makes one pass over the training rows in chunks and accumulates, in
-float64 and around a shift ``s`` (the mean of the first chunk, for numerical stability):
+Fit (:func:`fit_class_gaussians`) makes one pass over the training rows in blocks and accumulates, in
+float64 and around a shift ``s`` (the mean of the first block, for numerical stability):
 per-class counts ``n_c`` and sums ``Σ_{i∈c} (z_i − s)``, and the D×D second moment
 ``M = Σ_i (z_i − s)(z_i − s)ᵀ``. Then, with ``N = Σ_c n_c``,
 
@@ -11,7 +11,10 @@ per-class counts ``n_c`` and sums ``Σ_{i∈c} (z_i − s)``, and the D×D secon
   ``= (1/N) Σ_c Σ_{i∈c} (z_i − μ_c)(z_i − μ_c)ᵀ``;
 * global mean ``μ_0`` and global covariance ``Σ_0 = (M − N (μ_0 − s)(μ_0 − s)ᵀ) / N``.
 
-Extra memory is O(chunk·D + C·D + D²); no N×D float64 copy is made.
+``M`` is accumulated by the BLAS symmetric rank-k update ``dsyrk`` (one triangle: half the work of
+``xᵀx``) on blocks of ≤ 4 MiB (:func:`~l2ood.detectors._blocks.block_rows`: small temporaries stay in
+cache and in the allocator's pool), with torch's thread count. Extra memory is O(block·D + C·D + D²);
+no N×D float64 copy is made.
 
 Distances (:class:`TiedGaussians`) use the precision ``P = pinv(Σ)`` (Hermitian pseudo-inverse in
 float64, as ``sklearn.covariance.EmpiricalCovariance`` used by OpenOOD; it is well defined for
@@ -29,6 +32,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from ._blocks import SymmetricGram, blas_threads, block_rows
 from .features import Extraction
 
 Transform = Callable[[Tensor], Tensor]
@@ -49,7 +53,7 @@ class ClassGaussians:
 
 def fit_class_gaussians(train: Extraction, chunk_size: int = 8192,
                         transform: Transform | None = None) -> ClassGaussians:
-    """Stream over ``train`` in row chunks and fit the class means, tied and global covariances.
+    """Stream over ``train`` in row blocks (one pass) and fit the class means, tied and global covariances.
 
     ``transform`` (applied to each float64 feature chunk, e.g. L2 normalization) lets variants
     fit on transformed features. Classes without training rows are skipped.
@@ -68,39 +72,58 @@ def fit_class_gaussians(train: Extraction, chunk_size: int = 8192,
     num_classes = int(train.labels.max().item()) + 1
     d = int(train.features.shape[1])
 
-    f64 = torch.float64
-    counts = torch.zeros(num_classes, dtype=f64)
-    sums = torch.zeros(num_classes, d, dtype=f64)  # Σ_{i∈c} (z_i − s)
-    second = torch.zeros(d, d, dtype=f64)  # Σ_i (z_i − s)(z_i − s)ᵀ
-    shift: Tensor | None = None
-    for chunk in train.chunks(chunk_size):
-        z = chunk.features.to(device="cpu", dtype=f64)
+    def rows(chunk: Extraction) -> tuple[Tensor, Tensor]:
+        z = chunk.features.to(device="cpu")
         if transform is not None:
-            z = transform(z)
-        if shift is None:
-            shift = z.mean(dim=0)
-        z = z - shift
-        y = chunk.labels.to(device="cpu", dtype=torch.long)  # type: ignore[union-attr]
-        counts.index_add_(0, y, torch.ones(y.shape[0], dtype=f64))
-        sums.index_add_(0, y, z)
-        second.addmm_(z.T, z)
+            z = transform(z.to(torch.float64))
+        return z, chunk.labels.to(device="cpu", dtype=torch.long)  # type: ignore[union-attr]
+
+    f64 = torch.float64
+    counts = torch.zeros(num_classes, dtype=torch.int64)
+    sums = torch.zeros(num_classes, d, dtype=f64)  # Σ_{i∈c} (z_i − s)
+    gram = SymmetricGram(d)  # Σ_i (z_i − s)(z_i − s)ᵀ
+    block = block_rows(d, chunk_size)
+    buf = torch.empty(block, d, dtype=f64)
+    shift: Tensor | None = None
+    with blas_threads():
+        for chunk in train.chunks(block):
+            z, y = rows(chunk)
+            if shift is None:
+                shift = z.to(f64).mean(dim=0)
+            x = torch.sub(z, shift, out=buf[: y.shape[0]])  # float64 z − s
+            counts += torch.bincount(y, minlength=num_classes)
+            sums.index_add_(0, y, x)
+            gram.add(x)
     assert shift is not None
+    second = gram.result()
 
     present = counts > 0
     classes = present.nonzero().squeeze(1)
-    counts, sums = counts[present], sums[present]
+    counts64, sums = counts[present].to(f64), sums[present]
     n = float(n_total)
-    dev = sums / counts[:, None]  # μ_c − s
-    cov = (second - (dev * counts[:, None]).T @ dev) / n
+    dev = sums / counts64[:, None]  # μ_c − s
+    cov = (second - (dev * counts64[:, None]).T @ dev) / n
     gdev = sums.sum(dim=0) / n  # μ_0 − s
     gcov = (second - n * torch.outer(gdev, gdev)) / n
-    return ClassGaussians(classes=classes, counts=counts, means=shift + dev, cov=_sym(cov),
+    return ClassGaussians(classes=classes, counts=counts64, means=shift + dev, cov=_sym(cov),
                           global_mean=shift + gdev, global_cov=_sym(gcov), n=n_total)
 
 
 def precision(cov: Tensor) -> Tensor:
-    """``pinv(Σ)`` of a symmetric PSD covariance (float64, Hermitian pseudo-inverse)."""
-    return _sym(torch.linalg.pinv(cov.to(torch.float64), hermitian=True))
+    """``pinv(Σ)`` of a symmetric PSD covariance (float64).
+
+    Where ``Σ`` is positive definite with a condition number certainly below ``1e10`` (Cholesky succeeds
+    and ``tr(Σ)·‖Σ⁻¹‖_F < 1e10``, an upper bound of ``λ_max/λ_min``), no eigenvalue is near pinv's cut-off
+    (``D·eps·λ_max``), so ``pinv(Σ) = Σ⁻¹`` and the inverse is taken from the Cholesky factor (≈ 5× faster
+    than an eigendecomposition at D = 512); otherwise the Hermitian pseudo-inverse (eigendecomposition)."""
+    cov = cov.to(torch.float64)
+    chol, info = torch.linalg.cholesky_ex(cov)
+    if int(info) == 0:
+        inv = torch.cholesky_inverse(chol)
+        bound = float(torch.diagonal(cov).sum()) * float(torch.linalg.matrix_norm(inv))
+        if bound < 1e10:  # also False for nan/inf
+            return _sym(inv)
+    return _sym(torch.linalg.pinv(cov, hermitian=True))
 
 
 class TiedGaussians:
@@ -118,12 +141,31 @@ class TiedGaussians:
         self.prec_means = mu @ self.prec  # (K, D): rows (Pμ_c)ᵀ (P symmetric)
         self.mean_terms = (self.prec_means * mu).sum(dim=1)  # (K,) μ_cᵀPμ_c
 
+    def state(self, prefix: str) -> dict[str, Tensor]:
+        """The tensors that define the distances (``{prefix}center``, ``prec``, ``prec_means``, ``mean_terms``)."""
+        return {f"{prefix}{k}": getattr(self, k).contiguous() for k in TIED_STATE}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Tensor], prefix: str) -> TiedGaussians:
+        """Rebuild from :meth:`state` exactly (no recomputation, so distances are bit-identical)."""
+        obj = cls.__new__(cls)
+        for k in TIED_STATE:
+            setattr(obj, k, state[f"{prefix}{k}"].to(torch.float64))
+        d = obj.center.shape[0]
+        if obj.prec.shape != (d, d) or obj.prec_means.ndim != 2 or obj.prec_means.shape[1] != d \
+                or obj.mean_terms.shape != (obj.prec_means.shape[0],):
+            raise ConfigError("inconsistent Gaussian state: shapes of center, precision and means do not match")
+        return obj
+
     def sq_distances(self, z: Tensor) -> Tensor:
         """``(B, K)`` float64 squared distances of the rows of ``z (B, D)`` (clamped at 0)."""
         z = z.to(device=self.prec.device, dtype=torch.float64) - self.center
         quad = ((z @ self.prec) * z).sum(dim=1)  # (B,) zᵀPz
         d = quad[:, None] - 2.0 * (z @ self.prec_means.T) + self.mean_terms[None, :]
         return d.clamp_min_(0.0)
+
+
+TIED_STATE = ("center", "prec", "prec_means", "mean_terms")
 
 
 def _sym(a: Tensor) -> Tensor:

@@ -38,7 +38,7 @@ def ash_s(z: Tensor, percentile: float = 90.0) -> Tensor:
         return z.clone()
     k = ash_keep_count(z.shape[1], percentile)
     s1 = z.sum(dim=1)
-    values, idx = z.topk(k, dim=1)
+    values, idx = z.topk(k, dim=1, sorted=False)
     ratio = sharpening_exponent(s1, values.sum(dim=1))
     return torch.zeros_like(z).scatter_(1, idx, values * ratio.exp().unsqueeze(1))
 

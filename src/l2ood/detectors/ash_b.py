@@ -30,7 +30,7 @@ def ash_b(z: Tensor, percentile: float = 90.0) -> Tensor:
     if z.shape[1] == 0:
         return z.clone()
     k = ash_keep_count(z.shape[1], percentile)
-    idx = z.topk(k, dim=1).indices
+    idx = z.topk(k, dim=1, sorted=False).indices
     fill = (z.sum(dim=1) / k).unsqueeze(1).expand(-1, k)
     return torch.zeros_like(z).scatter_(1, idx, fill)
 

@@ -28,7 +28,7 @@ def ash_p(z: Tensor, percentile: float = 90.0) -> Tensor:
     z = z.float()
     if z.shape[1] == 0:
         return z.clone()
-    values, idx = z.topk(ash_keep_count(z.shape[1], percentile), dim=1)
+    values, idx = z.topk(ash_keep_count(z.shape[1], percentile), dim=1, sorted=False)
     return torch.zeros_like(z).scatter_(1, idx, values)
 
 

@@ -13,15 +13,23 @@ logits are formed) to one score per image. Detectors never take a model by name.
   they are run on both logit variants (``name:trained`` and ``name:raw``).
 * Detectors that need gradients w.r.t. the input (ODIN) or feature maps before pooling (RankFeat) subclass
   :class:`InputDetector` and score images with the model instead.
+* **Fitted state.** :meth:`Detector.state_dict` returns what :meth:`Detector.fit` learnt as named CPU tensors
+  (numbers as 0-d tensors) and :meth:`Detector.load_state_dict` restores it into a detector built with the
+  same hyper-parameters (:meth:`Detector.hyper_parameters`), so that ``load_state_dict(state_dict())`` scores
+  exactly as the fitted detector. By default the state is the attributes named in
+  :attr:`Detector.fitted_state`; detectors holding composite state (Mahalanobis, RMDS, ViM) override both.
+  :mod:`l2ood.detectors.store` writes it as safetensors (no pickle).
 
 Registry: :data:`DETECTORS`, filled by the :func:`register` decorator — the single source of names.
 """
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+import torch
 from torch import Tensor
 
 from ..errors import ConfigError
@@ -50,6 +58,38 @@ class Detector(ABC):
     needs_fit: ClassVar[bool] = False
     uses_logits: ClassVar[bool] = False
     needs_model: ClassVar[bool] = False
+    #: attributes set by :meth:`fit` (tensors, floats, ints or bools; ``None`` before fitting), saved by
+    #: :meth:`state_dict` under their names without the leading underscore
+    fitted_state: ClassVar[tuple[str, ...]] = ()
+
+    def hyper_parameters(self) -> dict[str, Any]:
+        """The constructor arguments of this instance (``type(self)(**hyper_parameters())`` rebuilds it unfitted)."""
+        sig = inspect.signature(type(self).__init__)
+        return {k: getattr(self, k) for k in list(sig.parameters)[1:]
+                if sig.parameters[k].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+
+    @property
+    def is_fitted(self) -> bool:
+        """True for detectors that need no fit, and for fitted ones after :meth:`fit` or :meth:`load_state_dict`."""
+        return not self.needs_fit or all(getattr(self, a, None) is not None for a in self.fitted_state)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The fitted statistics as named CPU tensors (empty for detectors that need no fit).
+
+        Numbers become 0-d tensors (float64, int64 or bool) so that one safetensors file holds everything.
+        Raises ``RuntimeError`` when the detector needs a fit and has none."""
+        if not self.is_fitted:
+            raise RuntimeError(f"detector '{self.name}' is not fitted: nothing to save")
+        return {a.lstrip("_"): _to_tensor(getattr(self, a)) for a in self.fitted_state}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> Detector:
+        """Restore fitted statistics saved by :meth:`state_dict` (same detector, same hyper-parameters).
+
+        The names must match exactly (a missing or unexpected tensor is a ``ConfigError``)."""
+        _check_keys(self.name, state, [a.lstrip("_") for a in self.fitted_state])
+        for a in self.fitted_state:
+            setattr(self, a, _from_tensor(state[a.lstrip("_")]))
+        return self
 
     def fit(self, train: Extraction, head: Head) -> Detector:
         """Collect ID statistics (no-op for post-hoc detectors that need none)."""
@@ -63,6 +103,36 @@ class Detector(ABC):
         """Hyper-parameters (for reports)."""
         return {k: v for k, v in vars(self).items()
                 if not k.startswith("_") and isinstance(v, (int, float, str))}
+
+
+def _to_tensor(v: Any) -> Tensor:
+    """A fitted value as a CPU tensor: tensors as they are (contiguous), numbers as 0-d tensors."""
+    if isinstance(v, Tensor):
+        return v.detach().cpu().contiguous()
+    if isinstance(v, bool):
+        return torch.tensor(v, dtype=torch.bool)
+    if isinstance(v, int):
+        return torch.tensor(v, dtype=torch.int64)
+    if isinstance(v, float):
+        return torch.tensor(v, dtype=torch.float64)
+    raise TypeError(f"cannot save a fitted value of type {type(v).__name__}")
+
+
+def _from_tensor(t: Tensor) -> Any:
+    """Inverse of :func:`_to_tensor`: 0-d tensors become Python numbers, others stay tensors."""
+    if t.ndim:
+        return t
+    if t.dtype == torch.bool:
+        return bool(t)
+    return int(t) if not t.dtype.is_floating_point else float(t)
+
+
+def _check_keys(name: str, state: dict[str, Tensor], expected: list[str]) -> None:
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise ConfigError(f"detector '{name}': fitted state does not match (missing {missing or 'none'}, "
+                          f"unexpected {extra or 'none'})")
 
 
 class InputDetector(Detector):

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from ._blocks import block_rows
 from .base import Detector, register
 from .features import Extraction, Head
 from .react import _percentile_linear
@@ -35,6 +36,7 @@ class DICE(Detector):
     name = "dice"
     needs_fit = True
     uses_logits = True
+    fitted_state = ("threshold", "_mask", "_mean", "_normalize")
 
     def __init__(self, percentile: float = 90.0, chunk_size: int = 8192) -> None:
         if not 0.0 <= percentile < 100.0:
@@ -67,7 +69,7 @@ class DICE(Detector):
         if n == 0:
             raise ConfigError("dice: the ID training set is empty")
         total = torch.zeros(d, dtype=torch.float64)
-        for chunk in train.chunks(self.chunk_size):
+        for chunk in train.chunks(block_rows(d, self.chunk_size)):  # small float64 blocks (see _blocks)
             total += head.inputs(chunk.features).double().sum(dim=0)
         mean = total / n
         contrib = head.weight.double() * mean[None, :]

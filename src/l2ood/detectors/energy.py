@@ -27,4 +27,5 @@ class Energy(Detector):
 
     def score(self, x: Extraction, head: Head) -> Tensor:
         t = self.temperature
-        return t * (x.logits.float() / t).logsumexp(dim=1)
+        f = x.logits.float()
+        return f.logsumexp(dim=1) if t == 1.0 else t * (f / t).logsumexp(dim=1)

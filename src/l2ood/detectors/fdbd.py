@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from ._blocks import block_rows
 from .base import Detector, register
 from .features import Extraction, Head
 
@@ -40,6 +41,7 @@ class FDBD(Detector):
     name = "fdbd"
     needs_fit = True
     uses_logits = True
+    fitted_state = ("_mean", "_normalize")
 
     def __init__(self, chunk_size: int = 8192) -> None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
@@ -62,7 +64,7 @@ class FDBD(Detector):
         if head.weight.shape[0] < 2:
             raise ConfigError("fdbd needs at least two classes")
         total = torch.zeros(d, dtype=torch.float64)
-        for chunk in train.chunks(self.chunk_size):
+        for chunk in train.chunks(block_rows(d, self.chunk_size)):  # small float64 blocks (see _blocks)
             total += head.inputs(chunk.features).double().sum(dim=0)
         self._mean = total / n
         self._normalize = head.normalize
@@ -75,13 +77,15 @@ class FDBD(Detector):
         w = head.weight.double()
         den = torch.cdist(w, w)  # (C, C) ‖w_a − w_b‖
         c = w.shape[0]
+        # 1 / ((C − 1)·‖w_a − w_b‖), 0 for identical rows (the guard): one product per class pair below
+        inv = torch.where(den > 0, 1.0 / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
+        inv /= c - 1
         out = torch.empty(len(x), dtype=torch.float32)
-        for s in range(0, len(x), self.chunk_size):
-            f = x.logits[s : s + self.chunk_size].double()
-            pred = f.argmax(dim=1)
-            num = (f.gather(1, pred[:, None]) - f).abs()
-            d = den[pred]
-            ratio = torch.where(d > 0, num / torch.where(d > 0, d, torch.ones_like(d)), torch.zeros_like(num))
-            reg = (head.inputs(x.features[s : s + self.chunk_size]).double() - mu).norm(dim=1).clamp_min(1e-12)
-            out[s : s + f.shape[0]] = (ratio.sum(dim=1) / (c - 1) / reg).float()
+        step = block_rows(mu.shape[0], self.chunk_size)  # small float64 blocks (see _blocks)
+        for s in range(0, len(x), step):
+            f = x.logits[s : s + step].double()
+            top, pred = f.max(dim=1, keepdim=True)
+            boundary = ((top - f) * inv[pred[:, 0]]).sum(dim=1)  # |f_ŷ − f_c| = f_ŷ − f_c
+            reg = (head.inputs(x.features[s : s + step]).double() - mu).norm(dim=1).clamp_min_(1e-12)
+            out[s : s + f.shape[0]] = boundary / reg
         return out

@@ -32,7 +32,6 @@ class GEN(Detector):
 
     def score(self, x: Extraction, head: Head) -> Tensor:
         p = x.logits.float().softmax(dim=1)
-        m = min(self.top_m, p.shape[1])
-        top = p.topk(m, dim=1).values
-        g = self.gamma
-        return -(top.pow(g) * (1.0 - top).pow(g)).sum(dim=1)
+        if self.top_m < p.shape[1]:  # otherwise all classes: no selection needed
+            p = p.topk(self.top_m, dim=1, sorted=False).values
+        return -(p * (1.0 - p)).pow_(self.gamma).sum(dim=1)  # p^γ (1 − p)^γ = (p (1 − p))^γ

@@ -38,6 +38,7 @@ class KLMatching(Detector):
     name = "klm"
     needs_fit = True
     uses_logits = True
+    fitted_state = ("_log_templates", "_classes", "_normalize")
 
     def __init__(self, chunk_size: int = 8192) -> None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
@@ -70,10 +71,13 @@ class KLMatching(Detector):
         for chunk in train.chunks(self.chunk_size):
             logp = chunk.logits.double().log_softmax(dim=1)
             pred = logp.argmax(dim=1)
-            for k in pred.unique().tolist():
-                rows = logp[pred == k]
-                lse[k] = torch.logaddexp(lse[k], rows.logsumexp(dim=0))
-                counts[k] += rows.shape[0]
+            # per predicted class k, logsumexp of its rows = top_k + log Σ exp(row − top_k) (all classes at once;
+            # classes not predicted in this chunk get −inf, which logaddexp leaves out)
+            top = torch.full((c, c), -math.inf, dtype=torch.float64).scatter_reduce_(
+                0, pred[:, None].expand(-1, c), logp, "amax")
+            part = torch.zeros(c, c, dtype=torch.float64).index_add_(0, pred, (logp - top[pred]).exp_())
+            lse = torch.logaddexp(lse, top + part.log())
+            counts += torch.bincount(pred, minlength=c)
         present = counts > 0
         self._classes = present.nonzero().squeeze(1)
         self._log_templates = lse[present] - counts[present].double().log()[:, None]
@@ -88,6 +92,6 @@ class KLMatching(Detector):
         for s in range(0, len(x), self.chunk_size):
             logp = x.logits[s : s + self.chunk_size].double().log_softmax(dim=1)
             p = logp.exp()
-            kl = (p * logp).sum(dim=1, keepdim=True) - p @ logq.T  # (B, K)
-            out[s : s + p.shape[0]] = -kl.min(dim=1).values.float()
+            # −min_k KL(p ‖ d_k) = max_k Σ_c p_c log d_kc − Σ_c p_c log p_c
+            out[s : s + p.shape[0]] = (p @ logq.T).amax(dim=1) - (p * logp).sum(dim=1)
         return out

@@ -80,6 +80,7 @@ class KNN(Detector):
 
     name = "knn"
     needs_fit = True
+    fitted_state = ("_bank",)
 
     def __init__(self, k: int = 50, query_chunk: int = 1024, bank_chunk: int = 16384,
                  fit_chunk: int = 8192) -> None:

@@ -13,10 +13,20 @@ memory of fit and score (it does not change the result).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from torch import Tensor
 
-from ._gaussian import TiedGaussians, cat_scores, check_chunk_size, fit_class_gaussians, precision
-from .base import Detector, register
+from ._gaussian import (
+    TIED_STATE,
+    TiedGaussians,
+    Transform,
+    cat_scores,
+    check_chunk_size,
+    fit_class_gaussians,
+    precision,
+)
+from .base import Detector, _check_keys, register
 from .features import Extraction, Head
 
 
@@ -26,6 +36,7 @@ class Mahalanobis(Detector):
 
     name = "mahalanobis"
     needs_fit = True
+    fitted_state: ClassVar[tuple[str, ...]] = ("_dist",)  # TiedGaussians, saved as dist.center, dist.prec, ...
 
     def __init__(self, chunk_size: int = 8192) -> None:
         self.chunk_size = check_chunk_size(chunk_size)
@@ -35,9 +46,28 @@ class Mahalanobis(Detector):
         """Feature map applied (to float64 chunks) before fit and score; identity here."""
         return z
 
+    def _fit_transform(self) -> Transform | None:
+        """:meth:`_transform` for :func:`fit_class_gaussians`; ``None`` where it is the identity (no float64 copy)."""
+        return None if type(self)._transform is Mahalanobis._transform else self._transform
+
     def fit(self, train: Extraction, head: Head) -> Mahalanobis:
-        g = fit_class_gaussians(train, self.chunk_size, self._transform)
+        g = fit_class_gaussians(train, self.chunk_size, self._fit_transform())
         self._dist = TiedGaussians(g.means, precision(g.cov), center=g.global_mean)
+        return self
+
+    def state_dict(self) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for a in self.fitted_state:
+            g = getattr(self, a)
+            if g is None:
+                raise RuntimeError(f"detector '{self.name}' is not fitted: nothing to save")
+            out.update(g.state(a.lstrip("_") + "."))
+        return out
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> Mahalanobis:
+        _check_keys(self.name, state, [f"{a.lstrip('_')}.{k}" for a in self.fitted_state for k in TIED_STATE])
+        for a in self.fitted_state:
+            setattr(self, a, TiedGaussians.from_state(state, a.lstrip("_") + "."))
         return self
 
     def _require_fit(self) -> TiedGaussians:

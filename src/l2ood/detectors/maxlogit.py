@@ -20,4 +20,4 @@ class MaxLogit(Detector):
     uses_logits = True
 
     def score(self, x: Extraction, head: Head) -> Tensor:
-        return x.logits.float().max(dim=1).values
+        return x.logits.float().amax(dim=1)

@@ -20,4 +20,6 @@ class MSP(Detector):
     uses_logits = True
 
     def score(self, x: Extraction, head: Head) -> Tensor:
-        return x.logits.float().softmax(dim=1).max(dim=1).values
+        # max_c softmax_c = exp(0) / Σ_c exp(f_c − max f): the softmax at its argmax, without the other entries
+        f = x.logits.float()
+        return (f - f.amax(dim=1, keepdim=True)).exp_().sum(dim=1).reciprocal_()

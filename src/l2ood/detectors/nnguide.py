@@ -15,7 +15,7 @@ Reference disagreements: the authors' code uses ``k = 10`` and the bank it is gi
 ``1e-10`` after normalizing (``z/‖z‖ + 1e-10``, immaterial). Like ViM, the method assumes positive
 energies: where the energy is negative the product's sign flips its meaning.
 
-Implementation: the bank is filled chunk by chunk (memory O(bank·D), the confidences from the
+Implementation: the bank rows are gathered ``fit_chunk`` at a time (memory O(bank·D), the confidences from the
 extraction's logits, i.e. the head's variant); the top ``k`` is found block by block as in
 :mod:`~l2ood.detectors.knn` (no query × bank matrix). Zero feature vectors stay zero (eps-safe
 normalization). One detector instance serves the logit variant it was fit on.
@@ -39,6 +39,7 @@ class NNGuide(Detector):
     name = "nnguide"
     needs_fit = True
     uses_logits = True
+    fitted_state = ("_bank", "_normalize")
 
     def __init__(self, k: int = 100, fraction: float = 0.01, seed: int = 0, query_chunk: int = 1024,
                  bank_chunk: int = 16384, fit_chunk: int = 8192) -> None:
@@ -74,15 +75,10 @@ class NNGuide(Detector):
             raise ConfigError(f"nnguide: k={self.k} exceeds the size of the ID training set ({n})")
         idx = self.bank_indices(n)
         bank = torch.empty(idx.shape[0], d, dtype=torch.float32)
-        s = filled = 0
-        for chunk in train.chunks(self.fit_chunk):
-            m = len(chunk)
-            sel = idx[(idx >= s) & (idx < s + m)] - s
-            if sel.numel():
-                conf = chunk.logits[sel].float().logsumexp(dim=1, keepdim=True)
-                bank[filled : filled + sel.numel()] = _normalize(chunk.features[sel]) * conf
-                filled += sel.numel()
-            s += m
+        for s in range(0, idx.shape[0], self.fit_chunk):  # gather the bank rows, fit_chunk at a time
+            sel = idx[s : s + self.fit_chunk]
+            conf = train.logits[sel].float().logsumexp(dim=1, keepdim=True)
+            bank[s : s + sel.shape[0]] = _normalize(train.features[sel]) * conf
         self._bank = bank
         self._normalize = head.normalize
         return self

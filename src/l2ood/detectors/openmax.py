@@ -86,6 +86,7 @@ class OpenMax(Detector):
     name = "openmax"
     needs_fit = True
     uses_logits = True
+    fitted_state = ("_means", "_weibull", "_normalize")
 
     def __init__(self, alpha: int = 3, tailsize: int = 20, chunk_size: int = 8192) -> None:
         for n, v in (("alpha", alpha), ("tailsize", tailsize), ("chunk_size", chunk_size)):

@@ -36,6 +36,7 @@ class Relation(Detector):
     name = "relation"
     needs_fit = True
     uses_logits = True
+    fitted_state = ("_feats", "_probs", "_normalize")
 
     def __init__(self, power: float = 1.0, threshold: float = 0.03, query_chunk: int = 512,
                  bank_chunk: int = 8192, fit_chunk: int = 8192) -> None:

@@ -24,13 +24,14 @@ class RelativeMahalanobis(Mahalanobis):
     """``−min_c MD_c(z) + MD_0(z)`` (higher = ID)."""
 
     name = "rmds"
+    fitted_state = ("_dist", "_background")
 
     def __init__(self, chunk_size: int = 8192) -> None:
         super().__init__(chunk_size)
         self._background: TiedGaussians | None = None
 
     def fit(self, train: Extraction, head: Head) -> RelativeMahalanobis:
-        g = fit_class_gaussians(train, self.chunk_size, self._transform)
+        g = fit_class_gaussians(train, self.chunk_size, self._fit_transform())
         self._dist = TiedGaussians(g.means, precision(g.cov), center=g.global_mean)
         self._background = TiedGaussians(g.global_mean[None, :], precision(g.global_cov),
                                           center=g.global_mean)

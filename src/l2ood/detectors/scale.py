@@ -31,7 +31,7 @@ def scale_features(z: Tensor, percentile: float = 85.0) -> Tensor:
     if z.shape[1] == 0:
         return z.clone()
     k = ash_keep_count(z.shape[1], percentile)
-    r = sharpening_exponent(z.sum(dim=1), z.topk(k, dim=1).values.sum(dim=1))
+    r = sharpening_exponent(z.sum(dim=1), z.topk(k, dim=1, sorted=False).values.sum(dim=1))
     return z * r.exp().unsqueeze(1)
 
 

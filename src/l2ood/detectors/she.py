@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from ._blocks import block_rows
 from .base import Detector, register
 from .features import Extraction, Head
 
@@ -31,6 +32,7 @@ class SHE(Detector):
 
     name = "she"
     needs_fit = True
+    fitted_state = ("_patterns", "_counts")
 
     def __init__(self, chunk_size: int = 8192) -> None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
@@ -62,7 +64,7 @@ class SHE(Detector):
             raise ConfigError(f"she: training labels must lie in [0, {c})")
         sums = torch.zeros(c, d, dtype=torch.float64)
         counts = torch.zeros(c, dtype=torch.int64)
-        for chunk in train.chunks(self.chunk_size):
+        for chunk in train.chunks(block_rows(d, self.chunk_size)):  # small float64 blocks (see _blocks)
             assert chunk.labels is not None
             y = chunk.labels.long()
             ok = chunk.logits.argmax(dim=1) == y
@@ -77,8 +79,9 @@ class SHE(Detector):
         if x.logits.shape[1] != pat.shape[0] or x.features.shape[1] != pat.shape[1]:
             raise ConfigError("she: the extraction's classes or feature dimension differ from fit()")
         out = torch.empty(len(x), dtype=torch.float32)
-        for s in range(0, len(x), self.chunk_size):
-            z = x.features[s : s + self.chunk_size].double()
-            pred = x.logits[s : s + self.chunk_size].argmax(dim=1)
-            out[s : s + z.shape[0]] = (z * pat[pred]).sum(dim=1).float()
+        step = block_rows(pat.shape[1], self.chunk_size)  # small float64 blocks (see _blocks)
+        for s in range(0, len(x), step):
+            z = x.features[s : s + step].double()
+            pred = x.logits[s : s + step].argmax(dim=1)
+            out[s : s + z.shape[0]] = (z * pat[pred]).sum(dim=1)
         return out

@@ -34,6 +34,7 @@ class TemperatureScaling(Detector):
     name = "temp_scale"
     needs_fit = True
     uses_logits = True
+    fitted_state = ("temperature", "_normalize")
 
     def __init__(self, t_min: float = 1e-3, t_max: float = 1e3, chunk_size: int = 8192) -> None:
         if not 0 < t_min <= 1.0 <= t_max < math.inf:

@@ -15,10 +15,16 @@ Wang, Li, Feng & Zhang, "ViM: Out-Of-Distribution with Virtual-logit Matching", 
 Default hyper-parameters: ``dim = 256`` if ``D ≥ 512`` (OpenOOD v1.5's setting for ResNet18), else
 ``D // 2``; ``chunk_size = 8192`` rows for fitting and scoring.
 
-Implementation. ``Σ`` is accumulated in float64 over row chunks (extra memory O(chunk·D + D²)) and
-decomposed with :func:`torch.linalg.eigh`; fitting reads the training outputs twice (``Σ`` and the
-max-logit mean, then the residual mean, which needs ``P⊥``). ``α`` is fitted for both logit
-variants of the head (``"trained"`` and ``"raw"``, :meth:`Head.raw`) and the one matching the head
+Implementation. ``Σ`` is accumulated over row blocks (extra memory O(block·D + D²)) with float32
+symmetric rank-k products (BLAS ``ssyrk``, one triangle) summed in float64, and decomposed in float64
+with :func:`torch.linalg.eigh` — only the split into the top-``dim`` and the residual eigenvectors is
+used, which float32 products determine to ~1e-7 (pytorch-ood's ViM does all of it in float32,
+eigendecomposition included). Fitting reads the training outputs twice (``Σ`` and the max-logit mean,
+then the residual mean, which needs ``P⊥``). The residual norms of :meth:`ViM.fit` and
+:meth:`ViM.score` are float32 products ``z·P⊥ − u·P⊥`` (``u·P⊥`` in float64, rounded once);
+:meth:`ViM.residual_norm` is the float64 reference (agreement ~1e-6 relative). ``α`` is fitted for both
+logit variants of the head (``"trained"`` and ``"raw"``, :meth:`Head.raw`; computed once where they
+coincide, e.g. the ``ce`` head) and the one matching the head
 given to :meth:`ViM.score` is used, so one fit serves both variants. ``dim ≥ D`` is a
 ``ValueError``. Note that ``α`` is negative when the mean ID max logit is — the paper assumes it
 is positive.
@@ -34,7 +40,8 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..models.heads import LogitVariant
-from .base import Detector, register
+from ._blocks import SymmetricGram, blas_threads, block_rows
+from .base import Detector, _check_keys, register
 from .features import Extraction, Head
 
 _VARIANTS: tuple[LogitVariant, ...] = ("trained", "raw")
@@ -52,6 +59,7 @@ class ViM(Detector):
     name = "vim"
     needs_fit = True
     uses_logits = True
+    fitted_state = ("_u", "_residual", "_dim", "_head")  # + α per logit variant (see state_dict)
 
     def __init__(self, dim: int | None = None, chunk_size: int = 8192) -> None:
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 0):
@@ -93,6 +101,26 @@ class ViM(Detector):
             p["dim"] = self._dim
         return p
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """``u``, ``residual`` (P⊥), ``dim``, ``head.weight``/``head.bias`` (the head it was fit with) and
+        ``alpha.trained``/``alpha.raw``."""
+        u, p = self._fitted()
+        assert self._head is not None and self._dim is not None
+        return {"u": u.contiguous(), "residual": p.contiguous(), "dim": torch.tensor(self._dim, dtype=torch.int64),
+                "head.weight": self._head[0].contiguous(), "head.bias": self._head[1].contiguous(),
+                **{f"alpha.{v}": torch.tensor(self._alpha[v], dtype=torch.float64) for v in _VARIANTS}}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> ViM:
+        _check_keys(self.name, state, ["u", "residual", "dim", "head.weight", "head.bias",
+                                       *(f"alpha.{v}" for v in _VARIANTS)])
+        u, p = state["u"].to(torch.float64), state["residual"].to(torch.float64)
+        if u.ndim != 1 or p.ndim != 2 or p.shape[0] != u.shape[0]:
+            raise ConfigError(f"{self.name}: inconsistent fitted state (u {tuple(u.shape)}, P⊥ {tuple(p.shape)})")
+        self._u, self._residual, self._dim = u, p, int(state["dim"])
+        self._head = (state["head.weight"], state["head.bias"])
+        self._alpha = {v: float(state[f"alpha.{v}"]) for v in _VARIANTS}
+        return self
+
     # -- fit / score --------------------------------------------------------------------------
     @staticmethod
     def origin_of(head: Head) -> Tensor:
@@ -111,6 +139,15 @@ class ViM(Detector):
             out[s : s + y.shape[0]] = (y @ p).norm(dim=1)
         return out
 
+    def _residual_norm32(self, z: Tensor, p32: Tensor, up32: Tensor) -> Tensor:
+        """``‖z·P⊥ − u·P⊥‖₂`` ``(B,)`` float32 for one block of rows (``p32 = P⊥``, ``up32 = u·P⊥`` in float32)."""
+        return torch.addmm(up32, z.to(torch.float32), p32, alpha=1.0, beta=-1.0).norm(dim=1)
+
+    def _fast_basis(self) -> tuple[Tensor, Tensor]:
+        """``(P⊥, u·P⊥)`` in float32 (derived from the float64 fitted state on each call: cheap, D×(D−dim))."""
+        u, p = self._fitted()
+        return p.to(torch.float32), (u @ p).to(torch.float32)
+
     def fit(self, train: Extraction, head: Head) -> ViM:
         n, d = train.features.shape
         if n == 0:
@@ -120,20 +157,30 @@ class ViM(Detector):
             raise ConfigError(f"{self.name}: dim={dim} must be smaller than the feature dimension D={d}")
         u = self.origin_of(head)
         heads = {v: replace(head, variant=v) for v in _VARIANTS}
-        # pass 1: second moment of z − u (float64) and the mean max logit of each variant
-        second = torch.zeros(d, d, dtype=torch.float64)
-        max_logit = dict.fromkeys(_VARIANTS, 0.0)
-        for chunk in train.chunks(self.chunk_size):
-            y = chunk.features.double() - u
-            second += y.T @ y
-            for v, h in heads.items():
-                max_logit[v] += h.logits(chunk.features).double().max(dim=1).values.sum().item()
-        second /= n
+        # the trained logits are the raw ones unless the head normalizes (then both are computed)
+        variants = _VARIANTS if heads["trained"].normalize else ("raw",)
+        block = block_rows(d, self.chunk_size)
+        # pass 1: second moment of z − u (float32 products summed in float64) and the max-logit sums
+        gram = SymmetricGram(d, torch.float32)
+        u32 = u.to(torch.float32)
+        buf = torch.empty(block, d, dtype=torch.float32)
+        max_logit = dict.fromkeys(variants, 0.0)
+        with blas_threads():
+            for chunk in train.chunks(block):
+                z = chunk.features
+                gram.add(torch.sub(z.to(torch.float32), u32, out=buf[: z.shape[0]]))
+                for v in variants:
+                    max_logit[v] += float(heads[v].logits(z).amax(dim=1).double().sum())
+        if "trained" not in max_logit:
+            max_logit["trained"] = max_logit["raw"]
+        second = gram.result() / n
         _, vecs = torch.linalg.eigh(second)  # ascending eigenvalues
         self._u, self._residual = u, vecs[:, : d - dim].contiguous()
         self._dim = dim
-        # pass 2: mean residual norm
-        r_mean = sum(self.residual_norm(c.features).sum().item() for c in train.chunks(self.chunk_size)) / n
+        # pass 2: mean residual norm (float32 products, float64 sum)
+        p32, up32 = self._fast_basis()
+        r_mean = sum(float(self._residual_norm32(c.features, p32, up32).double().sum())
+                     for c in train.chunks(self.chunk_size)) / n
         if not r_mean > 1e-12 * float(second.trace().sqrt()):  # degenerate: exactly in the subspace
             self._u = self._residual = None
             raise ConfigError(f"{self.name}: the ID training features have no component outside the top-{dim} "
@@ -150,9 +197,14 @@ class ViM(Detector):
                 and torch.equal(head.bias, b)):
             raise ConfigError("vim: score() got a different head (W, b) than fit()")
         alpha = self._alpha[head.variant]
+        d = self._fitted()[0].shape[0]
+        if x.features.ndim != 2 or x.features.shape[1] != d:
+            raise ConfigError(f"{self.name}: features of shape {tuple(x.features.shape)} do not match the fitted "
+                             f"dimension {d}")
+        p32, up32 = self._fast_basis()
         out = torch.empty(len(x), dtype=torch.float32)
         for s in range(0, len(x), self.chunk_size):
             z = x.features[s : s + self.chunk_size]
             energy = head.logits(z).double().logsumexp(dim=1)
-            out[s : s + z.shape[0]] = (energy - alpha * self.residual_norm(z)).float()
+            out[s : s + z.shape[0]] = energy - alpha * self._residual_norm32(z, p32, up32).double()
         return out

@@ -32,8 +32,10 @@ def write_report(out_dir: str | Path, models: list[tuple[str, dict[str, Any], Sc
         f"ID data: **{first['id_dataset']}** ({first['n_id_test']} test images). "
         f"Model: {first['model']['arch']} width {first['model']['width']}, runtime {first['runtime']}.",
         "",
-        "Scores: higher = more in-distribution. AUROC and FPR@95TPR in % (FPR@95TPR = fraction of "
-        "OoD images accepted at the threshold that keeps 95 % of ID test images).",
+        "Scores: higher = more in-distribution. AUROC and FPR@95TPR in %. **FPR95 (ID+)** (l2ood's `fpr95`, ID "
+        "positive) = fraction of OoD images accepted at the threshold that keeps 95 % of ID test images; "
+        "**FPR95 (OoD+)** (`fpr95_ood_pos`, OoD positive, the convention of OpenOOD v1.5 and pytorch-ood) = "
+        "fraction of ID test images flagged at the threshold that flags 95 % of the OoD images.",
         "",
         markdown_table([(lbl, r) for lbl, r, _ in models]),
         "",

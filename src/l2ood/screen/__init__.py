@@ -1,10 +1,20 @@
-"""Screening in deployment: calibrated thresholds, conformal p-values, robust file screening."""
+"""Screening in deployment: calibrated thresholds, conformal p-values (one detector or several combined),
+fitted detectors saved with the run, robust file screening."""
 
-from ..metrics.conformal import Calibration, calibrate, conformal_p_values, threshold_for_tpr
+from ..metrics.conformal import (
+    Calibration,
+    calibrate,
+    calibrate_combined,
+    combine_p_values,
+    conformal_p_values,
+    threshold_for_tpr,
+)
 from .calibrate_run import calibrate_run
+from .fitted import Member, fitted_detector, load_member, parse_spec
 from .images import DEFAULT_MAX_PIXELS, ImageReadError, decode_image, discover
 from .screener import RECORD_FIELDS, NotCalibratedError, Screener, ScreenOutput, screen_to_file, screenable_detectors
 
-__all__ = ["DEFAULT_MAX_PIXELS", "RECORD_FIELDS", "Calibration", "ImageReadError", "NotCalibratedError",
-           "ScreenOutput", "Screener", "calibrate", "calibrate_run", "conformal_p_values", "decode_image", "discover",
+__all__ = ["DEFAULT_MAX_PIXELS", "RECORD_FIELDS", "Calibration", "ImageReadError", "Member", "NotCalibratedError",
+           "ScreenOutput", "Screener", "calibrate", "calibrate_combined", "calibrate_run", "combine_p_values",
+           "conformal_p_values", "decode_image", "discover", "fitted_detector", "load_member", "parse_spec",
            "screen_to_file", "screenable_detectors", "threshold_for_tpr"]

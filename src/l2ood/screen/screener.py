@@ -2,8 +2,12 @@
 
 :class:`Screener` wraps a trained model and its :class:`~l2ood.metrics.conformal.Calibration`;
 ``score`` works on tensors, ``screen`` on files and folders and yields one record per image (or per
-file that could not be read). Only post-hoc detectors that need no fitted statistics can drive a
-screen (the method's ``feature_norm`` by default).
+file that could not be read). Any detector can drive a screen (the method's ``feature_norm`` by default):
+detectors with fitted statistics are loaded once from the files the calibration was made with
+(``RUN/detectors/…``, :mod:`l2ood.screen.fitted`), ODIN and RankFeat run the model on each batch, and a
+combined calibration scores every member and merges their conformal p-values
+(:mod:`l2ood.metrics.conformal`): its record's ``score`` is ``ln`` of the unclipped combined p-value and
+``p_value`` the combined p-value.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..data import DataError, load_npz
-from ..detectors import DETECTORS, make_detector
+from ..detectors import DETECTORS
 from ..errors import ConfigError, L2oodError
 from ..metrics.conformal import Calibration
 from ..run import Run
+from .fitted import load_member, parse_spec, score_member
 from .images import DEFAULT_MAX_PIXELS, ImageReadError, decode_image, discover
 
 
@@ -44,8 +49,9 @@ class ScreenOutput:
 
 
 def screenable_detectors() -> list[str]:
-    """Detectors that can drive a screen (no fitted statistics, no gradients)."""
-    return [n for n, c in DETECTORS.items() if not c.needs_fit and not c.needs_model]
+    """Detectors that can drive a screen: every registered one (fitted statistics are saved with the run,
+    detectors needing the model run it on each batch; see :mod:`l2ood.screen.fitted`)."""
+    return list(DETECTORS)
 
 
 class Screener:
@@ -69,10 +75,10 @@ class Screener:
         if threshold is not None and not math.isfinite(threshold):
             raise ConfigError(f"threshold must be a finite number, got {threshold}")
         self.threshold = threshold
-        name = calibration.detector if calibration else "feature_norm"
-        if name not in screenable_detectors():
-            raise ConfigError(f"detector '{name}' cannot drive a screen; use one of {screenable_detectors()}")
-        self.detector = make_detector(name)
+        self.members = parse_spec(calibration.detectors if calibration else ["feature_norm"], cfg.head)
+        fitted = calibration.fitted if calibration else {}
+        self.detectors = [load_member(run, m, fitted.get(m.key)) for m in self.members]  # loaded once
+        self.detector = self.detectors[0]
         self.head = run.head
 
     @classmethod
@@ -106,7 +112,12 @@ class Screener:
                 raise ConfigError(f"float input must be (N, {self.channels}, {self.size[0]}, {self.size[1]}) "
                                   f"on the [0, 1] scale; got {tuple(x.shape)} (pass uint8 to convert)")
         ext = self.run.forward_batch(x)
-        s = self.detector.score(ext, self.head).numpy().astype(np.float64)
+        member_scores = np.stack([score_member(self.run, m, d, ext, x, self.head)
+                                  for m, d in zip(self.members, self.detectors, strict=True)], axis=1)
+        if self.calibration is not None and self.calibration.is_combined:
+            s = self.calibration.combined_score(member_scores)  # NaN where a member's score is not finite
+        else:
+            s = member_scores[:, 0]
         finite = np.isfinite(s)
         probs = ext.logits.softmax(1)
         conf, pred = probs.max(1)

@@ -30,7 +30,7 @@ LOCK = ".l2ood.lock"
 TMP_PREFIX = ".l2ood-tmp-"
 OWNED_NAMES = frozenset({"model.json", "model.safetensors", "checkpoint.json", "train_log.jsonl", "track.jsonl",
                          LOCK})
-OWNED_DIRS = frozenset({"track", "cache", "eval"})
+OWNED_DIRS = frozenset({"track", "cache", "eval", "detectors"})
 _OWNED_RE = re.compile(r"^(checkpoint-\d{9}\.safetensors|" + re.escape(TMP_PREFIX) + r".+)$")
 
 

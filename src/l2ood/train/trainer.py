@@ -444,6 +444,7 @@ def _finish(run_dir: Path, model: Classifier, model_cfg: ModelConfig, cfg: Train
     weights = save_weights(run_dir, model)
     digest = run_record.file_sha256(weights)
     kept: dict[str, Any] = {}
+    kept_detectors: dict[str, Any] = {}
     if (run_dir / run_record.META).is_file():
         try:
             old = run_record.read_record(run_dir)
@@ -451,10 +452,13 @@ def _finish(run_dir: Path, model: Classifier, model_cfg: ModelConfig, cfg: Train
             old = None
         if old is not None and old.weights_sha256 == digest:
             kept = dict(old.calibrations)
+            kept_detectors = dict(old.detectors)  # fitted on the same weights (calibrations pin their digests)
     data = run_record.data_record(train_set, test_data)
     rec = run_record.new_record(model_cfg, cfg, data, weights_sha256=digest, history=history,
                                 runtime=rt.describe(), world_size=world, calibrations=kept,
                                 fit="imagenet" if isinstance(train_set, StreamingSet) else "resize")
+    if kept_detectors and data.fingerprint == old.data.fingerprint:  # type: ignore[union-attr]
+        rec = rec.model_copy(update={"detectors": kept_detectors})
     run_record.write_record(run_dir, rec)
 
 
