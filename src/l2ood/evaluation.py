@@ -14,6 +14,14 @@ an ID calibration split disjoint from the test images (the run's holdout), merge
 arbitrary dependence (:mod:`l2ood.metrics.conformal`: Bonferroni-min by default, or Cauchy). The column
 ``rule(a,b,...)`` is scored by ``ln`` of the unclipped combined p-value (higher = more ID) — the score a
 screen with that combined calibration reports — and gets the same metrics as every other column.
+
+**Cross-fitted combinations** (``combine_crossfit=True``, for models trained without a holdout, e.g. the
+benchmarks): the ID test images are split into two seeded halves A and B. Each ID test image is scored against
+the member scores of the other half (out of fold), and the metrics of the column are the mean of the two folds'
+metrics, fold f comparing the ID images of f with every OoD image calibrated on the other half. No image ever
+enters its own calibration, every ID test image is used, and each fold's AUROC estimates the same quantity as
+a separate calibration split would (with 2·n/2 instead of n calibration images). The stored OoD scores of the
+column are those calibrated on half B (the ones fold A is compared with).
 """
 
 from __future__ import annotations
@@ -129,18 +137,23 @@ def evaluate(
     combined: Sequence[str | list[str]] = (),
     combine_rule: str = "bonferroni",
     calibration_set: Images | None = None,
+    combine_crossfit: bool = False,
 ) -> EvalResult:
     """Evaluate a run on given ID test and OoD sets; ``fit_set`` feeds detectors that need ID statistics.
 
     Every set is brought to the model's input format and scored with one forward pass
     (:meth:`l2ood.run.Run.forward`, cached on disk for run folders). Each entry of ``combined`` (comma-separated
     detector keys, e.g. ``"feature_norm,knn"``) adds a combined column (see the module doc) whose conformal
-    p-values are taken against ``calibration_set`` (ID images disjoint from ``id_test`` and from training)."""
+    p-values are taken against ``calibration_set`` (ID images disjoint from ``id_test`` and from training), or,
+    with ``combine_crossfit=True`` and no ``calibration_set``, cross-fitted on two halves of ``id_test``."""
     if combine_rule not in RULES:
         raise ConfigError(f"combine rule must be one of {', '.join(RULES)}, got {combine_rule!r}")
     combos = [_member_columns(c, run.config.head) for c in combined]
-    if combos and calibration_set is None:
-        raise ConfigError("combined columns need an ID calibration set (disjoint from the test images)")
+    if combos and calibration_set is None and not combine_crossfit:
+        raise ConfigError("combined columns need an ID calibration set (disjoint from the test images) or "
+                          "combine_crossfit=True")
+    if combos and calibration_set is not None and combine_crossfit:
+        raise ConfigError("give either a calibration set or combine_crossfit=True, not both")
     head = run.head
     id_test = run.to_input_format(id_test)
 
@@ -174,7 +187,20 @@ def evaluate(
                 dets[col].fit(fit_ext, head)
     combo_info: dict[str, dict[str, Any]] = {}
     cal_scores: dict[str, np.ndarray] = {}
-    if combos:
+    folds: tuple[np.ndarray, np.ndarray] | None = None
+    if combos and combine_crossfit:
+        if len(id_test) < 4:
+            raise ConfigError(f"cross-fitted combinations need at least 4 ID test images, got {len(id_test)}")
+        perm = np.random.default_rng(0).permutation(len(id_test))
+        folds = (np.sort(perm[: len(perm) // 2]), np.sort(perm[len(perm) // 2:]))
+        for combo in combos:
+            name = combined_column([k for k, _, _, _ in combo], combine_rule)
+            combo_info[name] = {"rule": combine_rule, "members": [k for k, _, _, _ in combo],
+                                "columns": [c for _, c, _, _ in combo], "n_calibration": len(folds[1]),
+                                "calibration": f"{id_test.name}: cross-fitted halves ({len(folds[0])} / "
+                                               f"{len(folds[1])} images, seed 0); metrics: mean of the two folds",
+                                "score": "ln of the unclipped combined conformal p-value (higher = more ID)"}
+    elif combos:
         assert calibration_set is not None
         cal_set = run.to_input_format(calibration_set)
         cal_ext = fwd(cal_set, desc="extract calibration")
@@ -187,23 +213,47 @@ def evaluate(
                                 "calibration": cal_set.name,
                                 "score": "ln of the unclipped combined conformal p-value (higher = more ID)"}
 
-    def score_all(ext: Extraction, ds: Images) -> dict[str, np.ndarray]:
+    def members(sc: dict[str, np.ndarray], name: str) -> np.ndarray:
+        return np.stack([sc[c] for c in combo_info[name]["columns"]], axis=1)
+
+    def score_all(ext: Extraction, ds: Images, id_ref: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         sc = {col: _score(d, ext, head, ds, run, variants[col]) for col, d in dets.items()}
         for name, info in combo_info.items():
-            sc[name] = combined_scores([cal_scores[c] for c in info["columns"]],
-                                       np.stack([sc[c] for c in info["columns"]], axis=1), combine_rule)
-        return {c: sc[c] for c in [*reported, *combo_info]}
+            if folds is None:
+                sc[name] = combined_scores([cal_scores[c] for c in info["columns"]], members(sc, name), combine_rule)
+            elif id_ref is None:  # the ID test set itself: each half scored against the other
+                m, out = members(sc, name), np.empty(len(ext), dtype=np.float64)
+                for f, g in (folds, folds[::-1]):
+                    out[f] = combined_scores(list(m[g].T), m[f], combine_rule)
+                sc[name] = out
+            else:  # an OoD set: calibrated on half B (fold A's comparison); fold B's metrics in fold_metrics
+                sc[name] = combined_scores(list(members(id_ref, name)[folds[1]].T), members(sc, name), combine_rule)
+        return {c: sc[c] for c in [*reported, *combo_info, *((c for c in sc if c not in combo_info) if folds else ())]}
 
-    id_scores = score_all(id_ext, id_test)
+    def fold_metrics(name: str, id_sc: dict[str, np.ndarray], ood_sc: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Cross-fitted metrics of a combined column: the mean over the two folds."""
+        assert folds is not None
+        m_id, m_ood, per = members(id_sc, name), members(ood_sc, name), []
+        for f, g in (folds, folds[::-1]):
+            cal = list(m_id[g].T)
+            per.append(dict(ood_metrics(combined_scores(cal, m_id[f], combine_rule),
+                                        combined_scores(cal, m_ood, combine_rule))))
+        return {k: float(np.mean([p[k] for p in per])) if isinstance(per[0][k], float) else per[0][k]
+                for k in per[0]}
+
+    id_all = score_all(id_ext, id_test)
+    id_scores = {c: id_all[c] for c in [*reported, *combo_info]}
     scores: dict[str, dict[str, np.ndarray]] = {id_test.name: id_scores}
     ood_res: dict[str, Any] = {}
     for ds in ood_sets:
         ds = run.to_input_format(ds)
         ext = fwd(ds)
-        sc = score_all(ext, ds)
+        sc_all = score_all(ext, ds, id_all)
+        sc = {c: sc_all[c] for c in [*reported, *combo_info]}
         scores[ds.name] = sc
-        ood_res[ds.name] = {"n": len(ds), "detectors": {col: dict(ood_metrics(id_scores[col], sc[col]))
-                                                        for col in sc}}
+        ood_res[ds.name] = {"n": len(ds), "detectors": {
+            col: fold_metrics(col, id_all, sc_all) if folds is not None and col in combo_info
+            else dict(ood_metrics(id_scores[col], sc[col])) for col in sc}}
     results = {
         "model": run.config.to_dict(),
         "head": run.config.head,

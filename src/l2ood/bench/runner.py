@@ -19,7 +19,7 @@ import csv
 import json
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ class BenchSpec:
     pretrained: str | None = None  # weights file: fine-tune from it, or (recipe "pretrained-*") evaluate it
     n_fit: int | None = None  # seeded subset of the training images for fitted detectors (post-hoc recipes)
     workers: int | None = None  # streamed benchmarks: DataLoader workers
+    combined: list[str] = field(default_factory=list)  # combined columns "a,b": cross-fitted on the ID test halves
 
     def validate(self) -> None:
         """Check the matrix before anything is loaded or trained."""
@@ -105,7 +106,9 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> tuple[Path
     (spec.out / "spec.json").write_text(jsonio.dumps({
         "benchmark": spec.benchmark, "definition": bdef, "recipe": spec.recipe, "hyper": recipe,
         "archs": spec.archs, "variants": spec.variants, "seeds": spec.seeds, "detectors": spec.detectors,
-        "n_ood": spec.n_ood, "n_id": spec.n_id, "code_version": code_version()}, indent=2))
+        "n_ood": spec.n_ood, "n_id": spec.n_id, "combined": spec.combined, "code_version": code_version()},
+        indent=2))
+    wanted = [*spec.detectors, *(f"combine:{c}" for c in spec.combined)]
     posthoc = bool(recipe.get("pretrained"))
     if posthoc and not spec.pretrained:
         raise ConfigError(f"recipe '{spec.recipe}' evaluates a pretrained classifier: pass --pretrained FILE")
@@ -126,7 +129,7 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> tuple[Path
                 cell = spec.out / "cells" / f"{arch}-{variant}-seed{seed}.json"
                 if cell.is_file():
                     done = json.loads(cell.read_text())
-                    if set(spec.detectors) <= set(done.get("requested", [])):
+                    if set(wanted) <= set(done.get("requested", [])):
                         log(f"cell {arch}/{variant}/seed{seed}: done")
                         continue
                 run_dir = spec.out / arch / variant / f"seed{seed}"
@@ -136,7 +139,7 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> tuple[Path
                     r = _posthoc_cell(spec, arch, variant, int(recipe["width"]), bdef, train_set, id_test, ood_sets,
                                       log)
                     cell.write_text(jsonio.dumps({"arch": arch, "variant": variant, "seed": seed,
-                                                "requested": spec.detectors, "groups": groups, "train_seconds": 0.0,
+                                                "requested": wanted, "groups": groups, "train_seconds": 0.0,
                                                 "code_version": code_version(), "results": r.results}, indent=1))
                     continue
                 mcfg = ModelConfig(arch=arch, width=int(recipe["width"]), head=variant)
@@ -148,9 +151,9 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> tuple[Path
                 run, r = train_and_evaluate(train_set, mcfg, tcfg, run_dir, ood_sets=ood_sets,
                                             detectors=spec.detectors, id_test=id_test, data_root=spec.data_root,
                                             test_data=resolve(bdef["id"], spec.data_root),
-                                            progress=spec.progress, log=log)
+                                            progress=spec.progress, log=log, combined=spec.combined)
                 cell.write_text(jsonio.dumps({"arch": arch, "variant": variant, "seed": seed,
-                                            "requested": spec.detectors, "groups": groups,
+                                            "requested": wanted, "groups": groups,
                                             "train_seconds": run.record.train_seconds,
                                             "code_version": code_version(),
                                             "results": r.results}, indent=1))
@@ -169,16 +172,23 @@ def _posthoc_cell(spec: BenchSpec, arch: str, variant: str, width: int, bdef: di
     log(f"post-hoc: {arch} from {spec.pretrained} ({run.config.num_classes} classes), detectors fitted on "
         f"{len(fit_set)} training images")
     return evaluate(run, id_test, ood_sets, spec.detectors, fit_set=fit_set, progress=spec.progress,
-                    batch_size=256)
+                    batch_size=256, combined=spec.combined, combine_crossfit=bool(spec.combined))
 
 
 def _nan_if_none(v: float | None) -> float:
     return float("nan") if v is None else float(v)
 
 
+#: AUROC points between the best and the worst seed beyond which a per-data-set result is flagged unstable
+UNSTABLE = 10.0
+
+
 def _fmt(v: list[float]) -> str:
+    """``mean ± sample std [min–max]`` in %, or the single value."""
     a = 100 * np.asarray(v, dtype=float)
-    return f"{a.mean():.2f} ± {a.std(ddof=1):.2f}" if len(a) > 1 else f"{a.mean():.2f}"
+    if len(a) < 2:
+        return f"{a.mean():.2f}"
+    return f"{a.mean():.2f} ± {a.std(ddof=1):.2f} [{a.min():.1f}–{a.max():.1f}]"
 
 
 CSV_METRICS = ("auroc", "fpr95", "fpr95_ood_pos", "aupr_in", "aupr_out")
@@ -233,7 +243,8 @@ def aggregate(out: Path) -> tuple[Path, Path]:
     lines = [f"# l2ood bench: {spec.get('benchmark', '?')} ({spec.get('recipe', '?')})", "",
              f"Hyper-parameters: `{json.dumps(spec.get('hyper', {}))}`", "",
              f"Code: cells by {', '.join(sorted(versions))}; aggregated by {code_version_line()}.", "",
-             "Mean ± std over seeds (sample std); group columns average the per-data-set metrics of the "
+             "Mean ± std [min–max] over seeds (sample std; min and max of the per-seed values); group columns "
+             "average the per-data-set metrics of the "
              "group (OpenOOD v1.5 convention). AUROC / FPR@95TPR / accuracy in %. "
              "**FPR95 (OoD+, OpenOOD)**: OpenOOD v1.5's FPR@95 (OoD positive) — the fraction of ID test images "
              "flagged when the threshold flags 95 % of the OoD images; compare these with OpenOOD's tables "
@@ -247,15 +258,40 @@ def aggregate(out: Path) -> tuple[Path, Path]:
         lines.append(f"| {arch} | {variant} | {det} | " + " | ".join(cellv)
                      + f" | {_fmt(vals['id_acc'])} | {len(vals['id_acc'])} |")
     sets = sorted({(r["group"], r["ood"]) for r in rows}, key=lambda t: ({"near": 0, "far": 1}.get(t[0], 2), t[1]))
-    lines += ["", "Per data set (AUROC %, mean over seeds):", "",
-              "| arch | variant | detector | " + " | ".join(f"{s} ({g})" for g, s in sets) + " |",
+    lines += ["", f"Per data set (AUROC %, mean over seeds [min–max]; ⚠ marks a range over {UNSTABLE:.0f} points):",
+              "", "| arch | variant | detector | " + " | ".join(f"{s} ({g})" for g, s in sets) + " |",
               "|" + "---|" * (3 + len(sets))]
-    by_ds: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    by_ds: dict[tuple[str, str, str], dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
     for r in rows:
-        by_ds[(r["arch"], r["variant"], r["detector"])][r["ood"]].append(r["auroc"])
-    for (arch, variant, det), vals in sorted(by_ds.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        lines.append(f"| {arch} | {variant} | {det} | "
-                     + " | ".join(f"{100 * np.mean(vals[s]):.2f}" if s in vals else "-" for _, s in sets) + " |")
+        by_ds[(r["arch"], r["variant"], r["detector"])][r["ood"]][int(r["seed"])] = r["auroc"]
+    unstable: list[str] = []
+    by_set: dict[str, int] = defaultdict(int)
+
+    def cell(key: tuple[str, str, str], s: str) -> str:
+        v = by_ds[key].get(s)
+        if not v:
+            return "-"
+        a = 100 * np.asarray(list(v.values()))
+        if len(a) < 2:
+            return f"{a.mean():.2f}"
+        flag = a.max() - a.min() > UNSTABLE
+        if flag:
+            by_set[s] += 1
+            unstable.append(f"- {' / '.join(key)} on {s}: " + ", ".join(f"seed {k}: {100 * x:.1f}"
+                                                                      for k, x in sorted(v.items())))
+        return f"{a.mean():.2f} [{a.min():.1f}–{a.max():.1f}]" + (" ⚠" if flag else "")
+
+    for key in sorted(by_ds, key=lambda k: (k[0], k[1])):
+        lines.append(f"| {' | '.join(key)} | " + " | ".join(cell(key, s) for _, s in sets) + " |")
+    n_seeds = len({r["seed"] for r in rows})
+    if n_seeds > 1:
+        lines += ["", f"Unstable results (AUROC range over {UNSTABLE:.0f} points between seeds), every seed's value:",
+                  "", *(unstable or ["- none"])]
+        if by_set:
+            lines += ["", "Flagged cells per OoD set: " + ", ".join(f"{k} {v}" for k, v in
+                                                                    sorted(by_set.items(), key=lambda kv: -kv[1]))
+                      + ". A group mean containing such a set moves with it: check the per-seed values before "
+                        "drawing a conclusion from it."]
     md_path = out / "results.md"
     md_path.write_text("\n".join(lines) + "\n")
     return csv_path, md_path

@@ -248,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--n-fit", type=_positive_int, default=None,
                     help="pretrained-* recipes: seeded subset of training images for fitted detectors")
     bn.add_argument("--workers", type=_nonneg_int, default=None, help="streamed benchmarks: DataLoader workers")
+    bn.add_argument("--combine", action="append", default=[], metavar="NAME,NAME[,...]",
+                    help="add a combined column (conformal p-values merged by Bonferroni-min), cross-fitted on two "
+                         "halves of the ID test images (repeatable; e.g. feature_norm,knn)")
     bn.add_argument("--compile", action="store_true")
     bn.add_argument("--out", default=None, help="output folder (default runs/bench-<benchmark>-<recipe>)")
     _add_runtime(bn)
@@ -608,7 +611,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                      parse_detectors(args.detectors), Path(args.out or f"runs/bench-{args.benchmark}-{args.recipe}"),
                      args.data_root, over, args.device, args.precision, args.n_ood, args.n_id, args.compile,
                      not args.no_progress,
-                     str(Path(args.pretrained).absolute()) if args.pretrained else None, args.n_fit, args.workers)
+                     str(Path(args.pretrained).absolute()) if args.pretrained else None, args.n_fit, args.workers,
+                     list(args.combine))
     csv_path, md_path = run_bench(spec, log=_log)
     print(md_path.read_text())
     print(f"wrote {csv_path} and {md_path}")
