@@ -15,6 +15,12 @@ arbitrary dependence (:mod:`l2ood.metrics.conformal`: Bonferroni-min by default,
 ``rule(a,b,...)`` is scored by ``ln`` of the unclipped combined p-value (higher = more ID) — the score a
 screen with that combined calibration reports — and gets the same metrics as every other column.
 
+**Hyper-parameter selection** (``val_id`` and ``val_ood``, :mod:`l2ood.selection`): detectors with a search
+space are tuned on ID validation images vs a validation OoD set (highest validation AUROC, as OpenOOD v1.5),
+kept apart from the test sets (refused when a validation set is a test set or shares an image with one); the
+test sets are scored with the chosen values only, and ``results["selection"]`` records every point tried.
+Hyper-parameters given in ``detector_kwargs`` are kept as given (not searched).
+
 **Cross-fitted combinations** (``combine_crossfit=True``, for models trained without a holdout, e.g. the
 benchmarks): the ID test images are split into two seeded halves A and B. Each ID test image is scored against
 the member scores of the other half (out of fold), and the metrics of the column are the mean of the two folds'
@@ -44,6 +50,7 @@ from .metrics.conformal import RULES, combined_scores
 from .models import is_normalized
 from .provenance import code_version
 from .run import Images, Run
+from .selection import Selection, check_apart, select, summary
 
 DEFAULT_DETECTORS = ("feature_norm", "msp", "maxlogit", "energy")
 CONVENTION = ("higher score = more in-distribution. auroc: ID positive (the same either way). fpr95: ID "
@@ -138,6 +145,8 @@ def evaluate(
     combine_rule: str = "bonferroni",
     calibration_set: Images | None = None,
     combine_crossfit: bool = False,
+    val_id: Images | None = None,
+    val_ood: Images | None = None,
 ) -> EvalResult:
     """Evaluate a run on given ID test and OoD sets; ``fit_set`` feeds detectors that need ID statistics.
 
@@ -154,8 +163,14 @@ def evaluate(
                           "combine_crossfit=True")
     if combos and calibration_set is not None and combine_crossfit:
         raise ConfigError("give either a calibration set or combine_crossfit=True, not both")
+    if (val_id is None) != (val_ood is None):
+        raise ConfigError("hyper-parameter selection needs both ID validation images and a validation OoD set")
     head = run.head
     id_test = run.to_input_format(id_test)
+    ood_sets = [run.to_input_format(ds) for ds in ood_sets]
+    if val_id is not None and val_ood is not None:
+        val_id, val_ood = run.to_input_format(val_id), run.to_input_format(val_ood)
+        check_apart(val_ood, ood_sets, val_id, id_test)
 
     def fwd(ds: Images, desc: str | None = None) -> Extraction:
         return run.forward(ds, batch_size=batch_size, progress=progress, desc=desc, cache=cache)
@@ -175,6 +190,8 @@ def evaluate(
     dets = {col: make_detector(d, **kw.get(d, {})) for col, d, _ in cols}
     variants = {col: v for col, _, v in cols}
     need_fit = [col for col, d in dets.items() if d.needs_fit]
+    fit_ext: Extraction | None = None
+    fit_raw: Extraction | None = None
     if need_fit:
         if fit_set is None:
             raise ConfigError("these detectors need ID training data: " + ", ".join(need_fit))
@@ -185,6 +202,29 @@ def evaluate(
                 dets[col].fit(fit_raw, head.raw())  # type: ignore[arg-type]
             else:
                 dets[col].fit(fit_ext, head)
+    selections: dict[str, Selection] = {}
+    if val_id is not None and val_ood is not None:
+        tuned = [col for col, d, _ in cols if DETECTORS[d].search_space and not kw.get(d)]
+        if tuned:
+            v_id, v_ood = fwd(val_id, desc="extract ID validation"), fwd(val_ood, desc="extract validation OoD")
+            for col in tuned:
+                d, variant = dets[col].name, variants[col]
+
+                def point(params: dict[str, Any], d: str = d, variant: str = variant) -> tuple[
+                        np.ndarray, np.ndarray, Detector]:
+                    det = make_detector(d, **params)
+                    if det.needs_fit and variant == "raw":
+                        assert fit_raw is not None
+                        det.fit(fit_raw, head.raw())
+                    elif det.needs_fit:
+                        assert fit_ext is not None
+                        det.fit(fit_ext, head)
+                    assert val_id is not None and val_ood is not None
+                    return (_score(det, v_id, head, val_id, run, variant),
+                            _score(det, v_ood, head, val_ood, run, variant), det)
+
+                selections[col], dets[col] = select(d, variant, DETECTORS[d].search_space,
+                                                    dets[col].hyper_parameters(), point)
     combo_info: dict[str, dict[str, Any]] = {}
     cal_scores: dict[str, np.ndarray] = {}
     folds: tuple[np.ndarray, np.ndarray] | None = None
@@ -246,7 +286,6 @@ def evaluate(
     scores: dict[str, dict[str, np.ndarray]] = {id_test.name: id_scores}
     ood_res: dict[str, Any] = {}
     for ds in ood_sets:
-        ds = run.to_input_format(ds)
         ext = fwd(ds)
         sc_all = score_all(ext, ds, id_all)
         sc = {c: sc_all[c] for c in [*reported, *combo_info]}
@@ -272,6 +311,8 @@ def evaluate(
     }
     if combo_info:
         results["combined"] = combo_info
+    if val_id is not None and val_ood is not None:
+        results["selection"] = summary(selections, val_id, val_ood)
     return EvalResult(results, scores)
 
 
@@ -309,13 +350,19 @@ def evaluate_run(
     batch_size: int = 512,
     combined: Sequence[str | list[str]] = (),
     combine_rule: str = "bonferroni",
+    val_ood: str | None = None,
+    n_val_ood: int | None = None,
 ) -> EvalResult:
     """Evaluate a trained run on its recorded ID test images and the named OoD sets.
 
     Detectors that need ID statistics are fitted on the run's exact training images
     (:meth:`l2ood.run.Run.train_split`: holdout and unused subset excluded, pixel fingerprint checked).
     Combined columns (``combined``, see :func:`evaluate`) are calibrated on the run's holdout, which must not be
-    its ID test set. Extractions are cached in ``RUN/cache`` unless ``cache=False``.
+    its ID test set. ``val_ood`` (a data set spec, ``n_val_ood`` seeded images of it) turns on hyper-parameter
+    selection (see :func:`evaluate`) against the run's holdout as ID validation images; with combined columns too,
+    the holdout is split in two seeded halves, one for the selection and one for the calibration, so that the
+    calibration scores stay exchangeable with unseen ID images. Extractions are cached in ``RUN/cache`` unless
+    ``cache=False``.
     """
     if not isinstance(run, Run):
         run = Run.load(run, device=device, precision=precision, data_root=data_root)
@@ -323,22 +370,36 @@ def evaluate_run(
         run.data_root = data_root
     members = [name for c in combined for _, _, name, _ in _member_columns(c, run.config.head)]
     fit_set = run.train_split() if any(DETECTORS[d].needs_fit for d in [*detectors, *members]) else None
-    cal_set = None
-    if combined:
+    cal_set: Images | None = None
+    val_id: Images | None = None
+    if combined or val_ood:
+        what = "a combined column's calibration" if combined else "hyper-parameter selection (ID validation)"
         if run.data.test_origin == "holdout":
-            raise ConfigError(f"{run.path}: the run's ID test images are its holdout, so no ID calibration split "
-                              "disjoint from them is left for a combined column; retrain with --test-data SPEC "
-                              "or evaluate the combination through l2ood.evaluation.evaluate(calibration_set=...)")
-        cal_set = run.holdout()
-        if cal_set is None:
-            raise ConfigError(f"{run.path}: combined columns are calibrated on the run's holdout, and it has none "
-                              "(trained with --holdout 0)")
+            raise ConfigError(f"{run.path}: the run's ID test images are its holdout, so no ID split disjoint from "
+                              f"them is left for {what}; retrain with --test-data SPEC or call "
+                              "l2ood.evaluation.evaluate(calibration_set=..., val_id=...) with your own splits")
+        hold = run.holdout()
+        if hold is None:
+            raise ConfigError(f"{run.path}: {what} uses the run's holdout, and it has none (trained with --holdout 0)")
+        if combined and val_ood:
+            if len(hold) < 4:
+                raise ConfigError(f"{run.path}: a holdout of {len(hold)} images cannot be split for both selection "
+                                  "and calibration")
+            cal_set, val_id = hold.split(len(hold) // 2, seed=1)
+        elif combined:
+            cal_set = hold
+        else:
+            val_id = hold
     id_test, where = run.id_test()
     if n_id is not None:
         id_test = id_test.subset(n_id, seed=seed)
-    c, size = run.config.in_channels, tuple(run.config.image_size)
-    ood_sets = load_ood_sets(ood, root=data_root, n=n_ood, seed=seed, channels=c, size=size,  # type: ignore[arg-type]
+    c, (h, w) = run.config.in_channels, run.config.image_size
+    ood_sets = load_ood_sets(ood, root=data_root, n=n_ood, seed=seed, channels=c, size=(h, w),
                              stream=run.preprocessing.fit == "imagenet")
+    val_sets: list[Images | None] = [None]
+    if val_ood:
+        val_sets = [*load_ood_sets([val_ood], root=data_root, n=n_val_ood, seed=seed, channels=c, size=(h, w),
+                                   stream=run.preprocessing.fit == "imagenet")]
     return evaluate(run, id_test, ood_sets, detectors, fit_set=fit_set, batch_size=batch_size, progress=progress,
                     cache=cache, id_source=where, combined=combined, combine_rule=combine_rule,
-                    calibration_set=cal_set)
+                    calibration_set=cal_set, val_id=val_id, val_ood=val_sets[0])

@@ -188,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "--combine-rule, scored by ln of the combined p-value (repeatable; e.g. feature_norm,knn)")
     e.add_argument("--combine-rule", default="bonferroni", choices=("bonferroni", "cauchy"),
                    help="rule of the --combine columns (see `l2ood calibrate --help`)")
+    e.add_argument("--val-ood", default=None, metavar="SPEC",
+                   help="select hyper-parameters (knn k, ReAct/ASH/SCALE/DICE percentiles, ODIN, GEN, ...: each "
+                        "detector's search space) by AUROC of the run's holdout vs this validation OoD set, as "
+                        "OpenOOD v1.5 does; refused if it is, or shares images with, a test OoD set. Everything "
+                        "tried is recorded in results.json (selection) and report.md")
+    e.add_argument("--n-val-ood", type=_positive_int, default=None, help="seeded subset of the --val-ood set")
     e.add_argument("--n-ood", type=_positive_int, default=None, help="seeded subset size per OoD set")
     e.add_argument("--n-id", type=_positive_int, default=None, help="seeded subset of the ID test set")
     e.add_argument("--out", default=None, help="report folder (default: RUN/eval, or runs/compare-*)")
@@ -428,7 +434,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for run in args.runs:
         r = evaluate_run(run, ood, detectors, data_root=args.data_root, n_ood=args.n_ood, n_id=args.n_id,
                          device=args.device, precision=args.precision, progress=not args.no_progress,
-                         batch_size=args.batch_size, combined=args.combine, combine_rule=args.combine_rule)
+                         batch_size=args.batch_size, combined=args.combine, combine_rule=args.combine_rule,
+                         val_ood=args.val_ood, n_val_ood=args.n_val_ood)
         label = f"{Path(run).name} ({r.results['head'].upper()})"
         try:
             r.save(Path(run) / "eval")

@@ -18,11 +18,13 @@ through the pruning only; the ``raw`` variant sees both.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from .base import Detector, register
+from .base import Detector, SearchSpace, register
 from .features import Extraction, Head
 
 
@@ -57,6 +59,8 @@ class ASHS(Detector):
     """Energy of the logits of ASH-S shaped features (higher = ID)."""
 
     name = "ash_s"
+    #: the grid OpenOOD v1.5 sweeps
+    search_space: ClassVar[SearchSpace] = {"percentile": (65.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0)}
     uses_logits = True
 
     def __init__(self, percentile: float = 90.0) -> None:

@@ -14,12 +14,14 @@ code). Ties at the cut-off are broken by ``torch.topk``. No hyper-parameter othe
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError
 from .ash import ash_keep_count
-from .base import Detector, register
+from .base import Detector, SearchSpace, register
 from .features import Extraction, Head
 
 
@@ -37,6 +39,8 @@ class ASHP(Detector):
     """Energy of the logits of ASH-P pruned features (higher = ID)."""
 
     name = "ash_p"
+    #: the grid OpenOOD v1.5 sweeps
+    search_space: ClassVar[SearchSpace] = {"percentile": (65.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0)}
     uses_logits = True
 
     def __init__(self, percentile: float = 90.0) -> None:

@@ -13,6 +13,8 @@ logits are formed) to one score per image. Detectors never take a model by name.
   they are run on both logit variants (``name:trained`` and ``name:raw``).
 * Detectors that need gradients w.r.t. the input (ODIN) or feature maps before pooling (RankFeat) subclass
   :class:`InputDetector` and score images with the model instead.
+* **Hyper-parameter selection.** :attr:`Detector.search_space` declares the grid that
+  :mod:`l2ood.selection` searches on a validation OoD set when one is given (values from OpenOOD v1.5's sweeps).
 * **Fitted state.** :meth:`Detector.state_dict` returns what :meth:`Detector.fit` learnt as named CPU tensors
   (numbers as 0-d tensors) and :meth:`Detector.load_state_dict` restores it into a detector built with the
   same hyper-parameters (:meth:`Detector.hyper_parameters`), so that ``load_state_dict(state_dict())`` scores
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from ..runtime import Runtime
 
 DETECTORS: dict[str, type[Detector]] = {}
+SearchSpace = dict[str, tuple[Any, ...]]  # constructor argument -> values tried
 D = TypeVar("D", bound="type[Detector]")
 
 
@@ -61,6 +64,9 @@ class Detector(ABC):
     #: attributes set by :meth:`fit` (tensors, floats, ints or bools; ``None`` before fitting), saved by
     #: :meth:`state_dict` under their names without the leading underscore
     fitted_state: ClassVar[tuple[str, ...]] = ()
+    #: hyper-parameter grid for selection on validation data (:mod:`l2ood.selection`; OpenOOD v1.5's sweeps
+    #: where it has one): constructor argument → values tried. Empty: nothing to select.
+    search_space: ClassVar[SearchSpace] = {}
 
     def hyper_parameters(self) -> dict[str, Any]:
         """The constructor arguments of this instance (``type(self)(**hyper_parameters())`` rebuilds it unfitted)."""

@@ -18,13 +18,14 @@ One detector instance serves the logit variant it was fit on (scoring another is
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError
 from ._blocks import block_rows
-from .base import Detector, register
+from .base import Detector, SearchSpace, register
 from .features import Extraction, Head
 from .react import _percentile_linear
 
@@ -34,6 +35,8 @@ class DICE(Detector):
     """Energy of the logits of the head with weights masked by ID contribution (higher = ID)."""
 
     name = "dice"
+    #: the grid OpenOOD v1.5 sweeps
+    search_space: ClassVar[SearchSpace] = {"percentile": (10.0, 30.0, 50.0, 70.0, 90.0)}
     needs_fit = True
     uses_logits = True
     fitted_state = ("threshold", "_mask", "_mean", "_normalize")

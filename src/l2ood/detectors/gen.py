@@ -8,10 +8,12 @@ CVPR 2023. Defaults ``γ = 0.1``, ``M = 100`` (so all classes for C ≤ 100).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from torch import Tensor
 
 from ..errors import ConfigError
-from .base import Detector, register
+from .base import Detector, SearchSpace, register
 from .features import Extraction, Head
 
 
@@ -20,6 +22,8 @@ class GEN(Detector):
     """``−Σ_topM p^γ (1−p)^γ`` (higher = ID)."""
 
     name = "gen"
+    #: the grid OpenOOD v1.5 sweeps
+    search_space: ClassVar[SearchSpace] = {"gamma": (0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0), "top_m": (10, 50, 100)}
     uses_logits = True
 
     def __init__(self, gamma: float = 0.1, top_m: int = 100) -> None:

@@ -31,11 +31,13 @@ on top of the bank itself (``4·N_bank·D`` bytes, kept from :meth:`KNN.fit`); s
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from .base import Detector, register
+from .base import Detector, SearchSpace, register
 from .features import Extraction, Head
 
 _EPS = 1e-12
@@ -79,6 +81,8 @@ class KNN(Detector):
     """``−`` distance to the ``k``-th nearest normalized ID training feature (higher = ID)."""
 
     name = "knn"
+    #: OpenOOD v1.5 sweeps 50 … 1000; smaller k added for small training sets
+    search_space: ClassVar[SearchSpace] = {"k": (1, 10, 20, 50, 100, 200, 500, 1000)}
     needs_fit = True
     fitted_state = ("_bank",)
 

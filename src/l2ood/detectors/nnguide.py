@@ -23,11 +23,13 @@ normalization). One detector instance serves the logit variant it was fit on.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from .base import Detector, register
+from .base import Detector, SearchSpace, register
 from .features import Extraction, Head
 from .knn import _check_positive_int, _normalize, topk_similarities
 
@@ -37,6 +39,7 @@ class NNGuide(Detector):
     """``energy(x) · mean_topk(ẑ(x) · e_j ẑ_j)`` (higher = ID)."""
 
     name = "nnguide"
+    search_space: ClassVar[SearchSpace] = {"k": (1, 10, 50, 100, 200, 500, 1000)}
     needs_fit = True
     uses_logits = True
     fitted_state = ("_bank", "_normalize")

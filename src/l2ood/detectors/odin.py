@@ -29,6 +29,8 @@ skips the gradient (one forward, i.e. temperature-scaled MSP).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -36,7 +38,7 @@ from torch.nn import functional as F
 from ..errors import ConfigError
 from ..models import Classifier
 from ..runtime import Runtime
-from .base import InputDetector, register
+from .base import InputDetector, SearchSpace, register
 
 
 def _logits_fp32(model: Classifier, x: Tensor, variant: str) -> Tensor:
@@ -49,6 +51,8 @@ class ODIN(InputDetector):
     """Temperature-scaled MSP of the gradient-perturbed input (higher = ID)."""
 
     name = "odin"
+    #: the grid OpenOOD v1.5 sweeps
+    search_space: ClassVar[SearchSpace] = {"temperature": (1.0, 10.0, 100.0, 1000.0), "epsilon": (0.0014, 0.0028)}
     uses_logits = True
 
     def __init__(self, temperature: float = 1000.0, epsilon: float = 0.0014, batch_size: int = 256) -> None:

@@ -22,13 +22,15 @@ expected size ``2**24`` instead (error ~2.4e-4 in quantile level).
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from .base import Detector, register
+from ._blocks import block_rows
+from .base import Detector, SearchSpace, register
 from .features import Extraction, Head
 
 MAX_QUANTILE_VALUES = 2**24  # activations held at once for the percentile (64 MiB in float32)
@@ -127,6 +129,8 @@ class ReAct(Detector):
     """Energy of the logits of ``min(z, c)``, ``c`` = ID activation percentile (higher = ID)."""
 
     name = "react"
+    #: the grid OpenOOD v1.5 sweeps
+    search_space: ClassVar[SearchSpace] = {"percentile": (85.0, 90.0, 95.0, 99.0)}
     needs_fit = True
     uses_logits = True
     fitted_state = ("threshold",)
@@ -145,5 +149,9 @@ class ReAct(Detector):
     def score(self, x: Extraction, head: Head) -> Tensor:
         if self.threshold is None:
             raise RuntimeError("react: call fit() on the ID training outputs before score()")
-        z = x.features.float().clamp(max=self.threshold)
-        return head.logits(z).float().logsumexp(dim=1)
+        out = torch.empty(len(x), dtype=torch.float32)
+        step = block_rows(x.features.shape[1], 8192)  # blocks: the clipped copy stays in cache
+        for s in range(0, len(x), step):
+            z = x.features[s : s + step].float().clamp(max=self.threshold)
+            out[s : s + z.shape[0]] = head.logits(z).float().logsumexp(dim=1)
+        return out

@@ -20,11 +20,13 @@ extraction's logits (the head's variant); one detector instance serves the varia
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from .base import Detector, register
+from .base import Detector, SearchSpace, register
 from .features import Extraction, Head
 from .knn import _check_positive_int, _normalize
 
@@ -34,6 +36,7 @@ class Relation(Detector):
     """``Σ_j r_j^γ`` over training samples with ``r_j = max(ẑ·ẑ_j, 0)·(p·p_j) > t`` (higher = ID)."""
 
     name = "relation"
+    search_space: ClassVar[SearchSpace] = {"power": (1.0, 2.0, 4.0, 8.0)}
     needs_fit = True
     uses_logits = True
     fitted_state = ("_feats", "_probs", "_normalize")

@@ -17,11 +17,13 @@ sees the scaling.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from torch import Tensor
 
 from ..errors import ConfigError
 from .ash import ash_keep_count, sharpening_exponent
-from .base import Detector, register
+from .base import Detector, SearchSpace, register
 from .features import Extraction, Head
 
 
@@ -40,6 +42,8 @@ class Scale(Detector):
     """Energy of the logits of ``z·exp(s1/s2)`` (higher = ID)."""
 
     name = "scale"
+    #: the grid OpenOOD v1.5 sweeps
+    search_space: ClassVar[SearchSpace] = {"percentile": (65.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0)}
     uses_logits = True
 
     def __init__(self, percentile: float = 85.0) -> None:

@@ -44,6 +44,8 @@ def write_report(out_dir: str | Path, models: list[tuple[str, dict[str, Any], Sc
         sets = ", ".join(f"{k} (n={v['n']})" for k, v in r["ood"].items())
         lines.append(f"- {lbl}: head `{r['head']}`, ID accuracy {100 * r['id_accuracy']:.2f} %, OoD: {sets}")
     lines.append("")
+    for lbl, r, _ in models:
+        lines += selection_section(lbl, r)
     if has_norm:
         norm_histograms(plot_in, out / "norm_hist.png")
         roc_curves(plot_in, out / "roc.png", detectors=["feature_norm"])
@@ -55,3 +57,29 @@ def write_report(out_dir: str | Path, models: list[tuple[str, dict[str, Any], Sc
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def selection_section(label: str, results: dict[str, Any]) -> list[str]:
+    """Markdown lines for ``results["selection"]`` (hyper-parameters chosen on validation data); none without."""
+    sel = results.get("selection")
+    if not sel:
+        return []
+    lines = [f"## Hyper-parameters selected on validation data — {label}", "",
+             f"Criterion: {sel['criterion']}. ID validation: {sel['val_id']} ({sel['n_val_id']} images); validation "
+             f"OoD: {sel['val_ood']} ({sel['n_val_ood']} images), kept apart from the test sets. The test columns "
+             "above use the chosen values.", "",
+             "| column | default | validation AUROC (default) | chosen | validation AUROC (chosen) | points tried |",
+             "|---|---|---|---|---|---|"]
+    for col, c in sel["columns"].items():
+        d_au = "-" if c["default_auroc"] is None else f"{100 * c['default_auroc']:.2f}"
+        n_ok = sum("auroc" in t for t in c["tried"])
+        skipped = len(c["tried"]) - n_ok
+        lines.append(f"| {col} | {_params(c['default'])} | {d_au} | {_params(c['chosen'])} | "
+                     f"{100 * c['chosen_auroc']:.2f} | {n_ok}" + (f" (+{skipped} refused)" if skipped else "") + " |")
+    if not sel["columns"]:
+        lines.append("| (no requested detector has a search space) | | | | | |")
+    return [*lines, ""]
+
+
+def _params(p: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in p.items())
