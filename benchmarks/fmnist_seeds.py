@@ -183,6 +183,28 @@ def write_results(raw: dict[str, dict[str, object]], args: argparse.Namespace) -
             lines.append(f"- {s}: best {best[0]} {best[1]} ({100 * means[best][s]:.2f}); L2 feature_norm "
                          f"{100 * means[ours][s]:.2f} ranks {ranked.index(ours) + 1} of {len(ranked)}; "
                          f"CE feature_norm {100 * means[('CE', 'feature_norm')][s]:.2f}.")
+    # issue 14: does the L2 model with its best score (single or combined) reach the CE model's best?
+    lines += ["", "L2's best score against CE's best (each model's best column by mean AUROC over seeds, single or "
+                  "combined; per seed: the same two columns):", ""]
+    for s in OOD:
+        best_of = {}
+        for m in ("L2", "CE"):
+            own = [md for md in means if md[0] == m]
+            if own:
+                best_of[m] = max(own, key=lambda md: means[md][s])
+        if len(best_of) < 2:
+            continue
+        (_, d2), (_, dc) = best_of["L2"], best_of["CE"]
+        def per_seed(h: str, d: str, s: str = s) -> dict[int, float]:
+            return {int(k.split("/seed")[1]): raw[k]["ood"][s]["detectors"][d]["auroc"] for k in raw
+                    if k.startswith(h + "/")}
+
+        per2, perc = per_seed("l2", d2), per_seed("ce", dc)
+        both = sorted(set(per2) & set(perc))
+        reach = sum(per2[sd] >= perc[sd] for sd in both)
+        gap = 100 * (means[best_of["L2"]][s] - means[best_of["CE"]][s])
+        lines.append(f"- {s}: L2 {d2} {100 * means[best_of['L2']][s]:.2f} vs CE {dc} "
+                     f"{100 * means[best_of['CE']][s]:.2f} (Δ {gap:+.2f}); L2 ≥ CE in {reach}/{len(both)} seeds.")
     base = Path(args.runs) / f"e{args.epochs}-w{args.width}"
     t = [json.loads((base / k.split("/")[1] / k.split("/")[0] / "model.json").read_text())
          .get("train_seconds", float("nan")) for k in raw]

@@ -175,3 +175,50 @@ def test_bench_combined_column_is_cross_fitted(tiny_bench: Path, tmp_path: Path)
     oof[a] = combined_scores([m_id[b, 0], m_id[b, 1]], m_id[a])
     oof[b] = combined_scores([m_id[a, 0], m_id[a, 1]], m_id[b])
     np.testing.assert_allclose(npz[f"{id_name}/{col}"], oof, rtol=1e-5)
+
+
+def test_cifar_benchmark_analysis_of_combinations_and_best_columns(tmp_path: Path) -> None:
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "cifar10_local.py"
+    spec = importlib.util.spec_from_file_location("cifar10_local", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["cifar10_local"] = mod
+    spec.loader.exec_module(mod)
+    # two seeds; near = one set, far = two sets (group value = their mean)
+    au = {  # (variant, detector): {(set, seed): auroc}
+        ("l2", "feature_norm"): {("tin", 0): .80, ("tin", 1): .78, ("mnist", 0): .98, ("mnist", 1): .70,
+                                 ("dtd", 0): .90, ("dtd", 1): .90},
+        ("l2", "knn"): {("tin", 0): .84, ("tin", 1): .82, ("mnist", 0): .90, ("mnist", 1): .92,
+                        ("dtd", 0): .88, ("dtd", 1): .86},
+        ("l2", "bonferroni(feature_norm,knn)"): {("tin", 0): .85, ("tin", 1): .81, ("mnist", 0): .97,
+                                                 ("mnist", 1): .80, ("dtd", 0): .89, ("dtd", 1): .88},
+        ("ce", "feature_norm"): {("tin", 0): .75, ("tin", 1): .75, ("mnist", 0): .90, ("mnist", 1): .90,
+                                 ("dtd", 0): .80, ("dtd", 1): .80},
+        ("ce", "energy"): {("tin", 0): .83, ("tin", 1): .83, ("mnist", 0): .93, ("mnist", 1): .95,
+                           ("dtd", 0): .91, ("dtd", 1): .91},
+    }
+    grp = {"tin": "near", "mnist": "far", "dtd": "far"}
+    csv_path = tmp_path / "results.csv"
+    with csv_path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["variant", "seed", "detector", "ood", "group", "auroc"])
+        w.writeheader()
+        for (v, d), vals in au.items():
+            for (s, seed), a in vals.items():
+                w.writerow({"variant": v, "seed": seed, "detector": d, "ood": s, "group": grp[s], "auroc": a})
+    md = mod.analysis(csv_path)
+    # near: combination (85+81)/2 = 83.0 vs better part knn (84+82)/2 = 83.0 → Δ +0.00; wins: seed 0 (85 > 84),
+    #       seed 1 (81 < 82) → 1/2
+    # far: combination per seed (97+89)/2 = 93.0, (80+88)/2 = 84.0 → 88.5; parts: knn 89.0 (both seeds),
+    #      feature_norm 94.0 / 80.0 → 87.0; Δ = 88.5 − 89.0 = −0.50; wins: 93 < 94, 84 < 89 → 0/2
+    assert "| L2 | bonferroni(feature_norm,knn) | +0.00 | 1/2 | -0.50 | 0/2 |" in md
+    # near: CE's best energy 83.0; L2's best: knn and the combination tie at 83.0 (the first listed wins: knn);
+    #       per seed knn 84 ≥ 83, 82 < 83 → 1/2; L2 ‖z‖ near 79.0
+    assert "| near | L2 | knn | 83.00 | +0.00 | 1/2 | 79.00 |" in md
+    # far: CE's best energy (92+93)/2 = 92.5; L2's best knn 89.0 → Δ −3.50, seeds 89 < 92, 89 < 93 → 0/2
+    assert "| far | L2 | knn | 89.00 | -3.50 | 0/2 | 87.00 |" in md
+    assert "| far | CE | energy | 92.50 | +0.00 | 2/2 |  |" in md
+    # L2 ‖z‖ far per seed: 94.0 and 80.0 → range 14.0, unstable
+    assert "| far | L2 | feature_norm | 94.0 | 80.0 | 14.0 **unstable** |" in md
