@@ -123,9 +123,10 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> tuple[Path
             ood_sets.append(ds)
     log(f"bench {spec.benchmark}: ID {train_set.name} ({len(train_set)} train / {len(id_test)} test), "
         f"OoD {', '.join(f'{d.name} ({groups[d.name]}, {len(d)})' for d in ood_sets)}")
+    # seed-major: an interrupted matrix leaves every variant with the same finished seeds (paired comparisons)
     for arch in spec.archs:
-        for variant in spec.variants:
-            for seed in spec.seeds:
+        for seed in spec.seeds:
+            for variant in spec.variants:
                 cell = spec.out / "cells" / f"{arch}-{variant}-seed{seed}.json"
                 if cell.is_file():
                     done = json.loads(cell.read_text())
