@@ -167,10 +167,9 @@ def evaluate(
         raise ConfigError("hyper-parameter selection needs both ID validation images and a validation OoD set")
     head = run.head
     id_test = run.to_input_format(id_test)
-    ood_sets = [run.to_input_format(ds) for ds in ood_sets]
     if val_id is not None and val_ood is not None:
         val_id, val_ood = run.to_input_format(val_id), run.to_input_format(val_ood)
-        check_apart(val_ood, ood_sets, val_id, id_test)
+        check_apart(val_ood, (run.to_input_format(ds) for ds in ood_sets), val_id, id_test)  # one set at a time
 
     def fwd(ds: Images, desc: str | None = None) -> Extraction:
         return run.forward(ds, batch_size=batch_size, progress=progress, desc=desc, cache=cache)
@@ -286,6 +285,7 @@ def evaluate(
     scores: dict[str, dict[str, np.ndarray]] = {id_test.name: id_scores}
     ood_res: dict[str, Any] = {}
     for ds in ood_sets:
+        ds = run.to_input_format(ds)
         ext = fwd(ds)
         sc_all = score_all(ext, ds, id_all)
         sc = {c: sc_all[c] for c in [*reported, *combo_info]}

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -94,24 +94,22 @@ def _image_digests(ds: ImageSet) -> set[str]:
     return {hashlib.sha1(x[i].tobytes()).hexdigest() for i in range(len(x))}
 
 
-def check_apart(val_ood: Any, test_sets: Sequence[Any], val_id: Any, id_test: Any) -> None:
+def check_apart(val_ood: Any, test_sets: Iterable[Any], val_id: Any, id_test: Any) -> None:
     """Refuse a validation OoD set that is a test OoD set (same name) or shares an image with one, and ID
     validation images that are ID test images (same name, or a shared image). Only in-memory sets are compared
-    pixel by pixel; streamed sets by name."""
+    pixel by pixel; streamed sets by name. ``test_sets`` is iterated once (a generator keeps one set in memory)."""
+    if val_id.name == id_test.name:
+        raise ConfigError(f"the ID validation images '{val_id.name}' are the ID test images")
+    v = _image_digests(val_ood) if isinstance(val_ood, ImageSet) else None
     for t in test_sets:
         if t.name == val_ood.name:
             raise ConfigError(f"the validation OoD set '{val_ood.name}' is also a test OoD set: hyper-parameters "
                               "chosen on a test set would inflate its results; pass another --val-ood")
-    if val_id.name == id_test.name:
-        raise ConfigError(f"the ID validation images '{val_id.name}' are the ID test images")
-    if isinstance(val_ood, ImageSet):
-        v = _image_digests(val_ood)
-        for t in test_sets:
-            if isinstance(t, ImageSet) and t.images.shape[1:] == val_ood.images.shape[1:]:
-                shared = len(v & _image_digests(t))
-                if shared:
-                    raise ConfigError(f"the validation OoD set '{val_ood.name}' shares {shared} image(s) with the "
-                                      f"test OoD set '{t.name}': keep validation and test images apart")
+        if v is not None and isinstance(t, ImageSet) and t.images.shape[1:] == val_ood.images.shape[1:]:
+            shared = len(v & _image_digests(t))
+            if shared:
+                raise ConfigError(f"the validation OoD set '{val_ood.name}' shares {shared} image(s) with the "
+                                  f"test OoD set '{t.name}': keep validation and test images apart")
     if isinstance(val_id, ImageSet) and isinstance(id_test, ImageSet) and val_id.images.shape[1:] == \
             id_test.images.shape[1:]:
         shared = len(_image_digests(val_id) & _image_digests(id_test))
