@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from l2ood.evaluation import evaluate_run, parse_detectors
 from l2ood.models import ModelConfig
 from l2ood.pipeline import training_data
+from l2ood.provenance import cpu_name
 from l2ood.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def write_results(raw: dict[str, dict[str, object]], args: argparse.Namespace) -
         "textures (2 000 seeded patches of scikit-image's brick/grass/gravel), noise (2 000: 1 000 "
         f"uniform + 1 000 Gaussian). Seeds {', '.join(map(str, seeds))}; mean ± sample std [min–max] over "
         "seeds. "
-        f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"Machine: {cpu_name()} (x86_64), torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, precision auto (bf16 autocast where supported).",
         "",
         "Scores: higher = more in-distribution. AUROC and FPR@95TPR in %.",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ import torch
 
 from l2ood.detectors import DETECTORS, all_detectors
 from l2ood.evaluation import evaluate_run
+from l2ood.provenance import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 OOD = ["mnist", "textures", "noise"]
@@ -77,7 +77,7 @@ def write(raw: dict[str, dict], args: argparse.Namespace) -> None:
              f"{first['criterion']}; ID validation = the run's holdout ({first['n_val_id']} images, never trained "
              f"on); validation OoD = {first['val_ood']} ({first['n_val_ood']} images: DTD textures, a source no "
              "test set shares). Test sets: MNIST test (10 000), scikit-image textures (2 000), noise (2 000). "
-             f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+             f"Machine: {cpu_name()} (x86_64), torch {torch.__version__}, "
              f"{torch.get_num_threads()} thread(s).", "",
              "Test AUROC % with the defaults → after selection (mean over seeds), and the values chosen per seed:", "",
              "| model | column | default | chosen per seed | " + " | ".join(f"{s} default → selected" for s in OOD)
