@@ -126,6 +126,7 @@ def main() -> None:
     table = md.read_text().split("\n", 2)[2]
     ref = "\n".join(f"| {k} | {v[0]:.2f} | {v[1]:.2f} |" for k, v in OPENOOD_CIFAR10_RESNET18.items())
     cmd = "python benchmarks/cifar10_local.py " + " ".join(a for a in sys.argv[1:] if a != "--render-only")
+    finished = ", ".join(str(x) for x in sorted({int(r["seed"]) for r in csv.DictReader((out / "results.csv").open())}))
     n_params = sum(p.numel() for p in build_model(ModelConfig(width=args.width)).parameters())
     doc = f"""# Results: CIFAR-10 (JPEG copy) on a 2-core CPU
 
@@ -144,6 +145,10 @@ Model and schedule: CIFAR ResNet18 at width {args.width} ({args.width}/64 of the
 lr 0.1 cosine, wd 5e-4, crop (pad 4) + flip, bf16
 autocast on CPU. The paper trains the full-width network for 60 epochs; this is a CPU-sized stand-in and the
 numbers are not comparable in absolute terms.
+
+Seeds finished: {finished} (the benchmark resumes: finished cells are kept, an interrupted
+training resumes from its checkpoint). The earlier table with LogitNorm and T2FNorm (3 seeds, the 14 detectors of
+the time) is in the history: `git show 7c6455c:docs/RESULTS-cifar10.md`.
 
 {table}
 OpenOOD v1.5, CIFAR-10, full-width ResNet18 (published AUROC %, near / far; their far set is MNIST, SVHN,
