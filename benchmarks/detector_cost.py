@@ -7,7 +7,10 @@ detector runs in a fresh subprocess; peak memory = the process's peak RSS (``VmH
 the inputs themselves are not counted.
 ODIN is not included (it needs images and the model: its cost is ≈ 3 forward passes per image).
 
-    python benchmarks/detector_cost.py            # writes docs/DETECTOR_COST.md
+    python benchmarks/detector_cost.py            # writes its section of docs/DETECTOR_COST.md
+
+The document also holds the section of ``benchmarks/vs_pytorch_ood.py``; each script replaces only its own
+section (between its markers, :mod:`_docsection`).
 """
 
 from __future__ import annotations
@@ -15,14 +18,18 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import platform
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _docsection import replace_section  # noqa: E402
+from _measure import add_shape_args, lifetime_peak_mib, peak_extra_mib, reset_peak  # noqa: E402
+
+BEGIN, END = "<!-- detector-cost:begin -->", "<!-- detector-cost:end -->"
+TITLE = "Detector cost: fit + score time and peak memory"
 
 
 def child(name: str, n_train: int, n_test: int, dim: int, classes: int) -> None:
@@ -50,41 +57,15 @@ def child(name: str, n_train: int, n_test: int, dim: int, classes: int) -> None:
     t1 = time.perf_counter()
     s = det.score(test, head)
     t2 = time.perf_counter()
-    peak = peak_rss_kib()
+    peak = peak_extra_mib(base)
     assert s.shape == (n_test,) and torch.isfinite(s).all()
     print(json.dumps({"detector": name, "fit_s": t1 - t0, "score_s": t2 - t1,
-                      "peak_extra_mib": (peak - base) / 1024}))
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-def reset_peak() -> int:
-    """Reset the peak-RSS counter (Linux: ``5`` → /proc/self/clear_refs); returns the current RSS (KiB)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return _status_kib("VmRSS")
-    except OSError:  # not Linux: fall back to the lifetime peak (inputs then count)
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def peak_rss_kib() -> int:
-    try:
-        return _status_kib("VmHWM")
-    except (OSError, KeyError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                      "peak_extra_mib": peak if peak is not None else lifetime_peak_mib()}))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n-train", type=int, default=50_000)
-    ap.add_argument("--n-test", type=int, default=10_000)
-    ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--classes", type=int, default=10)
+    add_shape_args(ap)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(ROOT / "docs" / "DETECTOR_COST.md"))
     args = ap.parse_args()
@@ -92,6 +73,7 @@ def main() -> None:
         child(args.child, args.n_train, args.n_test, args.dim, args.classes)
         return
     from l2ood.detectors import DETECTORS
+    from l2ood.provenance import cpu_name
 
     rows = []
     for name, cls in DETECTORS.items():
@@ -106,11 +88,10 @@ def main() -> None:
     nn_bytes = args.n_test * args.n_train * 4 / 2**20
     bank = args.n_train * args.dim * 4 / 2**20
     lines = [
-        "# Detector cost: fit + score time and peak memory",
-        "",
+        BEGIN,
         f"`python benchmarks/detector_cost.py` — {args.n_train} × {args.dim} training features, "
         f"{args.n_test} test features, {args.classes} classes (synthetic, seeded); each detector in a fresh "
-        f"process; torch {__import__('torch').__version__}, 2 threads, {platform.machine()}. Peak extra "
+        f"process; torch {__import__('torch').__version__}, 2 threads, {cpu_name()}. Peak extra "
         "memory = peak RSS during fit + score (peak counter reset via /proc/self/clear_refs) minus RSS after "
         "the inputs exist (inputs: "
         f"{(args.n_train + args.n_test) * (args.dim + args.classes) * 4 / 2**20:.0f} MiB, not counted).",
@@ -129,14 +110,15 @@ def main() -> None:
         f"- KNN keeps its normalized bank ({bank:.0f} MiB here, N·D·4 bytes) plus per query chunk a "
         "similarity block and running top-k of `4·q·(b + D) + 28·q·k` bytes (q = query_chunk 1024, b = bank_chunk "
         "16384, D = 512, k = 50: ≈ 67 MiB; see `l2ood.detectors.knn`).",
-        "- Mahalanobis / RMDS / Mahalanobis++ / ViM stream the training features in chunks of 8192 rows and "
-        "accumulate D × D float64 moments (2 MiB for D = 512): extra memory O(chunk·D + D²), independent "
-        "of N.",
-        "- ReAct keeps at most a seeded subsample of 2**24 activations (64 MiB in fp32) for its percentile, "
-        "plus the selection's working copies: bounded whatever N.",
-        "",
+        "- Mahalanobis / RMDS / Mahalanobis++ / ViM stream the training features in blocks of ≤ 4 MiB "
+        "(1024 rows at D = 512) and accumulate D × D moments in float64 (2 MiB for D = 512; one triangle of each "
+        "block's product: BLAS `dsyrk` with one thread, torch products of the upper block triangle with more; ViM: "
+        "float32 products summed in float64): extra memory O(block·D + D²), independent of N.",
+        "- ReAct's percentile is exact and holds at most ~2**24 activations (64 MiB in fp32): a copy up to "
+        "N·D = 2**24, above that a sampled bracket and the entries inside it: bounded whatever N.",
+        END,
     ]
-    Path(args.out).write_text("\n".join(lines))
+    replace_section(Path(args.out), BEGIN, END, "\n".join(lines), TITLE)
     print("\n".join(lines))
 
 

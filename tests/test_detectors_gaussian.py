@@ -162,20 +162,24 @@ def test_bad_arguments() -> None:
 # ---------------------------------------------------------------- numerics of the fit (float64 rank-k updates, inverse)
 
 
-def test_symmetric_gram_matches_matmul() -> None:
+@pytest.mark.parametrize("threads", [1, 2])  # 1: SciPy ?syrk; more: torch products of the upper block triangle
+def test_symmetric_gram_matches_matmul(threads: int) -> None:
     g = torch.Generator().manual_seed(3)
     blocks = [torch.randn(n, 37, generator=g, dtype=torch.float64) * 5 for n in (1, 64, 0, 200)]
     full = torch.cat(blocks)
-    gram = SymmetricGram(37)
-    with blas_threads():
-        for b in blocks:
-            gram.add(b)
-    torch.testing.assert_close(gram.result(), full.T @ full, rtol=1e-12, atol=1e-10)
-    gram32 = SymmetricGram(37, torch.float32)
-    for b in blocks:
-        gram32.add(b)
-    r32 = gram32.result()
-    assert r32.dtype == torch.float64 and torch.equal(r32, r32.T)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gram, gram32 = SymmetricGram(37), SymmetricGram(37, torch.float32)
+        with blas_threads():
+            for b in blocks:
+                gram.add(b)
+                gram32.add(b)
+    finally:
+        torch.set_num_threads(before)
+    r64, r32 = gram.result(), gram32.result()
+    torch.testing.assert_close(r64, full.T @ full, rtol=1e-12, atol=1e-10)
+    assert r32.dtype == torch.float64 and torch.equal(r32, r32.T) and torch.equal(r64, r64.T)
     torch.testing.assert_close(r32, full.T @ full, rtol=1e-5, atol=1e-3)
     assert block_rows(512, 8192) == 1024 and block_rows(512, 100) == 100 and block_rows(10**6, 8192) == 64
 

@@ -226,6 +226,25 @@ def test_vim_float32_products_agree_with_float64_reference() -> None:
     np.testing.assert_allclose(s, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("mode,variant", [("ce", "trained"), ("l2", "raw"), ("l2", "trained"),
+                                          ("logitnorm", "trained")])
+def test_vim_blocked_and_fused_scoring_equal_the_definition(mode: str, variant: str) -> None:
+    """Scores in row blocks (873 rows at D = 600) and, for heads with logits ``W·z + b`` (ce, every raw variant),
+    from one product that yields residual and logits together: equal, to float32 rounding, to the energy of
+    ``head.logits`` minus ``α·residual_norm`` (float64 reference)."""
+    g = torch.Generator().manual_seed(9)
+    d, n = 600, 2000  # blocks of 873 + 873 + 254 rows
+    train = torch.relu(torch.randn(3000, d, generator=g) + 0.5)
+    test = torch.relu(torch.randn(n, d, generator=g) * 1.3 + 0.5)
+    head = Head(torch.randn(7, d, generator=g) / d**0.5, torch.randn(7, generator=g), mode=mode,
+                variant=variant)  # type: ignore[arg-type]
+    det = DETECTORS["vim"]().fit(_ext(train, head), head)
+    s = det.score(_ext(test, head), head).double()
+    ref = head.logits(test).double().logsumexp(dim=1) - det.alpha(variant) * det.residual_norm(test)
+    assert s.shape == (n,)
+    torch.testing.assert_close(s, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
 def test_vim_off_subspace_points_score_lower() -> None:
     rng = np.random.default_rng(3)
     a, c = _subspace_data(4, 300, 0.2)

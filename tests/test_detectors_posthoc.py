@@ -48,6 +48,26 @@ def test_react_clipping_by_hand() -> None:
     assert scores[0].item() != pytest.approx(_lse(_linear(feats[0], W4, B3)), rel=1e-3)
 
 
+@pytest.mark.parametrize("mode,variant", [("ce", "trained"), ("l2", "trained"), ("logitnorm", "trained"),
+                                          ("l2", "raw")])
+def test_react_blocked_scoring_equals_one_pass(mode: str, variant: str) -> None:
+    """Scores are computed in row blocks (≤ 4 MiB, here 873 rows at D = 600): identical, up to float rounding,
+    to clipping all rows at once and taking the energy of their logits, in every head variant."""
+    g = torch.Generator().manual_seed(5)
+    n, d, c = 2000, 600, 7  # 873 + 873 + 254 rows
+    head = Head(torch.randn(c, d, generator=g) / d**0.5, torch.randn(c, generator=g), mode=mode, tau=0.5,
+                variant=variant)  # type: ignore[arg-type]
+    feats = torch.relu(torch.randn(n, d, generator=g))
+    det = DETECTORS["react"]()
+    det.threshold = 1.1
+    got = det.score(Extraction(feats, torch.zeros(n, c)), head)
+    ref = head.logits(feats.clamp(max=1.1)).double().logsumexp(dim=1).float()
+    assert got.shape == (n,) and got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
+    half = det.score(Extraction(feats.half(), torch.zeros(n, c)), head)  # other input dtypes: converted to fp32
+    torch.testing.assert_close(half, det.score(Extraction(feats.half().float(), torch.zeros(n, c)), head))
+
+
 def test_react_threshold_is_numpy_percentile() -> None:
     g = torch.Generator().manual_seed(1)
     feats = torch.relu(torch.randn(1000, 16, generator=g))

@@ -41,14 +41,37 @@ def git_commit() -> tuple[str | None, bool | None]:
 
 
 def cpu_name() -> str:
-    """The CPU model (from /proc/cpuinfo where present) and whether it has AVX-512-BF16 (bf16 speeds l2ood up)."""
+    """The CPU model (from /proc/cpuinfo where present), with the core generation of AMD CPUs whose model name
+    does not give it (e.g. ``AMD EPYC (Zen 4)`` in a VM), the core count and whether it has AVX-512-BF16 (bf16
+    speeds l2ood up)."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return platform.processor() or platform.machine() or "unknown CPU"
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
-                platform.machine())
+    fields: dict[str, str] = {}
+    for ln in info.splitlines():  # the first processor's fields
+        key, sep, value = ln.partition(":")
+        if sep and key.strip() not in fields:
+            fields[key.strip()] = value.strip()
+    name = fields.get("model name", platform.machine())
+    try:
+        core = amd_core(int(fields["cpu family"]), int(fields["model"])) if "AMD" in name else None
+    except (KeyError, ValueError):
+        core = None
+    if core and "Zen" not in name:
+        name = f"{name} ({core})"
     return f"{name}, {os.cpu_count()} cores{', AVX-512-BF16' if 'avx512_bf16' in info else ''}"
+
+
+def amd_core(family: int, model: int) -> str | None:
+    """The Zen generation of an AMD CPU from its ``cpu family`` and ``model`` numbers (/proc/cpuinfo), or None."""
+    if family == 0x17:
+        return "Zen 2" if model >= 0x30 else "Zen"
+    if family == 0x19:
+        return "Zen 4" if 0x10 <= model <= 0x1F or 0x60 <= model <= 0xAF else "Zen 3"
+    if family == 0x1A:
+        return "Zen 5"
+    return None
 
 
 def code_version() -> dict[str, Any]:

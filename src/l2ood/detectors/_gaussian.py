@@ -11,10 +11,13 @@ per-class counts ``n_c`` and sums ``Σ_{i∈c} (z_i − s)``, and the D×D secon
   ``= (1/N) Σ_c Σ_{i∈c} (z_i − μ_c)(z_i − μ_c)ᵀ``;
 * global mean ``μ_0`` and global covariance ``Σ_0 = (M − N (μ_0 − s)(μ_0 − s)ᵀ) / N``.
 
-``M`` is accumulated by the BLAS symmetric rank-k update ``dsyrk`` (one triangle: half the work of
-``xᵀx``) on blocks of ≤ 4 MiB (:func:`~l2ood.detectors._blocks.block_rows`: small temporaries stay in
-cache and in the allocator's pool), with torch's thread count. Extra memory is O(block·D + C·D + D²);
-no N×D float64 copy is made.
+``M`` is accumulated on blocks of ≤ 4 MiB (:func:`~l2ood.detectors._blocks.block_rows`: small temporaries stay
+in cache and in the allocator's pool), one triangle only (:class:`~l2ood.detectors._blocks.SymmetricGram`: the
+BLAS symmetric rank-k update ``dsyrk``, half the work of ``xᵀx``, with one torch thread; torch products of the
+upper block triangle with more). Float64 throughout: float32 products (as pytorch-ood's) would perturb ``Σ⁻¹``
+by ~2e-9·cond(Σ) relative (measured: 2.5e-5 at cond 1e4, 1.6e-3 at cond 1e6; real features have cond 1e3–1e6
+and more) for a saving of about a third of the fit (``ssyrk`` ≈ 1.6× faster than ``dsyrk`` with one thread).
+Extra memory is O(block·D + C·D + D²); no N×D float64 copy is made.
 
 Distances (:class:`TiedGaussians`) use the precision ``P = pinv(Σ)`` (Hermitian pseudo-inverse in
 float64, as ``sklearn.covariance.EmpiricalCovariance`` used by OpenOOD; it is well defined for
@@ -72,27 +75,24 @@ def fit_class_gaussians(train: Extraction, chunk_size: int = 8192,
     num_classes = int(train.labels.max().item()) + 1
     d = int(train.features.shape[1])
 
-    def rows(chunk: Extraction) -> tuple[Tensor, Tensor]:
-        z = chunk.features.to(device="cpu")
-        if transform is not None:
-            z = transform(z.to(torch.float64))
-        return z, chunk.labels.to(device="cpu", dtype=torch.long)  # type: ignore[union-attr]
-
     f64 = torch.float64
-    counts = torch.zeros(num_classes, dtype=torch.int64)
+    feats = train.features
+    labels = train.labels.to(device="cpu", dtype=torch.long)
+    counts = torch.bincount(labels, minlength=num_classes)
     sums = torch.zeros(num_classes, d, dtype=f64)  # Σ_{i∈c} (z_i − s)
     gram = SymmetricGram(d)  # Σ_i (z_i − s)(z_i − s)ᵀ
     block = block_rows(d, chunk_size)
-    buf = torch.empty(block, d, dtype=f64)
+    buf = torch.empty(min(block, n_total), d, dtype=f64)
     shift: Tensor | None = None
     with blas_threads():
-        for chunk in train.chunks(block):
-            z, y = rows(chunk)
+        for s in range(0, n_total, block):
+            z = feats[s : s + block].to(device="cpu")
+            if transform is not None:
+                z = transform(z.to(f64))
             if shift is None:
                 shift = z.to(f64).mean(dim=0)
-            x = torch.sub(z, shift, out=buf[: y.shape[0]])  # float64 z − s
-            counts += torch.bincount(y, minlength=num_classes)
-            sums.index_add_(0, y, x)
+            x = buf[: z.shape[0]].copy_(z).sub_(shift)  # float64 z − s
+            sums.index_add_(0, labels[s : s + block], x)
             gram.add(x)
     assert shift is not None
     second = gram.result()

@@ -7,13 +7,14 @@ softmax baseline for OoD detection (e.g. pytorch-ood's ``Entropy``, which return
 score; here the sign is flipped so that higher = ID). No hyper-parameters.
 
 Computed from ``log_softmax`` (``p_c log p_c`` is 0 where ``p_c`` underflows), so it is finite for any
-finite logits.
+finite logits; for fewer than 16 classes on the transposed layout (:mod:`~l2ood.detectors._softmax`).
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
+from ._softmax import softmax
 from .base import Detector, register
 from .features import Extraction, Head
 
@@ -26,5 +27,5 @@ class Entropy(Detector):
     uses_logits = True
 
     def score(self, x: Extraction, head: Head) -> Tensor:
-        logp = x.logits.float().log_softmax(dim=1)
+        logp = softmax(x.logits.float(), log=True)
         return (logp.exp() * logp).sum(dim=1)

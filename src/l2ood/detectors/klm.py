@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from ._softmax import softmax
 from .base import Detector, register
 from .features import Extraction, Head
 
@@ -69,7 +70,8 @@ class KLMatching(Detector):
         lse = torch.full((c, c), -math.inf, dtype=torch.float64)  # per class: logsumexp of log_softmax rows
         counts = torch.zeros(c, dtype=torch.int64)
         for chunk in train.chunks(self.chunk_size):
-            logp = chunk.logits.double().log_softmax(dim=1)
+            # for C < 16 on the faster (C, N) layout, then rows again: argmax along rows is 6× faster
+            logp = softmax(chunk.logits.double(), log=True).contiguous()
             pred = logp.argmax(dim=1)
             # per predicted class k, logsumexp of its rows = top_k + log Σ exp(row − top_k) (all classes at once;
             # classes not predicted in this chunk get −inf, which logaddexp leaves out)
@@ -90,7 +92,7 @@ class KLMatching(Detector):
             raise ConfigError("klm: score() got logits of another number of classes or logit variant than fit()")
         out = torch.empty(len(x), dtype=torch.float32)
         for s in range(0, len(x), self.chunk_size):
-            logp = x.logits[s : s + self.chunk_size].double().log_softmax(dim=1)
+            logp = softmax(x.logits[s : s + self.chunk_size].double(), log=True)
             p = logp.exp()
             # −min_k KL(p ‖ d_k) = max_k Σ_c p_c log d_kc − Σ_c p_c log p_c
             out[s : s + p.shape[0]] = (p @ logq.T).amax(dim=1) - (p * logp).sum(dim=1)

@@ -149,9 +149,15 @@ class ReAct(Detector):
     def score(self, x: Extraction, head: Head) -> Tensor:
         if self.threshold is None:
             raise RuntimeError("react: call fit() on the ID training outputs before score()")
-        out = torch.empty(len(x), dtype=torch.float32)
-        step = block_rows(x.features.shape[1], 8192)  # blocks: the clipped copy stays in cache
-        for s in range(0, len(x), step):
-            z = x.features[s : s + step].float().clamp(max=self.threshold)
-            out[s : s + z.shape[0]] = head.logits(z).float().logsumexp(dim=1)
+        feats = x.features
+        n, d = feats.shape
+        out = torch.empty(n, dtype=torch.float32)
+        # row blocks of ≤ 4 MiB: the clipped copy is written into one reused buffer and read back from cache
+        step = block_rows(d, n, itemsize=4)
+        buf = torch.empty(min(step, n), d, dtype=torch.float32, device=feats.device)
+        for s in range(0, n, step):
+            rows = feats[s : s + step]
+            z = torch.clamp(rows if rows.dtype == torch.float32 else rows.float(), max=self.threshold,
+                            out=buf[: rows.shape[0]])
+            out[s : s + z.shape[0]] = head.logits(z).logsumexp(dim=1)
         return out

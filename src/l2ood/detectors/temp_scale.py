@@ -23,6 +23,7 @@ import math
 from torch import Tensor
 
 from ..errors import ConfigError
+from ._softmax import softmax
 from .base import Detector, register
 from .features import Extraction, Head
 
@@ -53,7 +54,7 @@ class TemperatureScaling(Detector):
         for chunk in train.chunks(self.chunk_size):
             f = chunk.logits.double()
             assert chunk.labels is not None
-            p = (beta * f).softmax(dim=1)
+            p = softmax(beta * f)  # for C < 16 on the faster (C, N) layout
             total += float(((p * f).sum(dim=1) - f.gather(1, chunk.labels.long()[:, None])[:, 0]).sum())
         return total / len(train)
 
@@ -98,4 +99,6 @@ class TemperatureScaling(Detector):
             raise RuntimeError("temp_scale is not fitted: call fit(train, head) before score()")
         if head.normalize != self._normalize:
             raise ConfigError("temp_scale: score() got another logit variant than fit()")
-        return (x.logits.float() / self.temperature).softmax(dim=1).max(dim=1).values
+        # max_c softmax(f/T)_c = 1 / Σ_c exp((f_c − max f)/T): the softmax at its argmax, without the other entries
+        f = x.logits.float()
+        return (f - f.amax(dim=1, keepdim=True)).div_(self.temperature).exp_().sum(dim=1).reciprocal_()
