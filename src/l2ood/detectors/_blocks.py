@@ -47,7 +47,9 @@ class SymmetricGram:
         self._d = d
         self._torch = torch.get_num_threads() > 1
         self._acc = np.zeros((d, d), dtype=np.float64, order="F")
-        self._tmp = np.zeros((d, d), dtype=np.float32, order="F") if dtype == torch.float32 else None
+        # the float32 product buffer of the ssyrk path only (the torch path adds its products directly)
+        blas32 = dtype == torch.float32 and not self._torch
+        self._tmp = np.zeros((d, d), dtype=np.float32, order="F") if blas32 else None
 
     def add(self, x: Tensor) -> None:
         """Add ``xᵀx`` for ``x`` ``(B, D)`` (converted to :attr:`dtype`)."""
@@ -61,7 +63,7 @@ class SymmetricGram:
                 acc[s : s + step, s:] += x[:, s : s + step].T @ x[:, s:]
             return
         a = np.ascontiguousarray(x.numpy()).T  # (D, B), Fortran order: the rows reach BLAS without a copy
-        if self._tmp is None:
+        if self._tmp is None:  # float64
             self._acc = _dsyrk(1.0, a, beta=1.0, c=self._acc, trans=0, lower=0, overwrite_c=1)
         else:
             self._tmp = _ssyrk(1.0, a, beta=0.0, c=self._tmp, trans=0, lower=0, overwrite_c=1)
