@@ -16,6 +16,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from l2ood.evaluation import evaluate_run, parse_detectors
 from l2ood.models import ModelConfig
 from l2ood.pipeline import training_data
 from l2ood.provenance import cpu_name
+from l2ood.results import ResultsFile, ResultsRecord, read_results, write_results
 from l2ood.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,11 +59,11 @@ def main() -> None:
     ap.add_argument("--render-only", action="store_true", help="rewrite the markdown from the --json file")
     args = ap.parse_args()
     if args.render_only:
-        write_results(json.loads(Path(args.json).read_text()), args)
+        render(read_results(args.json).to_json()["runs"], args)
         return
     detectors = parse_detectors(args.detectors)
     train_set, _ = training_data("fashion-mnist", holdout=5000)
-    raw: dict[str, dict[str, object]] = {}
+    records: dict[str, ResultsRecord] = {}
     for seed in args.seeds:
         for head in ("l2", "ce"):
             run = Path(args.runs) / f"e{args.epochs}-w{args.width}" / f"seed{seed}" / head
@@ -72,14 +74,15 @@ def main() -> None:
             print(f"evaluating seed {seed} {head}", flush=True)
             r = evaluate_run(run, OOD, detectors, seed=0, combined=[c.split(",") for c in args.combine])
             r.save(run / "eval")
-            raw[f"{head}/seed{seed}"] = r.results
-        write_results(raw, args)  # after every seed, so an interrupted benchmark still leaves its finished seeds
+            records[f"{head}/seed{seed}"] = r.results
+        # after every seed, so an interrupted benchmark still leaves its finished seeds
+        results = ResultsFile.new(records)
+        write_results(args.json, results)
+        render(results.to_json()["runs"], args)
 
 
-def write_results(raw: dict[str, dict[str, object]], args: argparse.Namespace) -> None:
-    out_json = Path(args.json)
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(raw, indent=1))
+def render(raw: dict[str, Any], args: argparse.Namespace) -> None:
+    """docs/RESULTS.md from the evaluated runs (label ``head/seedK`` → results record as JSON)."""
     heads = {"l2": "L2", "ce": "CE"}
     seeds = sorted({int(k.split("/seed")[1]) for k in raw})  # the seeds finished so far
     lines = [

@@ -50,6 +50,8 @@ from typing import Any
 
 import numpy as np
 
+from l2ood.results import BenchCell, ResultsError, ResultsFile, ResultsRecord, read_results, write_results
+
 ROOT = Path(__file__).resolve().parents[1]
 ARCH = "resnet18"
 BENCHMARK = "cifar10-local"
@@ -143,11 +145,9 @@ def cell_main(args: argparse.Namespace) -> int:
 
     spec = json.loads(Path(args.spec).read_text())
     torch.set_num_threads(max(1, int(args.threads)))
-    from l2ood import jsonio
     from l2ood.detectors import all_detectors
     from l2ood.models import ModelConfig
     from l2ood.pipeline import train_and_evaluate, train_run
-    from l2ood.provenance import code_version
     from l2ood.train import TrainConfig
 
     runs = Path(spec["runs"])
@@ -178,12 +178,13 @@ def cell_main(args: argparse.Namespace) -> int:
     core = [d for d in wanted if d in core_names]
     phases = [("core", core), ("rest", [d for d in wanted if d not in core_names])]
     cell_path = runs / "cells" / f"{name}.json"
-    merged: dict[str, Any] | None = None
+    merged: ResultsRecord | None = None
     requested: list[str] = []
     if cell_path.is_file():  # an earlier call evaluated some detectors of this (finished) run: keep them
-        with contextlib.suppress(json.JSONDecodeError, KeyError):
-            old = json.loads(cell_path.read_text())
-            merged, requested = old["results"], list(old["requested"])
+        with contextlib.suppress(ResultsError):
+            old = read_results(cell_path)
+            if old.bench is not None:
+                merged, requested = old.only, list(old.bench.requested)
     for phase, dets_all in phases:
         dets = [d for d in dets_all if d not in requested]
         if not dets:
@@ -192,29 +193,32 @@ def cell_main(args: argparse.Namespace) -> int:
         t = time.time()
         run, r = train_and_evaluate(train_set, mcfg, tcfg, run_dir, ood_sets=ood_sets, detectors=dets,
                                     id_test=id_test, test_data=test_spec, data_root=spec["data_root"],
-                                    progress=False, log=None)
-        id_sc = r.scores[r.results["id_dataset"]]
-        for ds_name, d in r.results["ood"].items():
-            for col, m in d["detectors"].items():
-                m["fpr95_openood"] = fpr95_openood(id_sc[col], r.scores[ds_name][col])
-        if merged is None:
-            merged = r.results
-        else:
-            merged["detectors"] += r.results["detectors"]
-            merged["detector_params"].update(r.results["detector_params"])
-            for ds_name, d in r.results["ood"].items():
-                merged["ood"][ds_name]["detectors"].update(d["detectors"])
+                                    progress=False, log=None, samples=None)
+        res = r.results
+        id_sc = r.scores[res.id_dataset]
+        for ds_name, col, m in res.rows():
+            m.fpr95_openood = fpr95_openood(id_sc[col], r.scores[ds_name][col])  # type: ignore[attr-defined]
+        if merged is not None:
+            res = merged.model_copy(update={
+                "detectors": [*merged.detectors, *res.detectors],
+                "detector_params": {**merged.detector_params, **res.detector_params},
+                "ood": {s: o.model_copy(update={"detectors": {**o.detectors, **res.ood[s].detectors}})
+                        for s, o in merged.ood.items()}})
+        merged = res
         requested += dets
-        cell_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cell_path.with_suffix(".json.tmp")
-        tmp.write_text(jsonio.dumps({
-            "arch": ARCH, "variant": args.variant, "seed": args.seed, "requested": requested,
-            "groups": groups, "train_seconds": run.record.train_seconds, "code_version": code_version(),
-            "results": merged}, indent=1))
-        os.replace(tmp, cell_path)  # atomic: a kill never leaves half a file
+        bench = BenchCell(arch=ARCH, variant=args.variant, seed=args.seed, requested=requested, groups=groups,
+                          train_seconds=run.record.train_seconds or 0.0, recipe=RECIPE, hyper=spec["hyper"])
+        write_results(cell_path, ResultsFile.new({name: merged}, bench=bench))  # atomic
         ev(f"eval_{phase}_done", seconds=round(time.time() - t, 2))
     ev("done")
     return 0
+
+
+def cell_view(f: ResultsFile) -> dict[str, Any]:
+    """A cell as ``paper_raw.json`` carries it: the bench coordinates with the results record under ``results``."""
+    if f.bench is None:
+        raise ResultsError("not a bench cell")
+    return {**f.bench.model_dump(mode="json"), "results": f.only.model_dump(mode="json")}
 
 
 # ---------------------------------------------------------------------------------------------- orchestrator
@@ -258,9 +262,9 @@ class Cell:
     def complete(self, detectors: list[str] | None) -> bool:
         if not self.cell_path.is_file():
             return False
-        with contextlib.suppress(json.JSONDecodeError, OSError):
-            done = set(json.loads(self.cell_path.read_text()).get("requested", []))
-            return detectors is None or set(detectors) <= done
+        with contextlib.suppress(ResultsError):
+            cell = read_results(self.cell_path).bench
+            return cell is not None and (detectors is None or set(detectors) <= set(cell.requested))
         return False
 
     def history(self) -> list[dict[str, Any]]:
@@ -570,8 +574,8 @@ class Orchestrator:
                 with contextlib.suppress(json.JSONDecodeError):  # a line cut by a kill is dropped
                     rec["track"].append(json.loads(x))
             if c.cell_path.is_file():
-                with contextlib.suppress(json.JSONDecodeError, OSError):
-                    rec["cell"] = json.loads(c.cell_path.read_text())
+                with contextlib.suppress(ResultsError):
+                    rec["cell"] = cell_view(read_results(c.cell_path))
             cells.append(rec)
         return {"kind": "l2ood-gpu-paper/1", "tiny": bool(self.args.tiny), "command": " ".join(sys.argv),
                 "shell_command": os.environ.get("GPU_PAPER_COMMAND", ""), "t0": self.t0,

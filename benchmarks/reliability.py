@@ -210,7 +210,7 @@ def main() -> None:
         add("output over a run file", f"screen -o RUN/{target}",
             classify(rc, err, extra="data loss" if snapshot(run) != before else None))
 
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom l2ood.train.runfolder import run_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom l2ood.runfolder import run_lock\n"
                                f"with run_lock({str(run)!r}, 'holder'):\n    print('held', flush=True)\n"
                                "    time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"

@@ -56,11 +56,10 @@ def main() -> None:
                 sel = evaluate_run(run, OOD, dets, seed=0, val_ood=args.val_ood, n_val_ood=args.n_val_ood).results
                 t2 = time.perf_counter()
                 print(f"seed {seed} {head}: default {t1 - t0:.0f} s, with selection {t2 - t1:.0f} s", flush=True)
-                raw[f"{head}/seed{seed}"] = {"default": {c: {s: base["ood"][s]["detectors"][c]["auroc"] for s in OOD}
-                                                         for c in base["detectors"]},
-                                             "selected": {c: {s: sel["ood"][s]["detectors"][c]["auroc"] for s in OOD}
-                                                          for c in sel["detectors"]},
-                                             "selection": sel["selection"], "seconds": [t1 - t0, t2 - t1]}
+                raw[f"{head}/seed{seed}"] = {
+                    "default": {c: {s: base.metric(s, c) for s in OOD} for c in base.detectors},
+                    "selected": {c: {s: sel.metric(s, c) for s in OOD} for c in sel.detectors},
+                    "selection": sel.selection, "seconds": [t1 - t0, t2 - t1]}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(raw, indent=1))
     write(raw, args)

@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from l2ood.data.stream import open_stream, rrc_box
 from l2ood.data.synthetic import write_photo_folder
 from l2ood.models import ModelConfig, build_model
+from l2ood.results import read_results
 from l2ood.run import Run
 from l2ood.train import TrainConfig, train
 from l2ood.train.trainer import load_pretrained
@@ -86,7 +87,7 @@ def test_cli_fine_tunes_torchvision_resnet_from_a_weights_file(photos: Path, tmp
                         "--detectors", "feature_norm,msp", "--no-progress"],
                        capture_output=True, text=True, env=env, timeout=600)
     assert e.returncode == 0, e.stderr[-2000:]
-    (res,) = json.loads((tmp_path / "ft" / "eval" / "results.json").read_text()).values()  # one run, by label
+    (res,) = read_results(tmp_path / "ft" / "eval" / "results.json").to_json()["runs"].values()
     assert res["n_id_test"] == 24 and set(res["ood"]) == {"textures"}
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from l2ood.bench import BENCHMARKS, RECIPES, aggregate, resolve
 from l2ood.cli import main
+from l2ood.results import BenchCell, ResultsFile, read_results, record_of
 
 
 @pytest.fixture
@@ -71,7 +72,7 @@ def test_bench_matrix_and_resume(tiny_bench: Path, tmp_path: Path, capsys: pytes
     # adding a detector re-evaluates (from cached extractions) without retraining
     assert main(argv("feature_norm,energy")) == 0
     assert w.stat().st_mtime_ns == mtimes[0]
-    assert "energy:raw" in json.loads(cell.read_text())["results"]["detectors"]
+    assert "energy:raw" in read_results(cell).only.detectors
 
 
 def test_bench_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
@@ -81,11 +82,16 @@ def test_bench_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown variant" in capsys.readouterr().err
 
 
-def _cell(seed: int, metrics: dict[str, dict[str, float]]) -> dict[str, object]:
-    return {"arch": "resnet18", "variant": "l2", "seed": seed, "requested": ["feature_norm"],
-            "groups": {"a": "near", "b": "far"}, "code_version": {"l2ood": "0.2.0", "git_commit": None},
-            "results": {"id_accuracy": 0.9, "ood": {s: {"n": 10, "detectors": {"feature_norm": m}}
-                                                    for s, m in metrics.items()}}}
+def _cell(seed: int, metrics: dict[str, dict[str, float]], legacy: bool = False) -> dict[str, object]:
+    """A bench cell file: the results schema, or (``legacy``) the shape l2ood 0.2 wrote before it."""
+    rec = {"model": {"arch": "resnet18"}, "head": "l2", "id_dataset": "id", "n_id_test": 10, "id_accuracy": 0.9,
+           "detectors": ["feature_norm"], "code_version": {"l2ood": "0.2.0", "git_commit": None},
+           "ood": {s: {"n": 10, "detectors": {"feature_norm": m}} for s, m in metrics.items()}}
+    cell = {"arch": "resnet18", "variant": "l2", "seed": seed, "requested": ["feature_norm"],
+            "groups": {"a": "near", "b": "far"}}
+    if legacy:
+        return {**cell, "code_version": rec["code_version"], "results": rec}
+    return ResultsFile.new({f"c{seed}": record_of(rec)}, bench=BenchCell.model_validate(cell)).to_json()
 
 
 def test_aggregate_shows_both_fpr_conventions_labelled(tmp_path: Path) -> None:
@@ -93,9 +99,10 @@ def test_aggregate_shows_both_fpr_conventions_labelled(tmp_path: Path) -> None:
     m = {"auroc": 0.9, "aupr_in": 0.5, "aupr_out": 0.5}
     (tmp_path / "cells" / "c0.json").write_text(json.dumps(_cell(0, {
         "a": {**m, "fpr95": 0.40, "fpr95_ood_pos": 0.10}, "b": {**m, "fpr95": 0.20, "fpr95_ood_pos": 0.30}})))
-    # a cell written before fpr95_ood_pos existed: its column is empty, the table averages what exists
+    # a cell written before fpr95_ood_pos existed (and before the results schema): its column is empty, the table
+    # averages what exists
     (tmp_path / "cells" / "c1.json").write_text(json.dumps(_cell(1, {
-        "a": {**m, "fpr95": 0.60}, "b": {**m, "fpr95": 0.40}})))
+        "a": {**m, "fpr95": 0.60}, "b": {**m, "fpr95": 0.40}}, legacy=True)))
     csv_path, md_path = aggregate(tmp_path)
     rows = list(csv.DictReader(csv_path.open()))
     assert list(rows[0])[:12] == ["arch", "variant", "seed", "detector", "ood", "group", "id_acc", "auroc", "fpr95",
@@ -138,10 +145,11 @@ def test_bench_combined_column_is_cross_fitted(tiny_bench: Path, tmp_path: Path)
                  "--batch-size", "64", "--variants", "l2", "--seeds", "0", "--detectors", "feature_norm",
                  "--combine", "feature_norm,knn", "--data-root", str(tiny_bench), "--out", str(out),
                  "--no-progress", "--precision", "fp32", "--n-ood", "30", "--n-id", "60"]) == 0
-    cell = json.loads((out / "cells" / "resnet18-l2-seed0.json").read_text())
+    cell = read_results(out / "cells" / "resnet18-l2-seed0.json")
     col = "bonferroni(feature_norm,knn)"
-    r = cell["results"]
-    assert r["detectors"] == ["feature_norm", col] and "combine:feature_norm,knn" in cell["requested"]
+    r = cell.only.model_dump(mode="json")
+    assert cell.bench is not None and "combine:feature_norm,knn" in cell.bench.requested
+    assert r["detectors"] == ["feature_norm", col]
     assert "cross-fitted" in r["combined"][col]["calibration"] and r["combined"][col]["n_calibration"] == 30
     npz = np.load(out / "resnet18" / "l2" / "seed0" / "eval" / "scores.npz")
     id_name = r["id_dataset"]

@@ -67,8 +67,8 @@ def test_imagenet200_streamed_training_bench(openood_root: Path, tmp_path: Path)
     groups = {r["group"] for r in rows}
     assert {"near", "far"} <= groups
     cell = json.loads((tmp_path / "b" / "cells" / "resnet18-l2-seed0.json").read_text())
-    assert cell["results"]["n_id_test"] == 15
-    assert all(v["n"] == 4 for v in cell["results"]["ood"].values())
+    assert cell["runs"]["resnet18-l2-seed0"]["n_id_test"] == 15
+    assert all(v["n"] == 4 for v in cell["runs"]["resnet18-l2-seed0"]["ood"].values())
 
 
 def test_imagenet_posthoc_bench_of_a_pretrained_classifier(openood_root: Path, tmp_path: Path) -> None:
@@ -86,7 +86,8 @@ def test_imagenet_posthoc_bench_of_a_pretrained_classifier(openood_root: Path, t
     assert p.returncode == 0, p.stderr[-3000:]
     assert "detectors fitted on 20 training images" in p.stderr
     cell = json.loads((tmp_path / "b" / "cells" / "resnet18-ce-seed0.json").read_text())
-    assert cell["train_seconds"] == 0.0 and set(cell["results"]["detectors"]) == {"feature_norm", "msp", "mahalanobis"}
+    assert cell["bench"]["train_seconds"] == 0.0
+    assert set(cell["runs"]["resnet18-ce-seed0"]["detectors"]) == {"feature_norm", "msp", "mahalanobis"}
     missing = _bench(openood_root, tmp_path / "c", "--recipe", "pretrained-resnet50", "--archs", "resnet18",
                      "--variants", "ce")
     assert missing.returncode == 2 and "--pretrained FILE" in missing.stderr

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from l2ood.cli import main
+from l2ood.results import read_results
 
 
 def test_demo_tiny(tmp_path: Path, data_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -19,7 +20,7 @@ def test_demo_tiny(tmp_path: Path, data_root: Path, capsys: pytest.CaptureFixtur
     assert rc == 0
     text = capsys.readouterr().out
     assert "feature_norm" in text and "mnist AUROC" in text and "textures FPR95" in text
-    results = json.loads((out / "results.json").read_text())
+    results = read_results(out / "results.json").to_json()["runs"]
     assert set(results) == {"L2", "CE"}
     for r in results.values():
         assert set(r["ood"]) == {"mnist", "textures", "noise"}
@@ -47,7 +48,7 @@ def test_train_then_evaluate(tmp_path: Path, data_root: Path, capsys: pytest.Cap
     assert "already holds" in capsys.readouterr().err
     assert main(["evaluate", str(run), "--data-root", str(data_root), "--ood", "noise", "--n-ood", "32",
                  "--detectors", "feature_norm,energy", "--no-progress"]) == 0
-    res = json.loads((run / "eval" / "results.json").read_text())
+    res = read_results(run / "eval" / "results.json").to_json()["runs"]
     (only,) = res.values()
     # the L2 head is normalized: the logit-based energy is reported on both logit variants
     assert only["detectors"] == ["feature_norm", "energy:trained", "energy:raw"] and list(only["ood"]) == ["noise"]

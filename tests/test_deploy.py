@@ -281,7 +281,7 @@ def test_service_with_a_fitted_detector_loads_it_once(served: Path, tmp_path: Pa
     shutil.copytree(served / "run", run, ignore=shutil.ignore_patterns(".l2ood.lock"))
     assert main(["calibrate", str(run), "--detector", "mahalanobis", "--alpha", "0.1", "--name", "maha",
                  "--data-root", str(served / "data"), "--no-progress", "--precision", "fp32"]) == 0
-    from l2ood.screen import fitted as fitted_mod
+    from l2ood import columns as fitted_mod
 
     loads = []
     real = fitted_mod.load_fitted

@@ -23,8 +23,8 @@ from l2ood import record as rec_mod
 from l2ood.cli import main
 from l2ood.record import read_record
 from l2ood.run import Run
+from l2ood.runfolder import run_lock
 from l2ood.train.artifact import save_weights
-from l2ood.train.runfolder import run_lock
 
 
 def _strict_json(text: str) -> object:
@@ -97,7 +97,7 @@ def test_results_json_is_standard_json(trained: Path, tmp_path: Path) -> None:
         "test": rec_mod.SourceRecord(spec=f"npz:{tmp_path / 'unlabelled.npz'}", split="test"),
         "test_origin": "test-data"})}))
     assert main(["evaluate", str(run), "--ood", "noise", "--n-ood", "16", "--no-progress"]) == 0
-    (res,) = _strict_json((run / "eval" / "results.json").read_text()).values()  # type: ignore[union-attr]
+    (res,) = _strict_json((run / "eval" / "results.json").read_text())["runs"].values()  # type: ignore[index]
     assert res["id_accuracy"] is None  # NaN (no labels) is written as null
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import shutil
 from pathlib import Path
 
@@ -22,9 +21,9 @@ from l2ood.detectors.store import load_fitted, read_fitted, save_fitted
 from l2ood.errors import ConfigError, RunError
 from l2ood.metrics.conformal import combine_p_values, conformal_p_values
 from l2ood.record import file_sha256, read_record
+from l2ood.results import read_results
 from l2ood.run import Run
 from l2ood.screen import Screener, parse_spec
-from l2ood.screen import fitted as fitted_mod
 
 FP32 = ["--precision", "fp32", "--no-progress"]
 
@@ -260,7 +259,7 @@ def test_combined_calibration_screen_and_evaluate(run_dir: Path, trained: Path, 
     assert main(["evaluate", str(run_dir), "--ood", "mnist", "--detectors", "feature_norm",
                  "--combine", "feature_norm,mahalanobis", "--combine-rule", "cauchy", "--data-root", str(data_root),
                  "--out", str(out_dir), *FP32]) == 0
-    res = json.loads((out_dir / "results.json").read_text())
+    res = read_results(out_dir / "results.json").to_json()["runs"]
     r = next(iter(res.values()))
     col = "cauchy(feature_norm,mahalanobis)"
     assert r["detectors"] == ["feature_norm", col] and r["combined"][col]["n_calibration"] == 150
@@ -295,7 +294,7 @@ def test_in_memory_runs_cannot_store_fits() -> None:
     cfg = ModelConfig(width=2)
     run = Run.from_model(build_model(cfg), cfg, device="cpu", precision="fp32")
     with pytest.raises(ConfigError, match="in-memory"):
-        fitted_mod.fitted_detector(run, parse_spec("knn", "l2")[0])
+        parse_spec("knn", "l2")[0].load(run, "0" * 64)
 
 
 def test_resuming_a_finished_run_keeps_its_fitted_detectors(run_dir: Path, data_root: Path) -> None:

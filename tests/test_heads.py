@@ -73,7 +73,7 @@ def test_evaluate_reports_both_variants(data_root: Path) -> None:
     id_test = load_dataset("fashion-mnist", "test", root=data_root, n=40)
     ood = load_dataset("noise", n=20, size=(28, 28), channels=1)
     r = evaluate(run, id_test, [ood], ["maxlogit"])
-    assert r.results["detectors"] == ["maxlogit:trained", "maxlogit:raw"]
+    assert r.results.detectors == ["maxlogit:trained", "maxlogit:raw"]
     head = Head.of(m)
     with torch.no_grad():
         out = m(id_test.images.float() / 255)

@@ -16,6 +16,7 @@ from l2ood.cli import main
 from l2ood.detectors import DETECTORS, make_detector
 from l2ood.errors import ConfigError
 from l2ood.evaluation import evaluate, load_ood_sets
+from l2ood.results import read_results
 from l2ood.run import Run
 from l2ood.selection import grid, select
 
@@ -91,7 +92,7 @@ def test_evaluate_val_ood_selects_records_and_scores_the_tests_with_the_choice(
     assert main(["evaluate", str(run_dir), "--ood", "mnist", "--detectors", "feature_norm,knn,react",
                  "--val-ood", "noise", "--n-val-ood", "100", "--data-root", str(data_root), "--out", str(out),
                  *FP32]) == 0
-    r = next(iter(json.loads((out / "results.json").read_text()).values()))
+    r = next(iter(read_results(out / "results.json").to_json()["runs"].values()))
     sel = r["selection"]
     assert sel["val_ood"].startswith("noise") and sel["n_val_ood"] == 100 and sel["n_val_id"] == 150
     assert set(sel["columns"]) == {"knn", "react:trained", "react:raw"}  # feature_norm has nothing to select
@@ -152,7 +153,7 @@ def test_selection_and_combination_split_the_holdout(run_dir: Path, data_root: P
     assert main(["evaluate", str(run_dir), "--ood", "mnist", "--detectors", "knn", "--combine", "feature_norm,knn",
                  "--val-ood", "noise", "--n-val-ood", "60", "--data-root", str(data_root), "--out", str(out),
                  *FP32]) == 0
-    r = next(iter(json.loads((out / "results.json").read_text()).values()))
+    r = next(iter(read_results(out / "results.json").to_json()["runs"].values()))
     col = "bonferroni(feature_norm,knn)"
     assert r["combined"][col]["n_calibration"] == 75 and r["selection"]["n_val_id"] == 75
     # the combination's knn member uses the selected k

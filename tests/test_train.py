@@ -179,3 +179,30 @@ def test_init_from_fine_tunes_the_backbone_only(tmp_path: Path, data_root: Path)
     assert rec.train.init_from == str(tmp_path / "src") and rec.train.extra["init_from_sha256"] == digest
     scratch = train(ds, ModelConfig(width=4), _cfg(epochs=1), tmp_path / "scratch", progress=False, log=None)
     assert res.history[0]["loss"] < scratch.history[0]["loss"]  # it starts from trained features
+
+
+def test_training_never_changes_the_callers_configs(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from l2ood.data import ImageSet
+    from l2ood.record import read_record
+
+    imgs = torch.randint(0, 256, (24, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    ds = ImageSet(name="three", images=imgs, labels=torch.arange(24) % 3, class_names=["a", "b", "c"])
+    mcfg, tcfg = ModelConfig(width=4), _cfg(epochs=1, batch_size=8, extra={"note": "kept"})
+    m_before, t_before = mcfg.to_dict(), asdict(tcfg)
+    res = train(ds, mcfg, tcfg, tmp_path / "a", progress=False, log=None)
+    assert mcfg.to_dict() == m_before and asdict(tcfg) == t_before  # the caller's objects are untouched
+    assert mcfg.num_classes == 10 and mcfg.class_names is None and mcfg.mean == [0.0] and mcfg.image_size == (32, 32)
+    rec = read_record(tmp_path / "a")  # the run records the configuration completed from the data
+    assert rec.model.num_classes == 3 and rec.model.in_channels == 3 and tuple(rec.model.image_size) == (8, 8)
+    assert rec.model.class_names == ["a", "b", "c"] and len(rec.model.mean) == 3 and rec.model.mean != [0.0] * 3
+    assert res.model_cfg.to_dict() == rec.model.to_dict() and asdict(res.train_cfg) == asdict(rec.train)
+    assert rec.train.extra == {"note": "kept"}
+    # fine-tuning: the source's digest goes into the run's copy of the training config, not the caller's
+    ft = _cfg(epochs=1, batch_size=8, init_from=str(tmp_path / "a"))
+    ft_before = asdict(ft)
+    res2 = train(ds, mcfg, ft, tmp_path / "b", progress=False, log=None)
+    assert asdict(ft) == ft_before and ft.extra == {} and mcfg.to_dict() == m_before
+    digest = read_record(tmp_path / "b").train.extra["init_from_sha256"]
+    assert res2.train_cfg.extra["init_from_sha256"] == digest and len(digest) == 64

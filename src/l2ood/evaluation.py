@@ -32,23 +32,22 @@ column are those calibrated on half B (the ones fold A is compared with).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from . import jsonio
+from .columns import Column, CombinedColumn, member_matrix, parse_spec, report_columns
 from .data import load_dataset
-from .detectors import DETECTORS, Detector, Extraction, Head, all_detectors, make_detector
-from .detectors.base import InputDetector
+from .detectors import DETECTORS, Extraction
 from .errors import ConfigError
 from .metrics import ood_metrics
-from .metrics.conformal import RULES, combined_scores
-from .models import is_normalized
+from .metrics.conformal import RULES
 from .provenance import code_version
+from .results import ResultsFile, ResultsRecord, record_of, write_results, write_samples, write_scores
 from .run import Images, Run
 from .selection import Selection, check_apart, select, summary
 
@@ -58,11 +57,12 @@ CONVENTION = ("higher score = more in-distribution. auroc: ID positive (the same
               "fpr95_ood_pos: OoD positive, the fraction of ID flagged when the threshold flags 95 % of OoD "
               "(OpenOOD v1.5 / pytorch-ood; FPR95 (OoD+)). aupr_in: ID positive, score; aupr_out: OoD positive, "
               "-score")
+Scores = dict[str, dict[str, np.ndarray]]  # data set -> column -> scores
 
 
 def parse_detectors(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     """``"all"`` or a comma-separated list of registered names → list (validated)."""
-    names = all_detectors() if spec == "all" else (spec.split(",") if isinstance(spec, str) else list(spec))
+    names = list(DETECTORS) if spec == "all" else (spec.split(",") if isinstance(spec, str) else list(spec))
     names = [n.strip() for n in names if n.strip()]
     unknown = [n for n in names if n not in DETECTORS]
     if unknown:
@@ -73,60 +73,130 @@ def parse_detectors(spec: str | list[str] | tuple[str, ...]) -> list[str]:
 
 
 def columns(detectors: list[str], head_mode: str) -> list[tuple[str, str, str]]:
-    """``(column name, detector name, logit variant)`` for each reported score.
-
-    Logit-based detectors on normalized heads appear twice (``:trained`` and ``:raw``).
-    """
-    out = []
-    for d in detectors:
-        if DETECTORS[d].uses_logits and is_normalized(head_mode):
-            out += [(f"{d}:trained", d, "trained"), (f"{d}:raw", d, "raw")]
-        else:
-            out.append((d, d, "trained"))
-    return out
+    """``(label, detector name, logit variant)`` of each reported column (:func:`l2ood.columns.report_columns`)."""
+    return [(c.label, c.name, c.variant) for c in report_columns(detectors, head_mode)]
 
 
 @dataclass
 class EvalResult:
-    """Metrics (JSON-able) and raw scores (for plots) of one model."""
+    """One model's evaluation: the typed record, the raw scores (``{set: {column: scores}}``, for plots) and,
+    per data set, the labels, predicted classes and paths of its images (the per-sample table)."""
 
-    results: dict[str, Any]
-    scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # set -> column -> scores
+    results: ResultsRecord
+    scores: Scores = field(default_factory=dict)
+    samples: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def save(self, out_dir: str | Path) -> None:
+    def file(self, label: str | None = None, command: str | None = None) -> ResultsFile:
+        """This evaluation as a one-model results file."""
+        label = label or (Path(self.results.run).name if self.results.run else self.results.id_dataset)
+        return ResultsFile.new({label: self.results}, command=command)
+
+    def save(self, out_dir: str | Path, *, samples: str | None = "csv") -> Path:
+        """Write ``results.json`` (:mod:`l2ood.results`), ``scores.npz`` and the per-sample table
+        (``samples.csv``, or ``samples.parquet`` with ``samples="parquet"``; ``None``: none) into ``out_dir``."""
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(jsonio.dumps(self.results, indent=2))
-        arrays = {f"{s}/{d}": v for s, dd in self.scores.items() for d, v in dd.items()}
-        np.savez_compressed(out / "scores.npz", **arrays)  # type: ignore[arg-type]  # numpy's stub: **kwds as bool
+        write_results(out / "results.json", self.file())
+        write_scores(out / "scores.npz", self.scores)
+        if samples:
+            write_samples(out / f"samples.{samples}", self.scores, self.samples)
+        return out / "results.json"
 
 
-def combined_column(members: list[str], rule: str) -> str:
-    """The column name of a combination: ``rule(member,member,...)``."""
-    return f"{rule}({','.join(members)})"
+class _Features:
+    """One forward pass per data set (the run's cache on disk for run folders)."""
+
+    def __init__(self, run: Run, batch_size: int, progress: bool, cache: bool) -> None:
+        self.run, self.batch_size, self.progress, self.cache = run, batch_size, progress, cache
+
+    def __call__(self, ds: Images, desc: str | None = None) -> Extraction:
+        return self.run.forward(ds, batch_size=self.batch_size, progress=self.progress, desc=desc, cache=self.cache)
+
+    def scores(self, cols: Sequence[Column], ds: Images) -> tuple[dict[str, np.ndarray], Extraction]:
+        """Every column's scores (float32, as reported) of ``ds`` and its forward pass."""
+        ext = self(ds)
+        return {c.label: c.score_set(self.run, ds, batch_size=self.batch_size, ext=ext).astype(np.float32)
+                for c in cols}, ext
 
 
-def _member_columns(spec: str | list[str], head_mode: str) -> list[tuple[str, str, str, str]]:
-    """``(canonical key, column name, detector name, variant)`` of each member of a combination spec."""
-    from .screen.fitted import parse_spec
+def _plan(run: Run, detectors: list[str], combined: Sequence[str | list[str]], rule: str,
+          kw: dict[str, dict[str, Any]]) -> tuple[list[Column], list[Column], list[CombinedColumn]]:
+    """(reported columns, every column to score, combinations): a combination's member is the reported column
+    of the same label when there is one, else an extra column scored without being reported."""
+    head = run.config.head
+    reported = report_columns(detectors, head, hyper=kw)
+    cols = list(reported)
+    combos = []
+    for spec in combined:
+        members = []
+        for m in parse_spec(spec, head, hyper=kw):
+            same = next((c for c in cols if c.label == m.label), None)
+            if same is None:
+                cols.append(m)
+            members.append(same or m)
+        combos.append(CombinedColumn(members, rule))
+    return reported, cols, combos
 
-    out = []
-    for m in parse_spec(spec, head_mode):
-        col = f"{m.name}:{m.variant}" if DETECTORS[m.name].uses_logits and is_normalized(head_mode) else m.name
-        out.append((m.key, col, m.name, m.variant))
-    if len(out) < 2:
-        raise ConfigError(f"a combination needs at least two detectors, got {spec!r}")
+
+def _fit(run: Run, cols: list[Column], fit_set: Images | None, features: Callable[[], Extraction]) -> None:
+    """Fit the columns that need ID statistics: on ``fit_set`` in memory, or, without one, on the run's training
+    split, fitted once and kept with the run (:meth:`l2ood.columns.Column.fit_or_load`)."""
+    need = [c for c in cols if c.needs_fit]
+    if not need:
+        return
+    if fit_set is None and run.path is None:
+        raise ConfigError("these detectors need ID training data: " + ", ".join(c.label for c in need))
+    for c in need:
+        if fit_set is None:
+            c.fit_or_load(run, features=features)
+        else:
+            c.fit(features(), run.head)
+
+
+def _select(run: Run, cols: list[Column], kw: dict[str, dict[str, Any]], feats: _Features, val_id: Images,
+            val_ood: Images, fit_features: Callable[[], Extraction]) -> dict[str, Selection]:
+    """Grid search of every column with a search space (and no hyper-parameters given); the chosen point's
+    column replaces the default one in ``cols``."""
+    tuned = [i for i, c in enumerate(cols) if c.search_space and not kw.get(c.name)]
+    out: dict[str, Selection] = {}
+    if not tuned:
+        return out
+    v_id, v_ood = feats(val_id, desc="extract ID validation"), feats(val_ood, desc="extract validation OoD")
+    for i in tuned:
+        col = cols[i]
+
+        def point(params: dict[str, Any], col: Column = col) -> tuple[np.ndarray, np.ndarray, Column]:
+            c = col.with_params(**params)
+            if c.needs_fit:
+                c.fit(fit_features(), run.head)
+            return (c.score_set(run, val_id, ext=v_id).astype(np.float32),
+                    c.score_set(run, val_ood, ext=v_ood).astype(np.float32), c)
+
+        out[col.label], cols[i] = select(col.name, col.variant, col.search_space, col.hyper_parameters(), point)
     return out
 
 
-def _score(det: Detector, ext: Extraction, head: Head, ds: Images, run: Run, variant: str) -> np.ndarray:
-    if isinstance(det, InputDetector):
-        parts = [det.score_images(run.model, x, run.runtime, variant=variant) for x in run.image_batches(ds)]
-        return torch.cat(parts).numpy() if parts else np.empty(0, np.float32)
-    if variant == "raw":
-        head = head.raw()
-        ext = ext.with_head(head)
-    return det.score(ext, head).float().numpy()
+def _calibrate(combos: list[CombinedColumn], feats: _Features, cols: list[Column], id_test: Images,
+               calibration_set: Images | None) -> None:
+    """Calibrate each combination: on ``calibration_set``, or cross-fitted on the ID test halves."""
+    if not combos:
+        return
+    if calibration_set is None:
+        for combo in combos:
+            combo.calibrate_crossfit(len(id_test), id_test.name)
+        return
+    members = [c for c in cols if any(c is m for combo in combos for m in combo.members)]
+    cal, _ = feats.scores(members, calibration_set)
+    for combo in combos:
+        combo.calibrate_split(member_matrix(cal, combo), calibration_set.name)
+
+
+def _samples(ds: Images, ext: Extraction) -> dict[str, Any]:
+    info: dict[str, Any] = {"labels": None if ext.labels is None else ext.labels.numpy(),
+                            "predictions": ext.logits.argmax(1).numpy() if len(ext) else np.empty(0, np.int64)}
+    describe = getattr(ds, "describe_item", None)
+    if describe is not None and len(ds) == len(ext):
+        info["paths"] = [describe(i) for i in range(len(ds))]
+    return info
 
 
 def evaluate(
@@ -148,16 +218,19 @@ def evaluate(
     val_id: Images | None = None,
     val_ood: Images | None = None,
 ) -> EvalResult:
-    """Evaluate a run on given ID test and OoD sets; ``fit_set`` feeds detectors that need ID statistics.
+    """Columns × data sets → metrics: evaluate a run on its ID test images and the OoD sets.
 
     Every set is brought to the model's input format and scored with one forward pass
-    (:meth:`l2ood.run.Run.forward`, cached on disk for run folders). Each entry of ``combined`` (comma-separated
-    detector keys, e.g. ``"feature_norm,knn"``) adds a combined column (see the module doc) whose conformal
-    p-values are taken against ``calibration_set`` (ID images disjoint from ``id_test`` and from training), or,
-    with ``combine_crossfit=True`` and no ``calibration_set``, cross-fitted on two halves of ``id_test``."""
+    (:meth:`l2ood.run.Run.forward`, cached on disk for run folders). Detectors that need ID statistics are fitted
+    on ``fit_set`` in memory or, without one, on the run's training split once and kept with the run
+    (``RUN/detectors``). Each entry of ``combined`` (comma-separated detector keys, e.g. ``"feature_norm,knn"``)
+    adds a combined column (see the module doc) whose conformal p-values are taken against ``calibration_set``
+    (ID images disjoint from ``id_test`` and from training), or, with ``combine_crossfit=True`` and no
+    ``calibration_set``, cross-fitted on two halves of ``id_test``."""
     if combine_rule not in RULES:
         raise ConfigError(f"combine rule must be one of {', '.join(RULES)}, got {combine_rule!r}")
-    combos = [_member_columns(c, run.config.head) for c in combined]
+    kw = detector_kwargs or {}
+    reported, cols, combos = _plan(run, detectors, combined, combine_rule, kw)
     if combos and calibration_set is None and not combine_crossfit:
         raise ConfigError("combined columns need an ID calibration set (disjoint from the test images) or "
                           "combine_crossfit=True")
@@ -165,155 +238,61 @@ def evaluate(
         raise ConfigError("give either a calibration set or combine_crossfit=True, not both")
     if (val_id is None) != (val_ood is None):
         raise ConfigError("hyper-parameter selection needs both ID validation images and a validation OoD set")
-    head = run.head
     id_test = run.to_input_format(id_test)
     if val_id is not None and val_ood is not None:
         val_id, val_ood = run.to_input_format(val_id), run.to_input_format(val_ood)
         check_apart(val_ood, (run.to_input_format(ds) for ds in ood_sets), val_id, id_test)  # one set at a time
+    feats = _Features(run, batch_size, progress, cache)
+    fit_features = functools.cache(lambda: feats(fit_set if fit_set is not None else run.train_split(),
+                                                 desc="extract ID train"))
+    _fit(run, cols, fit_set, fit_features)
+    selections = _select(run, cols, kw, feats, val_id, val_ood, fit_features) \
+        if val_id is not None and val_ood is not None else {}
+    reported = [next(c for c in cols if c.label == r.label) for r in reported]  # after selection
+    for combo in combos:
+        combo.members = [next(c for c in cols if c.label == m.label) for m in combo.members]
+    _calibrate(combos, feats, cols, id_test, None if calibration_set is None else run.to_input_format(calibration_set))
+    names = [*(c.label for c in reported), *(c.name for c in combos)]
 
-    def fwd(ds: Images, desc: str | None = None) -> Extraction:
-        return run.forward(ds, batch_size=batch_size, progress=progress, desc=desc, cache=cache)
-
-    id_ext = fwd(id_test)
-    acc = float((id_ext.logits.argmax(1) == id_ext.labels).float().mean()) if id_ext.labels is not None \
-        else float("nan")
-    cols = columns(detectors, head.mode)
-    known = {c for c, _, _ in cols}
-    for combo in combos:  # members not reported on their own are scored without a column of their own
-        for _, col, name, variant in combo:
-            if col not in known:
-                cols.append((col, name, variant))
-                known.add(col)
-    reported = [c for c, _, _ in columns(detectors, head.mode)]
-    kw = detector_kwargs or {}
-    dets = {col: make_detector(d, **kw.get(d, {})) for col, d, _ in cols}
-    variants = {col: v for col, _, v in cols}
-    need_fit = [col for col, d in dets.items() if d.needs_fit]
-    fit_ext: Extraction | None = None
-    fit_raw: Extraction | None = None
-    if need_fit:
-        if fit_set is None:
-            raise ConfigError("these detectors need ID training data: " + ", ".join(need_fit))
-        fit_ext = fwd(fit_set, desc="extract ID train")  # forward() brings it to the model's format
-        fit_raw = fit_ext.with_head(head.raw()) if any(variants[col] == "raw" for col in need_fit) else None
-        for col in need_fit:
-            if variants[col] == "raw":
-                dets[col].fit(fit_raw, head.raw())  # type: ignore[arg-type]
-            else:
-                dets[col].fit(fit_ext, head)
-    selections: dict[str, Selection] = {}
-    if val_id is not None and val_ood is not None:
-        tuned = [col for col, d, _ in cols if DETECTORS[d].search_space and not kw.get(d)]
-        if tuned:
-            v_id, v_ood = fwd(val_id, desc="extract ID validation"), fwd(val_ood, desc="extract validation OoD")
-            for col in tuned:
-                d, variant = dets[col].name, variants[col]
-
-                def point(params: dict[str, Any], d: str = d, variant: str = variant) -> tuple[
-                        np.ndarray, np.ndarray, Detector]:
-                    det = make_detector(d, **params)
-                    if det.needs_fit and variant == "raw":
-                        assert fit_raw is not None
-                        det.fit(fit_raw, head.raw())
-                    elif det.needs_fit:
-                        assert fit_ext is not None
-                        det.fit(fit_ext, head)
-                    assert val_id is not None and val_ood is not None
-                    return (_score(det, v_id, head, val_id, run, variant),
-                            _score(det, v_ood, head, val_ood, run, variant), det)
-
-                selections[col], dets[col] = select(d, variant, DETECTORS[d].search_space,
-                                                    dets[col].hyper_parameters(), point)
-    combo_info: dict[str, dict[str, Any]] = {}
-    cal_scores: dict[str, np.ndarray] = {}
-    folds: tuple[np.ndarray, np.ndarray] | None = None
-    if combos and combine_crossfit:
-        if len(id_test) < 4:
-            raise ConfigError(f"cross-fitted combinations need at least 4 ID test images, got {len(id_test)}")
-        perm = np.random.default_rng(0).permutation(len(id_test))
-        folds = (np.sort(perm[: len(perm) // 2]), np.sort(perm[len(perm) // 2:]))
-        for combo in combos:
-            name = combined_column([k for k, _, _, _ in combo], combine_rule)
-            combo_info[name] = {"rule": combine_rule, "members": [k for k, _, _, _ in combo],
-                                "columns": [c for _, c, _, _ in combo], "n_calibration": len(folds[1]),
-                                "calibration": f"{id_test.name}: cross-fitted halves ({len(folds[0])} / "
-                                               f"{len(folds[1])} images, seed 0); metrics: mean of the two folds",
-                                "score": "ln of the unclipped combined conformal p-value (higher = more ID)"}
-    elif combos:
-        assert calibration_set is not None
-        cal_set = run.to_input_format(calibration_set)
-        cal_ext = fwd(cal_set, desc="extract calibration")
-        member_cols = list(dict.fromkeys(col for combo in combos for _, col, _, _ in combo))
-        cal_scores = {col: _score(dets[col], cal_ext, head, cal_set, run, variants[col]) for col in member_cols}
-        for combo in combos:
-            name = combined_column([k for k, _, _, _ in combo], combine_rule)
-            combo_info[name] = {"rule": combine_rule, "members": [k for k, _, _, _ in combo],
-                                "columns": [c for _, c, _, _ in combo], "n_calibration": len(cal_set),
-                                "calibration": cal_set.name,
-                                "score": "ln of the unclipped combined conformal p-value (higher = more ID)"}
-
-    def members(sc: dict[str, np.ndarray], name: str) -> np.ndarray:
-        return np.stack([sc[c] for c in combo_info[name]["columns"]], axis=1)
-
-    def score_all(ext: Extraction, ds: Images, id_ref: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        sc = {col: _score(d, ext, head, ds, run, variants[col]) for col, d in dets.items()}
-        for name, info in combo_info.items():
-            if folds is None:
-                sc[name] = combined_scores([cal_scores[c] for c in info["columns"]], members(sc, name), combine_rule)
-            elif id_ref is None:  # the ID test set itself: each half scored against the other
-                m, out = members(sc, name), np.empty(len(ext), dtype=np.float64)
-                for f, g in (folds, folds[::-1]):
-                    out[f] = combined_scores(list(m[g].T), m[f], combine_rule)
-                sc[name] = out
-            else:  # an OoD set: calibrated on half B (fold A's comparison); fold B's metrics in fold_metrics
-                sc[name] = combined_scores(list(members(id_ref, name)[folds[1]].T), members(sc, name), combine_rule)
-        return {c: sc[c] for c in [*reported, *combo_info, *((c for c in sc if c not in combo_info) if folds else ())]}
-
-    def fold_metrics(name: str, id_sc: dict[str, np.ndarray], ood_sc: dict[str, np.ndarray]) -> dict[str, Any]:
-        """Cross-fitted metrics of a combined column: the mean over the two folds."""
-        assert folds is not None
-        m_id, m_ood, per = members(id_sc, name), members(ood_sc, name), []
-        for f, g in (folds, folds[::-1]):
-            cal = list(m_id[g].T)
-            per.append(dict(ood_metrics(combined_scores(cal, m_id[f], combine_rule),
-                                        combined_scores(cal, m_ood, combine_rule))))
-        return {k: float(np.mean([p[k] for p in per])) if isinstance(per[0][k], float) else per[0][k]
-                for k in per[0]}
-
-    id_all = score_all(id_ext, id_test)
-    id_scores = {c: id_all[c] for c in [*reported, *combo_info]}
-    scores: dict[str, dict[str, np.ndarray]] = {id_test.name: id_scores}
+    id_all, id_ext = feats.scores(cols, id_test)
+    id_members = {combo.name: member_matrix(id_all, combo) for combo in combos}
+    scores: Scores = {id_test.name: {**{c.label: id_all[c.label] for c in reported},
+                                     **{combo.name: combo.score_id(id_members[combo.name]) for combo in combos}}}
+    samples = {id_test.name: _samples(id_test, id_ext)}
     ood_res: dict[str, Any] = {}
     for ds in ood_sets:
         ds = run.to_input_format(ds)
-        ext = fwd(ds)
-        sc_all = score_all(ext, ds, id_all)
-        sc = {c: sc_all[c] for c in [*reported, *combo_info]}
-        scores[ds.name] = sc
-        ood_res[ds.name] = {"n": len(ds), "detectors": {
-            col: fold_metrics(col, id_all, sc_all) if folds is not None and col in combo_info
-            else dict(ood_metrics(id_scores[col], sc[col])) for col in sc}}
-    results = {
+        sc, ext = feats.scores(cols, ds)
+        metrics = {c.label: dict(ood_metrics(id_all[c.label], sc[c.label])) for c in reported}
+        out = {c.label: sc[c.label] for c in reported}
+        for combo in combos:
+            m = member_matrix(sc, combo)
+            out[combo.name] = combo.score_ood(m, id_members[combo.name])
+            metrics[combo.name] = combo.metrics(id_members[combo.name], m)
+        scores[ds.name] = out
+        samples[ds.name] = _samples(ds, ext)
+        ood_res[ds.name] = {"n": len(ds), "detectors": {n: metrics[n] for n in names}}
+    acc = float((id_ext.logits.argmax(1) == id_ext.labels).float().mean()) if id_ext.labels is not None else None
+    combo_info = {combo.name: combo.describe() for combo in combos}
+    results: dict[str, Any] = {
         "model": run.config.to_dict(),
         "head": run.config.head,
         "id_dataset": id_test.name,
         "id_source": id_source,
         "n_id_test": len(id_test),
         "id_accuracy": acc,
-        "detectors": [*reported, *combo_info],
-        "detector_params": {**{col: dets[col].params() for col in reported}, **combo_info},
+        "detectors": names,
+        "detector_params": {**{c.label: c.params() for c in reported}, **combo_info},
         "ood": ood_res,
         "runtime": run.runtime.describe(),
         "train": asdict(run.record.train),
         "run": str(run.path) if run.path else None,
         "code_version": code_version(),
         "convention": CONVENTION,
+        "combined": combo_info or None,
+        "selection": summary(selections, val_id, val_ood) if val_id is not None and val_ood is not None else None,
     }
-    if combo_info:
-        results["combined"] = combo_info
-    if val_id is not None and val_ood is not None:
-        results["selection"] = summary(selections, val_id, val_ood)
-    return EvalResult(results, scores)
+    return EvalResult(record_of(results), scores, samples)
 
 
 STREAMABLE = ("imagefolder:", "imglist:", "wds:")
@@ -368,8 +347,6 @@ def evaluate_run(
         run = Run.load(run, device=device, precision=precision, data_root=data_root)
     elif data_root is not None:
         run.data_root = data_root
-    members = [name for c in combined for _, _, name, _ in _member_columns(c, run.config.head)]
-    fit_set = run.train_split() if any(DETECTORS[d].needs_fit for d in [*detectors, *members]) else None
     cal_set: Images | None = None
     val_id: Images | None = None
     if combined or val_ood:
@@ -400,6 +377,6 @@ def evaluate_run(
     if val_ood:
         val_sets = [*load_ood_sets([val_ood], root=data_root, n=n_val_ood, seed=seed, channels=c, size=(h, w),
                                    stream=run.preprocessing.fit == "imagenet")]
-    return evaluate(run, id_test, ood_sets, detectors, fit_set=fit_set, batch_size=batch_size, progress=progress,
+    return evaluate(run, id_test, ood_sets, detectors, batch_size=batch_size, progress=progress,
                     cache=cache, id_source=where, combined=combined, combine_rule=combine_rule,
                     calibration_set=cal_set, val_id=val_id, val_ood=val_sets[0])

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from .runfolder import atomic_write_bytes
+
 
 def clean(obj: Any) -> Any:
     """A copy of ``obj`` with non-finite floats as ``None`` and NumPy values as Python values.
@@ -76,7 +78,9 @@ def dumps(obj: Any, **kw: Any) -> str:
 
 
 def write(path: str | Path, obj: Any, **kw: Any) -> Path:
-    """Write :func:`dumps` (``obj``) to ``path`` (indent 1 unless given)."""
+    """Write :func:`dumps` (``obj``) to ``path`` (indent 1 unless given), atomically
+    (:func:`l2ood.runfolder.atomic_write_bytes`: a failed write leaves the previous file intact)."""
     kw.setdefault("indent", 1)
-    Path(path).write_text(dumps(obj, **kw) + "\n")
+    text = dumps(obj, **kw) + "\n"
+    atomic_write_bytes(Path(path), text.encode("utf-8"))
     return Path(path)

@@ -142,13 +142,15 @@ def train_and_evaluate(train_set: Images, model_cfg: ModelConfig, train_cfg: Tra
                        ood_sets: Sequence[Images], detectors: list[str], id_test: Images | None = None,
                        test_data: str | None = None, holdout: Images | None = None,
                        data_root: str | Path | None = None, batch_size: int = 512, progress: bool = True,
-                       log: Log = print, combined: Sequence[str] = ()) -> tuple[Run, EvalResult]:
+                       log: Log = print, combined: Sequence[str] = (), samples: str | None = "csv"
+                       ) -> tuple[Run, EvalResult]:
     """Train (a finished run in ``out`` is kept; an interrupted one resumed), then evaluate.
 
     ``id_test``: the ID test images (default: the run's recorded ID test set). Detectors that need ID
-    statistics are fitted on ``train_set`` — the images the run was trained on. ``combined``: combined columns
+    statistics are fitted on ``train_set`` — the images the run was trained on — once, and kept in
+    ``out/detectors/``. ``combined``: combined columns
     (see :func:`l2ood.evaluation.evaluate`), cross-fitted on two halves of the ID test images. The results are
-    saved to ``out/eval/`` (``results.json``, ``scores.npz``)."""
+    saved to ``out/eval/`` (``results.json``, ``scores.npz``, ``samples.csv``; :mod:`l2ood.results`)."""
     out = Path(out)
     if (out / META).is_file():
         run = Run.load(out, device=train_cfg.device, precision=train_cfg.precision, data_root=data_root)
@@ -163,8 +165,7 @@ def train_and_evaluate(train_set: Images, model_cfg: ModelConfig, train_cfg: Tra
     where = None
     if id_test is None:
         id_test, where = run.id_test()
-    r = evaluate(run, id_test, ood_sets, detectors, fit_set=run.train_split(), batch_size=batch_size,
-                 progress=progress, id_source=where or id_test.name, combined=combined,
-                 combine_crossfit=bool(combined))
-    r.save(out / "eval")
+    r = evaluate(run, id_test, ood_sets, detectors, batch_size=batch_size, progress=progress,
+                 id_source=where or id_test.name, combined=combined, combine_crossfit=bool(combined))
+    r.save(out / "eval", samples=samples)
     return run, r

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .detectors import DETECTORS, Detector, Extraction, Head, make_detector
-from .detectors.base import InputDetector
+from .columns import Column
+from .detectors import DETECTORS, Extraction, Head
 from .errors import ConfigError
 from .metrics import OODMetrics, ood_metrics
 from .models.classifier import Output
@@ -123,9 +123,9 @@ class PostHoc:
         self.rt: Runtime = resolve_runtime(device, "fp32")
         self.net = HookedClassifier(model, head).to(self.rt.device).eval()
         kw = detector_kwargs or {}
-        self.detectors: dict[str, Detector] = {d: make_detector(d, **kw.get(d, {})) for d in names}
+        self.columns: dict[str, Column] = {d: Column.of(d, "ce", **kw.get(d, {})) for d in names}
         self.batch_size = batch_size
-        self.fitted = not any(d.needs_fit for d in self.detectors.values())
+        self.fitted = not any(c.needs_fit for c in self.columns.values())
 
     @property
     def head(self) -> Head:
@@ -152,11 +152,11 @@ class PostHoc:
 
     def fit(self, data: Any) -> PostHoc:
         """Fit the detectors that need ID statistics on ``data`` (the model's ID training images)."""
-        need = [d for d in self.detectors.values() if d.needs_fit]
+        need = [c for c in self.columns.values() if c.needs_fit]
         if need:
-            ext = self.extract(data)
-            for det in need:
-                det.fit(ext, self.head)
+            ext, head = self.extract(data), self.head
+            for c in need:
+                c.fit(ext, head)
         self.fitted = True
         return self
 
@@ -164,16 +164,17 @@ class PostHoc:
         """``{detector: (N,) scores}`` for ``images`` (a tensor, DataLoader or Dataset); higher = ID."""
         if not self.fitted:
             raise ConfigError("call fit(ID training data) first: " + ", ".join(
-                n for n, d in self.detectors.items() if d.needs_fit) + " need ID statistics")
+                n for n, c in self.columns.items() if c.needs_fit) + " need ID statistics")
         ext = None
         out: dict[str, Tensor] = {}
-        for name, det in self.detectors.items():
-            if isinstance(det, InputDetector):
+        for name, c in self.columns.items():
+            if c.needs_model:
                 xs = torch.cat([self._input(x).cpu() for x, _ in _batches(images, self.batch_size)])
-                out[name] = det.score_images(self.net, xs, self.rt).float()  # type: ignore[arg-type]
+                s = c.score_images(self.net, self.rt, xs)  # type: ignore[arg-type]
             else:
                 ext = ext if ext is not None else self.extract(images)
-                out[name] = det.score(ext, self.head).float()
+                s = c.score(ext, self.head)
+            out[name] = torch.from_numpy(s).float()
         return out
 
     def evaluate(self, id_images: Any, ood: Mapping[str, Any]) -> dict[str, dict[str, OODMetrics]]:

@@ -8,7 +8,7 @@ key                 what
 ==================  =============================================================================
 ``schema``          ``"l2ood.run/2"``
 ``model``           :class:`l2ood.models.ModelConfig` (architecture, head, classes, input format)
-``train``           :class:`l2ood.train.TrainConfig` (hyper-parameters, seed, device, precision)
+``train``           :class:`l2ood.models.config.TrainConfig` (hyper-parameters, seed, device, precision)
 ``data``            :class:`DataRecord`: the exact spec strings of the training images, the held-out
                     images and the ID test images (data set, split, data root, then the seeded
                     holdout/subset selections in order), the number of training images and a
@@ -54,15 +54,11 @@ from .data.preprocess import DECODER, RESIZE, Preprocessing
 from .data.stream import StreamingSet
 from .errors import RunError
 from .metrics.conformal import Calibration
-from .models import ModelConfig
+from .models.config import ModelConfig, TrainConfig
 from .provenance import code_version
-from .train.checkpoint import atomic_write_bytes
-from .train.config import TrainConfig
-from .train.runfolder import run_lock
+from .runfolder import META, WEIGHTS, atomic_write_bytes, fitted_file, run_lock  # the layout and the writers
 
 SCHEMA = "l2ood.run/2"
-META = "model.json"
-WEIGHTS = "model.safetensors"
 MAX_RECORD_BYTES = 256 * 1024 * 1024
 
 _Finite = Annotated[float, Field(allow_inf_nan=False)]
@@ -156,15 +152,6 @@ class HistoryEntry(_Model):
     images_per_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
     seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
     lr_end: _Finite = 0.0
-
-
-DETECTOR_DIR = "detectors"
-
-
-def fitted_file(key: str) -> str:
-    """The run-relative file of a fitted detector: ``detectors/<key>.safetensors`` with ``:`` → ``.``
-    (``knn`` → ``detectors/knn.safetensors``, ``vim:raw`` → ``detectors/vim.raw.safetensors``)."""
-    return f"{DETECTOR_DIR}/{key.replace(':', '.')}.safetensors"
 
 
 _Scalar = int | float | str | bool | None
@@ -482,7 +469,7 @@ def write_record(run_dir: str | Path, record: RunRecord) -> Path:
 def update_record(run_dir: str | Path, change: Callable[[RunRecord], RunRecord], what: str = "") -> RunRecord:
     """Read, change and write back a record under the run folder's writer lock (a 0.1.0 record is written
     back upgraded)."""
-    with run_lock(run_dir, what or "update of model.json"):
+    with run_lock(run_dir, what or f"update of {META}"):
         rec = change(read_record(run_dir))
         write_record(run_dir, rec)
     return rec

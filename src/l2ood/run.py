@@ -35,15 +35,9 @@ from .detectors import Extraction, Head, extract, forward_batch
 from .errors import RunError
 from .metrics.conformal import Calibration
 from .models import Classifier, ModelConfig
-from .record import (
-    META,
-    WEIGHTS,
-    DataRecord,
-    RunRecord,
-    fingerprint,
-    new_record,
-    read_record,
-)
+from .models.config import TrainConfig
+from .record import DataRecord, RunRecord, fingerprint, new_record, read_record
+from .runfolder import CACHE_DIR, META, WEIGHTS
 from .runtime import Runtime, resolve_runtime
 from .train.artifact import load_weights, refuse_pickle
 
@@ -113,7 +107,7 @@ class Run:
         if len(config.mean) == 1 and config.in_channels == 3:
             config = replace(config, mean=config.mean * 3, std=config.std * 3)
         config.validate()
-        rec = new_record(config, _default_train(), DataRecord(train=None, n_train=0),
+        rec = new_record(config, TrainConfig(), DataRecord(train=None, n_train=0),
                          weights_sha256="0" * 64, history=[], runtime="in memory", fit=fit)
         return cls(rec, None, model=model, device=device, precision=precision)
 
@@ -313,7 +307,7 @@ class Run:
                       else _sha1(ds.images))
             key = (f"{ds.name.replace('/', '_')[:40]}-{len(ds)}-{self.record.weights_sha256[:16]}-"
                    f"{digest}-{self.runtime.precision}")
-            path = self.path / "cache" / f"{key}.safetensors"
+            path = self.path / CACHE_DIR / f"{key}.safetensors"
             if path.is_file():
                 try:
                     ext = Extraction.load(path)
@@ -345,12 +339,6 @@ class Run:
     def __repr__(self) -> str:
         m = self.config
         return f"Run({self.path or 'in memory'}: {m.arch} w{m.width} {m.head}, {m.num_classes} classes)"
-
-
-def _default_train() -> Any:
-    from .train.config import TrainConfig
-
-    return TrainConfig()
 
 
 def run_of(obj: Run | str | Path, **kw: Any) -> Run:

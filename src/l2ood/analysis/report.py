@@ -26,7 +26,8 @@ import matplotlib
 from .. import jsonio
 from ..errors import ConfigError
 from ..provenance import code_version
-from ..record import META, read_record
+from ..record import read_record
+from ..runfolder import META, TRACK_DIR, TRACK_LOG
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -41,7 +42,7 @@ DIFF_THRESHOLD = 0.25
 def load_track(run: str | Path) -> tuple[str, list[dict[str, Any]]]:
     """``(head, records)`` of a tracked run; clear errors for untracked folders."""
     run = Path(run)
-    track_p = run / "track.jsonl"
+    track_p = run / TRACK_LOG
     if not track_p.is_file():
         raise ConfigError(f"{run}: no track.jsonl — train with `l2ood train --track every=K`")
     head = read_record(run).model.head if (run / META).is_file() else "?"
@@ -137,7 +138,7 @@ def analyze(runs: list[str | Path], out_dir: str | Path, hist_epochs: list[int] 
     for i, (name, head, _) in enumerate(firsts):
         for j, e in enumerate(eps):
             ax = axes[i][j]
-            f = Path(name) / "track" / f"epoch-{e:04d}.npz"
+            f = Path(name) / TRACK_DIR / f"epoch-{e:04d}.npz"
             if not f.is_file():
                 ax.set_title(f"{head.upper()} epoch {e}: not tracked", fontsize=8)
                 continue

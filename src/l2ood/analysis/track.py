@@ -22,6 +22,7 @@ from ..detectors import extract, iter_batches
 from ..errors import ConfigError
 from ..metrics import ood_metrics
 from ..models import Classifier
+from ..runfolder import TRACK_DIR
 from ..runtime import Runtime
 from .collapse import nc_metrics
 
@@ -71,7 +72,7 @@ class Tracker:
         self.train = train_set.subset(cfg.n_train, seed=123)
         self.test = to_format(id_test, c, (h, w)).subset(cfg.n_test, seed=123)
         self.ood = [to_format(o, c, (h, w)).subset(cfg.n_ood, seed=123) for o in ood_sets]
-        self.dir = Path(run_dir) / "track"
+        self.dir = Path(run_dir) / TRACK_DIR
         self.num_classes = train_set.num_classes
 
     @classmethod

@@ -16,6 +16,7 @@ Cells written before ``fpr95_ood_pos`` existed have an empty ``fpr95_ood_pos`` a
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections import defaultdict
 from collections.abc import Callable
@@ -33,7 +34,9 @@ from ..evaluation import EvalResult, evaluate
 from ..models import ARCHITECTURES, HEAD_MODES, ModelConfig, _known_arch
 from ..pipeline import STREAMABLE, Images, train_and_evaluate
 from ..provenance import code_version, code_version_line
+from ..results import BenchCell, ResultsFile, read_results, write_results
 from ..run import Run
+from ..runfolder import atomic_write_bytes
 from ..train import TrainConfig
 from .definitions import BENCHMARKS, RECIPES, resolve
 
@@ -101,14 +104,19 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> tuple[Path
     spec.validate()
     bdef = BENCHMARKS[spec.benchmark]
     recipe = {**RECIPES[spec.recipe], **(spec.overrides or {})}
-    spec.out.mkdir(parents=True, exist_ok=True)
-    (spec.out / "cells").mkdir(exist_ok=True)
-    (spec.out / "spec.json").write_text(jsonio.dumps({
+    wanted = [*spec.detectors, *(f"combine:{c}" for c in spec.combined)]
+    for arch in spec.archs:  # cells of other settings are refused before anything is loaded or written
+        for seed in spec.seeds:
+            for variant in spec.variants:
+                _cell_done(spec.out / "cells" / f"{arch}-{variant}-seed{seed}.json",
+                           BenchCell(arch=arch, variant=variant, seed=seed, requested=wanted, groups={},
+                                     hyper=_cell_hyper(spec, recipe)))
+    (spec.out / "cells").mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(spec.out / "spec.json", jsonio.dumps({
         "benchmark": spec.benchmark, "definition": bdef, "recipe": spec.recipe, "hyper": recipe,
         "archs": spec.archs, "variants": spec.variants, "seeds": spec.seeds, "detectors": spec.detectors,
         "n_ood": spec.n_ood, "n_id": spec.n_id, "combined": spec.combined, "code_version": code_version()},
-        indent=2))
-    wanted = [*spec.detectors, *(f"combine:{c}" for c in spec.combined)]
+        indent=2).encode())
     posthoc = bool(recipe.get("pretrained"))
     if posthoc and not spec.pretrained:
         raise ConfigError(f"recipe '{spec.recipe}' evaluates a pretrained classifier: pass --pretrained FILE")
@@ -128,20 +136,18 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> tuple[Path
         for seed in spec.seeds:
             for variant in spec.variants:
                 cell = spec.out / "cells" / f"{arch}-{variant}-seed{seed}.json"
-                if cell.is_file():
-                    done = json.loads(cell.read_text())
-                    if set(wanted) <= set(done.get("requested", [])):
-                        log(f"cell {arch}/{variant}/seed{seed}: done")
-                        continue
+                key = BenchCell(arch=arch, variant=variant, seed=seed, requested=wanted, groups=groups,
+                                benchmark=spec.benchmark, recipe=spec.recipe, hyper=_cell_hyper(spec, recipe))
+                if _cell_done(cell, key):
+                    log(f"cell {arch}/{variant}/seed{seed}: done")
+                    continue
                 run_dir = spec.out / arch / variant / f"seed{seed}"
                 log(f"cell {arch}/{variant}/seed{seed}: " + ("evaluating" if (run_dir / "model.json").is_file()
                                                             else "training") + f", {len(spec.detectors)} detectors")
                 if posthoc:
                     r = _posthoc_cell(spec, arch, variant, int(recipe["width"]), bdef, train_set, id_test, ood_sets,
                                       log)
-                    cell.write_text(jsonio.dumps({"arch": arch, "variant": variant, "seed": seed,
-                                                "requested": wanted, "groups": groups, "train_seconds": 0.0,
-                                                "code_version": code_version(), "results": r.results}, indent=1))
+                    write_results(cell, ResultsFile.new({cell.stem: r.results}, bench=key))
                     continue
                 mcfg = ModelConfig(arch=arch, width=int(recipe["width"]), head=variant)
                 tcfg = TrainConfig(epochs=int(recipe["epochs"]), batch_size=int(recipe["batch_size"]),
@@ -152,13 +158,35 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> tuple[Path
                 run, r = train_and_evaluate(train_set, mcfg, tcfg, run_dir, ood_sets=ood_sets,
                                             detectors=spec.detectors, id_test=id_test, data_root=spec.data_root,
                                             test_data=resolve(bdef["id"], spec.data_root),
-                                            progress=spec.progress, log=log, combined=spec.combined)
-                cell.write_text(jsonio.dumps({"arch": arch, "variant": variant, "seed": seed,
-                                            "requested": wanted, "groups": groups,
-                                            "train_seconds": run.record.train_seconds,
-                                            "code_version": code_version(),
-                                            "results": r.results}, indent=1))
+                                            progress=spec.progress, log=log, combined=spec.combined, samples=None)
+                key.train_seconds = run.record.train_seconds or 0.0
+                write_results(cell, ResultsFile.new({cell.stem: r.results}, bench=key))
     return aggregate(spec.out)
+
+
+def _cell_hyper(spec: BenchSpec, recipe: dict[str, Any]) -> dict[str, Any]:
+    """What a cell's numbers depend on besides its coordinates: the recipe's hyper-parameters and the data."""
+    return {**recipe, "n_ood": spec.n_ood, "n_id": spec.n_id, "n_fit": spec.n_fit,
+            "pretrained": spec.pretrained}
+
+
+def _cell_done(path: Path, key: BenchCell) -> bool:
+    """Whether the cell file ``path`` holds every requested column, computed with ``key``'s hyper-parameters.
+    A cell of other hyper-parameters is refused (never mixed into one table); a cell written before cells were
+    keyed is trusted as before."""
+    if not path.is_file():
+        return False
+    done = read_results(path)
+    cell = done.bench
+    if cell is None:
+        raise ConfigError(f"{path}: not a bench cell")
+    old, new = jsonio.clean(cell.hyper), jsonio.clean(key.hyper or {})
+    if cell.hyper is not None and old != new:
+        diff = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in sorted({*old, *new})
+                         if old.get(k) != new.get(k))
+        raise ConfigError(f"{path}: this cell was computed with other settings ({diff}); use another --out, or "
+                          "the same recipe and overrides to resume")
+    return set(key.requested) <= set(cell.requested)
 
 
 def _posthoc_cell(spec: BenchSpec, arch: str, variant: str, width: int, bdef: dict[str, Any], fit_set: Images,
@@ -201,27 +229,28 @@ def aggregate(out: Path) -> tuple[Path, Path]:
     CSV columns: arch, variant, seed, detector, ood, group, id_acc, then :data:`CSV_METRICS` (``fpr95``: ID
     positive; ``fpr95_ood_pos``: OoD positive, OpenOOD v1.5; empty where a cell predates it), any further
     metric a cell carries, l2ood, git_commit."""
-    cells = [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
+    cells = [read_results(p) for p in sorted((out / "cells").glob("*.json"))]
     if not cells:
         raise ConfigError(f"{out}: no finished cells")
     spec = json.loads((out / "spec.json").read_text()) if (out / "spec.json").is_file() else {}
     rows = []
-    for c in cells:
-        res = c["results"]
-        for s, d in res["ood"].items():
-            for det, m in d["detectors"].items():
-                cv = c.get("code_version") or {}
-                rows.append({"arch": c["arch"], "variant": c["variant"], "seed": c["seed"], "detector": det,
-                             "ood": s, "group": c["groups"].get(s, "?"),
-                             "id_acc": _nan_if_none(res["id_accuracy"]), **m,
-                             "l2ood": cv.get("l2ood", "0.1.0"), "git_commit": cv.get("git_commit") or ""})
+    for f in cells:
+        c, res = f.bench, f.only
+        if c is None:
+            raise ConfigError(f"{out / 'cells'}: a file that is not a bench cell")
+        cv = res.code_version
+        for s, det, m in res.rows():
+            rows.append({"arch": c.arch, "variant": c.variant, "seed": c.seed, "detector": det,
+                         "ood": s, "group": c.groups.get(s, "?"), "id_acc": _nan_if_none(res.id_accuracy),
+                         **m.model_dump(), "l2ood": cv.get("l2ood", "0.1.0"), "git_commit": cv.get("git_commit") or ""})
     csv_path = out / "results.csv"
     head = ["arch", "variant", "seed", "detector", "ood", "group", "id_acc", *CSV_METRICS]
     extra = sorted({k for r in rows for k in r} - {*head, "l2ood", "git_commit"})
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[*head, *extra, "l2ood", "git_commit"], restval="")
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=[*head, *extra, "l2ood", "git_commit"], restval="", lineterminator="\r\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(csv_path, buf.getvalue().encode())
     # group means per (arch, variant, detector, seed), then mean ± std over seeds
     per: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     seeds_by: dict[tuple[str, str, str], dict[int, dict[str, list[float]]]] = defaultdict(
@@ -294,5 +323,5 @@ def aggregate(out: Path) -> tuple[Path, Path]:
                       + ". A group mean containing such a set moves with it: check the per-seed values before "
                         "drawing a conclusion from it."]
     md_path = out / "results.md"
-    md_path.write_text("\n".join(lines) + "\n")
+    atomic_write_bytes(md_path, ("\n".join(lines) + "\n").encode())
     return csv_path, md_path

@@ -18,15 +18,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .. import jsonio
 from ..data import DATASETS, PARAMETRIC
 from ..errors import ConfigError, L2oodError
 from ..models import ARCHITECTURES, HEAD_MODES, ModelConfig, _known_arch
 from ..pipeline import DATA_PATHS, STREAM_BUDGET_GIB, STREAM_MIN_SIDE, Images
+from ..runfolder import EVAL_DIR, META, WEIGHTS, check_target, refuse_run_file
 from ..runtime import PRECISIONS
 from ..train import SCHEDULES, TrainConfig
 from ..train.distributed import dist_from_env
-from ..train.runfolder import check_target, refuse_run_file
 
 DEMO_OOD = "mnist,textures,noise"
 
@@ -410,19 +409,19 @@ def cmd_train(args: argparse.Namespace) -> int:
                     track_ood=args.track_ood, data_root=args.data_root, resume=args.resume, overwrite=args.overwrite,
                     progress=not args.no_progress, log=_log)
     if run is not None:
-        print(f"saved {out}/model.safetensors and {out}/model.json ({time.perf_counter() - t0:.0f} s)")
+        print(f"saved {out / WEIGHTS} and {out / META} ({time.perf_counter() - t0:.0f} s)")
     return 0
 
 
 def _print_and_report(named: list[tuple[str, Any]], out: Path, title: str) -> None:
     from ..report import format_table, write_report
+    from ..results import ResultsFile, write_results
 
     print(format_table([(lbl, r.results) for lbl, r in named]))
     cmd = "l2ood " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     report = write_report(out, [(lbl, r.results, r.scores) for lbl, r in named], title=title, command=cmd)
-    all_results = {lbl: {**r.results, "command": cmd} for lbl, r in named}  # each carries its code_version
-    (out / "results.json").write_text(jsonio.dumps(all_results, indent=2))
-    print(f"\nwrote {out / 'results.json'} and {report}")
+    path = write_results(out / "results.json", ResultsFile.new({lbl: r.results for lbl, r in named}, command=cmd))
+    print(f"\nwrote {path} and {report}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -436,13 +435,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                          device=args.device, precision=args.precision, progress=not args.no_progress,
                          batch_size=args.batch_size, combined=args.combine, combine_rule=args.combine_rule,
                          val_ood=args.val_ood, n_val_ood=args.n_val_ood)
-        label = f"{Path(run).name} ({r.results['head'].upper()})"
+        label = f"{Path(run).name} ({r.results.head.upper()})"
         try:
-            r.save(Path(run) / "eval")
+            r.save(Path(run) / EVAL_DIR)
         except OSError as e:  # e.g. a read-only run folder: the report still goes to --out
-            _log(f"note: could not write {Path(run) / 'eval'} ({e.strerror or e}); results go to --out only")
+            _log(f"note: could not write {Path(run) / EVAL_DIR} ({e.strerror or e}); results go to --out only")
         named.append((label, r))
-    out = Path(args.out) if args.out else (Path(args.runs[0]) / "eval" if len(args.runs) == 1
+    out = Path(args.out) if args.out else (Path(args.runs[0]) / EVAL_DIR if len(args.runs) == 1
                                            else Path(f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}"))
     _print_and_report(named, out, "l2ood evaluation")
     return 0
@@ -453,7 +452,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..pipeline import id_test_for, train_and_evaluate
 
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    if (out / "l2" / "model.json").exists() or (out / "ce" / "model.json").exists():
+    if (out / "l2" / META).exists() or (out / "ce" / META).exists():
         raise ConfigError(f"{out} already holds a demo; pass another --out")
     t0 = time.perf_counter()
     train_set, hold = _training_data(args)

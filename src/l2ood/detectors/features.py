@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from ..data import ImageSet
 from ..models import Classifier
 from ..models.heads import LogitVariant, head_logits, is_normalized
+from ..runfolder import atomic_save_safetensors
 from ..runtime import Runtime
 
 
@@ -88,8 +89,6 @@ class Extraction:
 
     def save(self, path: str | Path) -> None:
         """Save atomically as safetensors (an OSError on a full or read-only disk; nothing half-written)."""
-        from ..train.checkpoint import atomic_save_safetensors
-
         tensors = {"features": self.features.contiguous(), "logits": self.logits.contiguous()}
         if self.labels is not None:
             tensors["labels"] = self.labels.contiguous()

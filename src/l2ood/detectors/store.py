@@ -35,6 +35,7 @@ from safetensors.torch import save as st_save
 from torch import Tensor
 
 from ..errors import ConfigError, RunError
+from ..runfolder import atomic_write_bytes
 from .base import DETECTORS, Detector, make_detector
 
 FORMAT = "l2ood.detector/1"
@@ -59,8 +60,6 @@ class FittedInfo:
 def save_fitted(det: Detector, path: str | Path, *, variant: str, weights_sha256: str, n_fit: int,
                 fit_data: str = "") -> str:
     """Write ``det``'s fitted state to ``path`` (atomic); returns the file's SHA-256."""
-    from ..train.checkpoint import atomic_write_bytes
-
     if variant not in ("trained", "raw"):
         raise ConfigError(f"variant must be 'trained' or 'raw', got {variant!r}")
     tensors: dict[str, Tensor] = {}

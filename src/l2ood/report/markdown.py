@@ -7,13 +7,15 @@ from typing import Any
 
 import numpy as np
 
+from ..results import ResultsRecord
+from ..runfolder import atomic_write_bytes
 from .plots import norm_histograms, roc_curves
 from .table import markdown_table
 
 Scores = dict[str, dict[str, np.ndarray]]
 
 
-def write_report(out_dir: str | Path, models: list[tuple[str, dict[str, Any], Scores]],
+def write_report(out_dir: str | Path, models: list[tuple[str, ResultsRecord, Scores]],
                  title: str = "l2ood report", command: str | None = None) -> Path:
     """Write ``report.md`` plus ``norm_hist.png`` and ``roc.png`` into ``out_dir``.
 
@@ -22,15 +24,15 @@ def write_report(out_dir: str | Path, models: list[tuple[str, dict[str, Any], Sc
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plot_in = [(lbl, r["id_dataset"], s) for lbl, r, s in models]
-    has_norm = all("feature_norm" in r["detectors"] for _, r, _ in models)
+    plot_in = [(lbl, r.id_dataset, s) for lbl, r, s in models]
+    has_norm = all("feature_norm" in r.detectors for _, r, _ in models)
     lines = [f"# {title}", ""]
     if command:
         lines += ["Command:", "", f"```\n{command}\n```", ""]
     first = models[0][1]
     lines += [
-        f"ID data: **{first['id_dataset']}** ({first['n_id_test']} test images). "
-        f"Model: {first['model']['arch']} width {first['model']['width']}, runtime {first['runtime']}.",
+        f"ID data: **{first.id_dataset}** ({first.n_id_test} test images). "
+        f"Model: {first.model['arch']} width {first.model['width']}, runtime {first.runtime}.",
         "",
         "Scores: higher = more in-distribution. AUROC and FPR@95TPR in %. **FPR95 (ID+)** (l2ood's `fpr95`, ID "
         "positive) = fraction of OoD images accepted at the threshold that keeps 95 % of ID test images; "
@@ -41,8 +43,9 @@ def write_report(out_dir: str | Path, models: list[tuple[str, dict[str, Any], Sc
         "",
     ]
     for lbl, r, _ in models:
-        sets = ", ".join(f"{k} (n={v['n']})" for k, v in r["ood"].items())
-        lines.append(f"- {lbl}: head `{r['head']}`, ID accuracy {100 * r['id_accuracy']:.2f} %, OoD: {sets}")
+        sets = ", ".join(f"{k} (n={v.n})" for k, v in r.ood.items())
+        acc = "-" if r.id_accuracy is None else f"{100 * r.id_accuracy:.2f} %"
+        lines.append(f"- {lbl}: head `{r.head}`, ID accuracy {acc}, OoD: {sets}")
     lines.append("")
     for lbl, r, _ in models:
         lines += selection_section(lbl, r)
@@ -51,17 +54,17 @@ def write_report(out_dir: str | Path, models: list[tuple[str, dict[str, Any], Sc
         roc_curves(plot_in, out / "roc.png", detectors=["feature_norm"])
         lines += ["## Feature norm ‖z‖ — ID vs OoD", "", "![norm histograms](norm_hist.png)", "",
                   "## ROC curves of the feature norm", "", "![ROC](roc.png)", ""]
-    if any(d != "feature_norm" for _, r, _ in models for d in r["detectors"]):
+    if any(d != "feature_norm" for _, r, _ in models for d in r.detectors):
         roc_curves(plot_in, out / "roc_all.png")
         lines += ["## ROC curves, all detectors", "", "![ROC all](roc_all.png)", ""]
     path = out / "report.md"
-    path.write_text("\n".join(lines))
+    atomic_write_bytes(path, "\n".join(lines).encode())
     return path
 
 
-def selection_section(label: str, results: dict[str, Any]) -> list[str]:
-    """Markdown lines for ``results["selection"]`` (hyper-parameters chosen on validation data); none without."""
-    sel = results.get("selection")
+def selection_section(label: str, results: ResultsRecord) -> list[str]:
+    """Markdown lines for ``results.selection`` (hyper-parameters chosen on validation data); none without."""
+    sel = results.selection
     if not sel:
         return []
     lines = [f"## Hyper-parameters selected on validation data — {label}", "",

@@ -8,18 +8,17 @@ footer says so); the markdown table both. Results written before ``fpr95_ood_pos
 
 from __future__ import annotations
 
-from typing import Any
+from ..results import ResultsRecord
 
 
-def _pct(m: dict[str, Any] | None, key: str) -> str:
-    v = None if m is None else m.get(key)
+def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
 
 
-def _rows(named: list[tuple[str, dict[str, Any]]], both_fpr: bool = False) -> tuple[list[str], list[list[str]]]:
+def _rows(named: list[tuple[str, ResultsRecord]], both_fpr: bool = False) -> tuple[list[str], list[list[str]]]:
     sets: list[str] = []
     for _, r in named:
-        for s in r["ood"]:
+        for s in r.ood:
             if s not in sets:
                 sets.append(s)
     metrics = (("AUROC", "auroc"), ("FPR95 (ID+)", "fpr95"), ("FPR95 (OoD+)", "fpr95_ood_pos")) if both_fpr \
@@ -27,16 +26,15 @@ def _rows(named: list[tuple[str, dict[str, Any]]], both_fpr: bool = False) -> tu
     header = ["model", "ID acc", "detector"] + [f"{s} {label}" for s in sets for label, _ in metrics]
     rows = []
     for label, r in named:
-        for det in r["detectors"]:
-            row = [label, f"{100 * r['id_accuracy']:.2f}", det]
+        for det in r.detectors:
+            row = [label, _pct(r.id_accuracy), det]
             for s in sets:
-                m = r["ood"].get(s, {}).get("detectors", {}).get(det)
-                row += [_pct(m, key) for _, key in metrics]
+                row += [_pct(r.metric(s, det, key)) for _, key in metrics]
             rows.append(row)
     return header, rows
 
 
-def format_table(named: list[tuple[str, dict[str, Any]]]) -> str:
+def format_table(named: list[tuple[str, ResultsRecord]]) -> str:
     """Aligned text table: one row per (model, detector), AUROC and FPR@95 (in %) per OoD set."""
     header, rows = _rows(named)
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
@@ -49,7 +47,7 @@ def format_table(named: list[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(out)
 
 
-def markdown_table(named: list[tuple[str, dict[str, Any]]]) -> str:
+def markdown_table(named: list[tuple[str, ResultsRecord]]) -> str:
     """The same table in GitHub markdown, with FPR@95 in both conventions: ``FPR95 (ID+)`` and ``FPR95 (OoD+)``."""
     header, rows = _rows(named, both_fpr=True)
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]

@@ -2,7 +2,7 @@
 
 The maths (threshold at a target TPR, split-conformal p-values and their guarantee, the combination of
 several detectors' p-values) is in :mod:`l2ood.metrics.conformal`; this module picks the images, fits
-detectors that need training statistics (once, saved with the run: :mod:`l2ood.screen.fitted`), scores the
+detectors that need training statistics (once, saved with the run: :mod:`l2ood.columns`), scores the
 images with the run's forward pass and stores the result in the run record
 (:func:`l2ood.record.add_calibration`).
 """
@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..columns import parse_spec
 from ..data import load_dataset
 from ..errors import ConfigError
 from ..metrics.conformal import RULES, Calibration, calibrate, calibrate_combined
 from ..record import add_calibration
 from ..run import Images, Run
-from .fitted import fitted_detector, load_member, parse_spec, score_set
 
 
 def calibrate_run(run: Run | str | Path, *, tpr: float = 0.95, alpha: float | None = None,
@@ -26,7 +26,7 @@ def calibrate_run(run: Run | str | Path, *, tpr: float = 0.95, alpha: float | No
     """Score held-out ID images and store the threshold (and conformal scores) in the run record.
 
     ``detector``: any registered detector key (``knn``, ``energy:raw``, ``odin``, ...; see
-    :mod:`l2ood.screen.fitted`) or several joined by commas — a combined conformal calibration whose p-values
+    :mod:`l2ood.columns`) or several joined by commas — a combined conformal calibration whose p-values
     are merged by ``combine`` (``"bonferroni"``, the default, or ``"cauchy"``; :mod:`l2ood.metrics.conformal`).
     A combination is always conformal: without ``alpha`` it uses ``alpha = 1 − tpr``. Detectors that need
     ID training statistics are fit on the run's training split once and saved as ``RUN/detectors/<key>.safetensors``
@@ -62,11 +62,10 @@ def calibrate_run(run: Run | str | Path, *, tpr: float = 0.95, alpha: float | No
     scores, fitted = {}, {}
     for m in members:
         if m.needs_fit:
-            det, fitted[m.key] = fitted_detector(run, m, batch_size=batch_size, progress=progress, refit=refit)
-        else:
-            det = load_member(run, m, None)
-        scores[m.key] = score_set(run, m, det, cal_set, batch_size=batch_size, progress=progress,
-                                  desc="calibration scores")
+            m.fit_or_load(run, refit=refit, batch_size=batch_size, progress=progress)
+            assert m.sha256 is not None
+            fitted[m.key] = m.sha256
+        scores[m.key] = m.score_set(run, cal_set, batch_size=batch_size, progress=progress, desc="calibration scores")
     if len(members) == 1:
         cal = calibrate(scores[members[0].key], members[0].key, tpr, alpha, split, fitted)
     else:

@@ -4,7 +4,7 @@
 ``score`` works on tensors, ``screen`` on files and folders and yields one record per image (or per
 file that could not be read). Any detector can drive a screen (the method's ``feature_norm`` by default):
 detectors with fitted statistics are loaded once from the files the calibration was made with
-(``RUN/detectors/…``, :mod:`l2ood.screen.fitted`), ODIN and RankFeat run the model on each batch, and a
+(``RUN/detectors/…``, :mod:`l2ood.columns`), ODIN and RankFeat run the model on each batch, and a
 combined calibration scores every member and merges their conformal p-values
 (:mod:`l2ood.metrics.conformal`): its record's ``score`` is ``ln`` of the unclipped combined p-value and
 ``p_value`` the combined p-value.
@@ -23,12 +23,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..columns import parse_spec
 from ..data import DataError, load_npz
 from ..detectors import DETECTORS
 from ..errors import ConfigError, L2oodError
 from ..metrics.conformal import Calibration
 from ..run import Run
-from .fitted import load_member, parse_spec, score_member
 from .images import DEFAULT_MAX_PIXELS, ImageReadError, decode_image, discover
 
 
@@ -50,7 +50,7 @@ class ScreenOutput:
 
 def screenable_detectors() -> list[str]:
     """Detectors that can drive a screen: every registered one (fitted statistics are saved with the run,
-    detectors needing the model run it on each batch; see :mod:`l2ood.screen.fitted`)."""
+    detectors needing the model run it on each batch; see :mod:`l2ood.columns`)."""
     return list(DETECTORS)
 
 
@@ -77,8 +77,9 @@ class Screener:
         self.threshold = threshold
         self.members = parse_spec(calibration.detectors if calibration else ["feature_norm"], cfg.head)
         fitted = calibration.fitted if calibration else {}
-        self.detectors = [load_member(run, m, fitted.get(m.key)) for m in self.members]  # loaded once
-        self.detector = self.detectors[0]
+        for m in self.members:  # statistics loaded once, from the files the calibration was made with
+            m.load(run, fitted.get(m.key))
+        self.detector = self.members[0].detector
         self.head = run.head
 
     @classmethod
@@ -112,8 +113,7 @@ class Screener:
                 raise ConfigError(f"float input must be (N, {self.channels}, {self.size[0]}, {self.size[1]}) "
                                   f"on the [0, 1] scale; got {tuple(x.shape)} (pass uint8 to convert)")
         ext = self.run.forward_batch(x)
-        member_scores = np.stack([score_member(self.run, m, d, ext, x, self.head)
-                                  for m, d in zip(self.members, self.detectors, strict=True)], axis=1)
+        member_scores = np.stack([m.score_batch(self.run, ext, x, self.head) for m in self.members], axis=1)
         if self.calibration is not None and self.calibration.is_combined:
             s = self.calibration.combined_score(member_scores)  # NaN where a member's score is not finite
         else:

@@ -19,10 +19,8 @@ from safetensors.torch import load_file
 
 from ..errors import RunError
 from ..models import Classifier, ModelConfig, build_model
-from .checkpoint import atomic_save_safetensors
+from ..runfolder import META, WEIGHTS, atomic_save_safetensors
 
-WEIGHTS = "model.safetensors"
-META = "model.json"
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 
 ArtifactError = RunError  # the 0.1.0 name

@@ -7,7 +7,8 @@ A checkpoint is two files in the run folder:
 * ``checkpoint.json``: the commit record (config, epoch, step, optimizer hyper-parameters, history,
   and the name of the safetensors file).
 
-Both are written to a temporary name, fsynced, then renamed (``os.replace`` is atomic on POSIX);
+Both are written atomically (:func:`l2ood.runfolder.atomic_write_bytes`: a temporary name, fsync, then
+``os.replace``, atomic on POSIX);
 the JSON is written last, so a kill at any moment leaves the previous checkpoint intact and
 readable. Random state needs no saving: every random draw of training is a pure function of
 ``(seed, epoch, step)`` (see :mod:`l2ood.train.trainer`).
@@ -15,50 +16,25 @@ readable. Random state needs no saving: every random draw of training is a pure 
 
 from __future__ import annotations
 
-import json
-import os
-import re
 from pathlib import Path
 from typing import Annotated, Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_file
-from safetensors.torch import save as st_save
 from torch import nn
 
 from .. import jsonio
 from ..errors import RunError
-from .runfolder import temp_path
-
-RECORD = "checkpoint.json"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` atomically: a unique temporary name beside ``path``, fsync, rename."""
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # only left when the write failed (e.g. a full disk)
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically (temp file + fsync + rename)."""
-    atomic_write_bytes(Path(path), json.dumps(obj, indent=2, sort_keys=True, allow_nan=False).encode())
-
-
-def atomic_save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor],
-                            metadata: dict[str, str] | None = None) -> None:
-    """Save tensors atomically as safetensors (contiguous CPU copies)."""
-    # serialized in memory, written with plain file I/O: a full or read-only disk is an OSError
-    # (safetensors' own writer reports it as its own exception type)
-    data = st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
-    atomic_write_bytes(Path(path), data)
+from ..runfolder import (
+    CHECKPOINT,
+    CHECKPOINT_TENSORS_GLOB,
+    CHECKPOINT_TENSORS_PATTERN,
+    atomic_save_safetensors,
+    atomic_write_json,
+    checkpoint_tensors,
+    is_checkpoint_tensors,
+)
 
 
 def save_checkpoint(run_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -72,17 +48,16 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module, optimizer: torch.opti
         for key, val in st.items():
             if isinstance(val, torch.Tensor):
                 tensors[f"optim.{idx}.{key}"] = val
-    name = f"checkpoint-{step:09d}.safetensors"
+    name = checkpoint_tensors(step)
     atomic_save_safetensors(run_dir / name, tensors)
     groups = [{k: v for k, v in g.items()} for g in opt_state["param_groups"]]
-    atomic_write_json(run_dir / RECORD, {**record, "tensors": name, "optimizer_param_groups": groups})
-    for old in run_dir.glob("checkpoint-*.safetensors"):
-        if old.name != name and _TENSORS_RE.match(old.name):  # ours only
+    atomic_write_json(run_dir / CHECKPOINT, {**record, "tensors": name, "optimizer_param_groups": groups})
+    for old in run_dir.glob(CHECKPOINT_TENSORS_GLOB):
+        if old.name != name and is_checkpoint_tensors(old.name):  # ours only
             old.unlink(missing_ok=True)
     return run_dir / name
 
 
-_TENSORS_RE = re.compile(r"^checkpoint-\d{9}\.safetensors$")
 MAX_RECORD_BYTES = 256 * 1024 * 1024
 _Finite = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -107,18 +82,18 @@ class CheckpointRecord(BaseModel):
     step_in_epoch: Annotated[int, Field(ge=0, le=10**12)]
     global_step: Annotated[int, Field(ge=0, le=10**15)]
     history: Annotated[list[dict[str, Any]], Field(max_length=10_000_000)] = []
-    tensors: Annotated[str, Field(pattern=r"^checkpoint-\d{9}\.safetensors$")]
+    tensors: Annotated[str, Field(pattern=CHECKPOINT_TENSORS_PATTERN)]
     optimizer_param_groups: Annotated[list[_ParamGroup], Field(min_length=1, max_length=10_000)]
 
 
 def read_checkpoint_record(run_dir: str | Path) -> dict[str, Any]:
     """Read and validate ``checkpoint.json`` (size-checked, strict JSON); raises :class:`RunError`."""
-    path = Path(run_dir) / RECORD
+    path = Path(run_dir) / CHECKPOINT
     try:
         obj = jsonio.read_strict(path, MAX_RECORD_BYTES, "checkpoint record",
                                  hint="; delete the checkpoint files to start over")
     except FileNotFoundError:
-        raise RunError(f"no checkpoint in {run_dir} (missing {RECORD})") from None
+        raise RunError(f"no checkpoint in {run_dir} (missing {CHECKPOINT})") from None
     try:
         CheckpointRecord.model_validate(obj, strict=False)
     except ValidationError as e:
@@ -127,7 +102,6 @@ def read_checkpoint_record(run_dir: str | Path) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise RunError(f"{path}: a checkpoint record is a JSON object")
     return obj
-
 
 
 def load_checkpoint(run_dir: str | Path, model: nn.Module,

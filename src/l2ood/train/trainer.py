@@ -16,7 +16,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from .. import jsonio
+from .. import record as run_record
 from ..data import ImageSet, augment_batch, channel_stats
 from ..data.stream import (
     IGNORE_LABEL,
@@ -38,10 +39,21 @@ from ..data.stream import (
 )
 from ..errors import ConfigError, L2oodError
 from ..models import Classifier, ModelConfig, build_model
+from ..models.config import TrainConfig
+from ..runfolder import (
+    CHECKPOINT,
+    META,
+    TRACK_LOG,
+    TRAIN_LOG,
+    WEIGHTS,
+    check_target,
+    clean_temp,
+    remove_owned,
+    run_lock,
+)
 from ..runtime import Runtime, resolve_runtime
 from .artifact import save_weights
-from .checkpoint import RECORD, load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import (
     all_reduce_min,
     all_reduce_sum,
@@ -51,7 +63,6 @@ from .distributed import (
     scaled_loss,
     shard,
 )
-from .runfolder import check_target, clean_temp, remove_owned, run_lock
 
 
 class TrainingDiverged(L2oodError, RuntimeError):
@@ -197,9 +208,14 @@ def make_optimizer(model: Classifier, cfg: TrainConfig) -> torch.optim.SGD:
 
 @dataclass
 class TrainResult:
+    """What :func:`train` returns: the model, the per-epoch history, the run folder, and the configurations as
+    trained and recorded (copies of the caller's, completed from the data; the caller's are never changed)."""
+
     model: Classifier
     history: list[dict[str, float]]
     run_dir: Path
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
 
 
 def _finite_params(model: torch.nn.Module) -> bool:
@@ -222,7 +238,9 @@ def train(
 ) -> TrainResult:
     """Train a classifier on ``train_set``; writes checkpoints and the final artifact to ``run_dir``.
 
-    ``model_cfg.mean/std`` are filled from the training images when left at their defaults.
+    Neither ``model_cfg`` nor ``cfg`` is changed: the run uses (and records, and returns in
+    :class:`TrainResult`) a copy of ``model_cfg`` whose input channels, image size, classes and class names come
+    from the training images, and whose mean/std too when left at their defaults.
     ``stop_after_steps`` ends the run early after that many global steps (for tests).
     ``on_epoch_end(epoch, model)`` runs on rank 0 after each epoch (model in eval mode); a returned
     dict is appended to ``RUN/track.jsonl``. ``test_data``: a data-set spec of ID test images (else the
@@ -234,7 +252,7 @@ def train(
     run keeps its calibrations when the weights are unchanged.
     Under ``torchrun`` (``WORLD_SIZE > 1``) the run is data-parallel (:mod:`l2ood.train.distributed`).
 
-    The run folder is protected (:mod:`l2ood.train.runfolder`): a folder holding another run is refused
+    The run folder is protected (:mod:`l2ood.runfolder`): a folder holding another run is refused
     unless ``resume`` (continue it) or ``overwrite`` (delete the files l2ood wrote there, nothing else); a
     folder holding files l2ood did not write is refused unless ``overwrite``; the writer lock is held
     for the whole training, so a second training into the same folder stops with a message naming
@@ -258,8 +276,8 @@ def _prepare_folder(run_dir: Path, resume: bool, overwrite: bool, log: Callable[
         if removed and log:
             log(f"--overwrite: removed {', '.join(removed)} from {run_dir}")
     clean_temp(run_dir)  # leftovers of a write interrupted by a kill (ours only: .l2ood-tmp-*)
-    if not (run_dir / RECORD).is_file():  # a fresh start: logs of an attempt that never checkpointed go
-        for name in ("train_log.jsonl", "track.jsonl"):
+    if not (run_dir / CHECKPOINT).is_file():  # a fresh start: logs of an attempt that never checkpointed go
+        for name in (TRAIN_LOG, TRACK_LOG):
             (run_dir / name).unlink(missing_ok=True)
 
 
@@ -286,33 +304,20 @@ def _train(
     if main_rank:
         run_dir.mkdir(parents=True, exist_ok=True)
     streamed = isinstance(train_set, StreamingSet)
-    if model_cfg.mean == [0.0] and model_cfg.std == [1.0]:
-        if cfg.pretrained and train_set.shape[0] == 3:  # a pretrained backbone keeps its (ImageNet) normalization
-            model_cfg.mean, model_cfg.std = list(IMAGENET_MEAN), list(IMAGENET_STD)
-        elif not isinstance(train_set, StreamingSet):
-            model_cfg.mean, model_cfg.std = channel_stats(train_set.images)
-        else:
-            model_cfg.mean, model_cfg.std = sample_stats(train_set, seed=cfg.seed, workers=cfg.workers)
-    model_cfg.in_channels, h, w = train_set.shape
-    model_cfg.image_size = (h, w)
-    model_cfg.num_classes = train_set.num_classes  # like channels and size, the classes come from the data
-    if model_cfg.num_classes < 2:
-        raise ConfigError(f"{train_set.name}: training needs labelled images of at least 2 classes "
-                         f"(found {model_cfg.num_classes})")
-    model_cfg.class_names = train_set.class_names
-    model_cfg.validate()
+    model_cfg = _filled_model_config(model_cfg, cfg, train_set)  # copies: the caller's configs stay as they are
+    cfg = replace(cfg, extra=dict(cfg.extra))
 
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg)
     if cfg.pretrained:
         digest = load_pretrained(model, cfg.pretrained)
         cfg.extra = {**cfg.extra, "pretrained_sha256": digest}
-        if log and not (resume and (run_dir / RECORD).is_file()):
+        if log and not (resume and (run_dir / CHECKPOINT).is_file()):
             log(f"fine-tuning: backbone initialized from {cfg.pretrained} (head trained from scratch)")
     if cfg.init_from:  # on resume the checkpoint's weights win; the source's digest is recorded either way
         digest = init_backbone(model, cfg.init_from)
         cfg.extra = {**cfg.extra, "init_from_sha256": digest}
-        if log and not (resume and (run_dir / RECORD).is_file()):
+        if log and not (resume and (run_dir / CHECKPOINT).is_file()):
             log(f"fine-tuning: backbone initialized from {cfg.init_from} (head trained from scratch)")
     if cfg.sync_bn:
         model = convert_sync_bn(model, rt.device.type)  # type: ignore[assignment]
@@ -326,7 +331,7 @@ def _train(
     steps_per_epoch = feeder.steps_per_epoch
     total_steps = steps_per_epoch * cfg.epochs
     start_epoch, start_step, history = 0, 0, []
-    if resume and (run_dir / RECORD).is_file():
+    if resume and (run_dir / CHECKPOINT).is_file():
         record = load_checkpoint(run_dir, model, opt)
         saved_train = dict(record.get("train", {}))
         if record.get("model") != model_cfg.to_dict() or _resume_key(saved_train) != _resume_key(asdict(cfg)):
@@ -400,7 +405,7 @@ def _train(
                     checkpoint(epoch, step + 1)
                 if stop_after_steps is not None and global_step >= stop_after_steps:
                     checkpoint(epoch, step + 1)
-                    return TrainResult(model, history, run_dir)
+                    return TrainResult(model, history, run_dir, model_cfg, cfg)
             bar.close()
             feeder.report(epoch)
             dt = time.perf_counter() - t0
@@ -413,7 +418,7 @@ def _train(
                                        f"The last good checkpoint in {run_dir} is kept (try a lower --lr).")
             history.append(entry)
             if main_rank:
-                with open(run_dir / "train_log.jsonl", "a") as f:
+                with open(run_dir / TRAIN_LOG, "a") as f:
                     f.write(jsonio.dumps(entry) + "\n")
             if log:
                 log(f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['loss']:.4f}  train acc "
@@ -423,29 +428,51 @@ def _train(
                 model.eval()
                 tracked = on_epoch_end(epoch + 1, model)
                 if tracked:
-                    with open(run_dir / "track.jsonl", "a") as f:
+                    with open(run_dir / TRACK_LOG, "a") as f:
                         f.write(jsonio.dumps({"epoch": epoch + 1, **tracked}) + "\n")
 
         model.eval()
         if main_rank:
             _finish(run_dir, model, model_cfg, cfg, train_set, test_data, history, rt, info.world)
-        return TrainResult(model, history, run_dir)
+        return TrainResult(model, history, run_dir, model_cfg, cfg)
     finally:
         if created_pg:
             dist.destroy_process_group()
+
+
+def _filled_model_config(model_cfg: ModelConfig, cfg: TrainConfig,
+                         train_set: ImageSet | StreamingSet) -> ModelConfig:
+    """A copy of ``model_cfg`` completed from the training images: input channels, image size, the classes and
+    their names, and mean/std when left at their defaults (``model_cfg`` itself is not changed); validated."""
+    mean, std = list(model_cfg.mean), list(model_cfg.std)
+    if mean == [0.0] and std == [1.0]:
+        if cfg.pretrained and train_set.shape[0] == 3:  # a pretrained backbone keeps its (ImageNet) normalization
+            mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+        elif not isinstance(train_set, StreamingSet):
+            mean, std = channel_stats(train_set.images)
+        else:
+            mean, std = sample_stats(train_set, seed=cfg.seed, workers=cfg.workers)
+    channels, h, w = train_set.shape
+    names = train_set.class_names
+    filled = replace(model_cfg, in_channels=channels, image_size=(h, w), mean=mean, std=std,
+                     num_classes=train_set.num_classes,  # like channels and size, the classes come from the data
+                     class_names=list(names) if names is not None else None)
+    if filled.num_classes < 2:
+        raise ConfigError(f"{train_set.name}: training needs labelled images of at least 2 classes "
+                          f"(found {filled.num_classes})")
+    filled.validate()
+    return filled
 
 
 def _finish(run_dir: Path, model: Classifier, model_cfg: ModelConfig, cfg: TrainConfig,
             train_set: ImageSet | StreamingSet,
             test_data: str | None, history: list[dict[str, Any]], rt: Runtime, world: int) -> None:
     """Write the weights and the run record; keep calibrations that belong to identical weights."""
-    from .. import record as run_record
-
     weights = save_weights(run_dir, model)
     digest = run_record.file_sha256(weights)
     kept: dict[str, Any] = {}
     kept_detectors: dict[str, Any] = {}
-    if (run_dir / run_record.META).is_file():
+    if (run_dir / META).is_file():
         try:
             old = run_record.read_record(run_dir)
         except L2oodError:
@@ -468,8 +495,7 @@ def init_backbone(model: Classifier, source: str | Path) -> str:
     must exist with the same shape. Returns the SHA-256 of the weights file (recorded in the run)."""
     from safetensors.torch import load_file
 
-    from .. import record as run_record
-    from .artifact import WEIGHTS, refuse_pickle
+    from .artifact import refuse_pickle
 
     path = Path(source)
     refuse_pickle(path)
@@ -494,7 +520,6 @@ def load_pretrained(model: Classifier, path: str | Path) -> str:
     """Initialize ``model``'s backbone from a pretrained weights file (safetensors, or a torch checkpoint read
     with ``weights_only=True``; see :func:`l2ood.models.adapters.load_backbone_weights`); the head keeps its
     fresh initialization. Returns the file's SHA-256 (recorded in the run)."""
-    from .. import record as run_record
     from ..models.adapters import load_backbone_weights, read_weights_file
 
     left_out = load_backbone_weights(model.backbone, read_weights_file(path), f"--pretrained {path}")

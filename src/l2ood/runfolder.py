@@ -1,14 +1,36 @@
-"""A run folder's safety rules: unique temporary names, one writer at a time, no foreign file touched.
+"""The run folder: its layout, and the safety rules of every write into it.
+
+Layout (the names below are the only spelling of them in l2ood)::
+
+    RUN/
+      model.json                     META: the run record (written by l2ood.record only)
+      model.safetensors              WEIGHTS: the trained weights
+      checkpoint.json                CHECKPOINT: the commit record of the resumable training state
+      checkpoint-<step>.safetensors  checkpoint_tensors(step): its tensors
+      train_log.jsonl                TRAIN_LOG: one line per epoch
+      track.jsonl, track/            TRACK_LOG, TRACK_DIR: training dynamics (l2ood.analysis.track)
+      cache/                         CACHE_DIR: cached features (l2ood.run)
+      eval/                          EVAL_DIR: evaluation results
+      detectors/                     DETECTOR_DIR: fitted detectors, fitted_file(key)
+      .l2ood.lock                    LOCK: the writer lock
+
+Safety rules:
 
 * **Temporary files** are named ``.l2ood-tmp-<name>.<pid>.<ns>`` (:func:`temp_path`), so two processes
   never share one, and cleaning up touches only these names.
+* **Atomic writes** (:func:`atomic_write_bytes` and the JSON/safetensors writers on top of it): a temporary
+  name beside the target, fsync, then ``os.replace`` (atomic on POSIX); a failed write leaves the previous
+  file intact and no temporary file.
 * **One writer**: :func:`run_lock` takes an exclusive ``flock`` on ``RUN/.l2ood.lock`` for as long as a
   training or a record update runs, and writes the holder (pid, host, command, start time) into it.
   A second writer gets one message naming the holder. The kernel drops the lock when the holder dies
   (even by SIGKILL), so a crash never leaves a stale lock.
-* **Ownership**: :func:`owned_files` lists the files l2ood writes into a run folder; :func:`foreign_files`
-  everything else. Training refuses a folder holding foreign files or another run unless told to resume
+* **Ownership**: :func:`is_owned` tells the names l2ood writes into a run folder; :func:`foreign_files`
+  lists everything else. Training refuses a folder holding foreign files or another run unless told to resume
   or overwrite, and overwriting deletes only owned files.
+
+This module imports only the standard library and :mod:`l2ood.errors` (and, when it saves safetensors, torch
+and safetensors), so every layer of l2ood can use it.
 """
 
 from __future__ import annotations
@@ -18,20 +40,59 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import socket
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from ..errors import RunError
+from .errors import RunError
 
+if TYPE_CHECKING:
+    import torch
+
+# ------------------------------------------------------------------------------------------------ layout
+
+META = "model.json"
+WEIGHTS = "model.safetensors"
+CHECKPOINT = "checkpoint.json"
+TRAIN_LOG = "train_log.jsonl"
+TRACK_LOG = "track.jsonl"
 LOCK = ".l2ood.lock"
+CACHE_DIR = "cache"
+EVAL_DIR = "eval"
+DETECTOR_DIR = "detectors"
+TRACK_DIR = "track"
 TMP_PREFIX = ".l2ood-tmp-"
-OWNED_NAMES = frozenset({"model.json", "model.safetensors", "checkpoint.json", "train_log.jsonl", "track.jsonl",
-                         LOCK})
-OWNED_DIRS = frozenset({"track", "cache", "eval", "detectors"})
-_OWNED_RE = re.compile(r"^(checkpoint-\d{9}\.safetensors|" + re.escape(TMP_PREFIX) + r".+)$")
+CHECKPOINT_TENSORS_PATTERN = r"^checkpoint-\d{9}\.safetensors$"
+CHECKPOINT_TENSORS_GLOB = "checkpoint-*.safetensors"
+
+OWNED_NAMES = frozenset({META, WEIGHTS, CHECKPOINT, TRAIN_LOG, TRACK_LOG, LOCK})
+OWNED_DIRS = frozenset({TRACK_DIR, CACHE_DIR, EVAL_DIR, DETECTOR_DIR})
+_CHECKPOINT_TENSORS_RE = re.compile(CHECKPOINT_TENSORS_PATTERN)
+_OWNED_RE = re.compile(r"^(" + CHECKPOINT_TENSORS_PATTERN[1:-1] + "|" + re.escape(TMP_PREFIX) + r".+)$")
+
+
+def checkpoint_tensors(step: int) -> str:
+    """The name of the tensor file of the checkpoint at global ``step`` (``checkpoint-000000042.safetensors``)."""
+    return f"checkpoint-{step:09d}.safetensors"
+
+
+def is_checkpoint_tensors(name: str) -> bool:
+    """Whether ``name`` is a checkpoint tensor file name (:func:`checkpoint_tensors`)."""
+    return bool(_CHECKPOINT_TENSORS_RE.match(name))
+
+
+def fitted_file(key: str) -> str:
+    """The run-relative file of a fitted detector: ``detectors/<key>.safetensors`` with ``:`` → ``.``
+    (``knn`` → ``detectors/knn.safetensors``, ``vim:raw`` → ``detectors/vim.raw.safetensors``).
+
+    >>> fitted_file("vim:raw")
+    'detectors/vim.raw.safetensors'
+    """
+    return f"{DETECTOR_DIR}/{key.replace(':', '.')}.safetensors"
 
 
 def temp_path(path: Path) -> Path:
@@ -39,7 +100,41 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}.{time.monotonic_ns()}")
 
 
+# ------------------------------------------------------------------------------------------------ atomic writes
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` atomically: a unique temporary name beside ``path``, fsync, rename."""
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left when the write failed (e.g. a full disk)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically (temp file + fsync + rename); a value JSON cannot hold leaves the file untouched."""
+    atomic_write_bytes(Path(path), json.dumps(obj, indent=2, sort_keys=True, allow_nan=False).encode())
+
+
+def atomic_save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor],
+                            metadata: dict[str, str] | None = None) -> None:
+    """Save tensors atomically as safetensors (contiguous CPU copies)."""
+    from safetensors.torch import save as st_save
+
+    # serialized in memory, written with plain file I/O: a full or read-only disk is an OSError
+    # (safetensors' own writer reports it as its own exception type)
+    data = st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    atomic_write_bytes(Path(path), data)
+
+
+# ------------------------------------------------------------------------------------------------ ownership
+
 def is_owned(name: str) -> bool:
+    """Whether ``name`` (a file or folder directly in a run folder) is one l2ood writes."""
     return name in OWNED_NAMES or name in OWNED_DIRS or bool(_OWNED_RE.match(name))
 
 
@@ -51,14 +146,15 @@ def foreign_files(run_dir: Path) -> list[str]:
 
 
 def holds_run(run_dir: Path) -> bool:
-    return (run_dir / "model.json").exists() or (run_dir / "checkpoint.json").exists()
+    """Whether ``run_dir`` holds a trained model or an unfinished training."""
+    return (run_dir / META).exists() or (run_dir / CHECKPOINT).exists()
 
 
 def check_target(run_dir: Path, resume: bool = False, overwrite: bool = False) -> None:
     """Raise :class:`RunError` unless training may write into ``run_dir`` (see the module doc)."""
     run_dir = Path(run_dir)
     if holds_run(run_dir) and not resume and not overwrite:
-        what = "a trained model" if (run_dir / "model.json").exists() else "an unfinished training"
+        what = "a trained model" if (run_dir / META).exists() else "an unfinished training"
         raise RunError(f"{run_dir} already holds {what}; pass --resume to continue it, --overwrite to replace it "
                        "(deletes only the files l2ood wrote there), or choose another --out")
     foreign = foreign_files(run_dir)
@@ -87,8 +183,6 @@ def refuse_run_file(path: str | Path, inputs: list[str] | None = None) -> None:
 
 def remove_owned(run_dir: Path) -> list[str]:
     """Delete the files l2ood wrote into ``run_dir`` (never anything else); returns what was removed."""
-    import shutil
-
     removed = []
     for p in sorted(run_dir.iterdir()):
         if p.name == LOCK or not is_owned(p.name):
@@ -106,6 +200,8 @@ def clean_temp(run_dir: Path) -> None:
     for p in run_dir.glob(f"{TMP_PREFIX}*"):
         p.unlink(missing_ok=True)
 
+
+# ------------------------------------------------------------------------------------------------ the lock
 
 def _holder(fd: int) -> str:
     try:

@@ -1,0 +1,368 @@
+"""Detector columns: the one unit every command scores with.
+
+A **column** (:class:`Column`) is a registered detector, the logit variant it reads and its fitted state.
+``evaluate``, ``calibrate``, ``screen``, ``serve``, hyper-parameter selection and :class:`l2ood.posthoc.PostHoc`
+all build, fit (or load) and score detectors through it, so a score means the same thing everywhere.
+
+**Keys.** A column is named by its key: a registered detector name, optionally with the logit variant,
+``energy`` (the logits the model was trained with) or ``energy:raw`` (``W·z + b``, normalization removed).
+``:raw`` is kept only where it changes the logits (a logit-based detector on a model trained with a
+normalized head); elsewhere the two variants are the same logits and the key is just ``energy``
+(:meth:`Column.of`). In evaluation tables a logit-based column of a normalized head is labelled with its
+variant either way (``energy:trained`` / ``energy:raw``, :attr:`Column.label`).
+
+**Fitted state.** Detectors that need ID training statistics (``knn``, ``mahalanobis``, ``vim``, ...) are
+fitted on ID training features. :meth:`Column.fit` fits in memory; :meth:`Column.fit_or_load` fits on a run's
+exact training split (:meth:`l2ood.run.Run.train_split`) and, when the run has a folder, saves the statistics
+as ``RUN/detectors/<key>.safetensors`` (:mod:`l2ood.detectors.store`, byte-deterministic) recorded in the run
+record (:class:`l2ood.record.FittedDetectorRecord`: file, SHA-256, hyper-parameters, the weights digest); a
+later call with the same hyper-parameters loads the file instead of fitting again. :meth:`Column.load` is the
+deployment path: it loads exactly the file a calibration names (digest and weights checked) and never fits,
+since a serving machine need not hold the training data.
+
+**Model in the loop.** ODIN (input gradients) and RankFeat (feature maps before pooling) score images with
+the model (:class:`l2ood.detectors.base.InputDetector`); every other detector scores a forward pass
+(:class:`l2ood.detectors.Extraction`). :meth:`Column.score_set` hides the difference.
+
+**Combined columns** (:class:`CombinedColumn`): several columns' conformal p-values merged by a rule valid
+under arbitrary dependence (:mod:`l2ood.metrics.conformal`, Bonferroni-min by default, or Cauchy), scored by
+``ln`` of the unclipped combined p-value (higher = more ID). The column owns its calibration scheme: a
+calibration split of ID images disjoint from the test images (``"split"``), or, for models trained without a
+holdout, cross-fitting on two seeded halves of the ID test images (``"crossfit"``: each half is calibrated on
+the other, the metrics are the mean of the two folds, no image is in its own calibration).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from torch import Tensor
+
+from .detectors import DETECTORS, Detector, Extraction, Head, make_detector
+from .detectors.base import InputDetector
+from .detectors.store import load_fitted, save_fitted
+from .errors import ConfigError, RunError
+from .metrics import ood_metrics
+from .metrics.conformal import RULES, combined_scores
+from .models import is_normalized
+from .record import FittedDetectorRecord, add_fitted_detector, fitted_file
+
+if TYPE_CHECKING:
+    from .models import Classifier
+    from .run import Images, Run
+    from .runtime import Runtime
+
+Variant = Literal["trained", "raw"]
+COMBINED_SCORE = "ln of the unclipped combined conformal p-value (higher = more ID)"
+
+
+def parse_key(key: str) -> tuple[str, str]:
+    """``"name[:variant]"`` → ``(name, variant)``, both checked."""
+    name, _, variant = key.strip().partition(":")
+    variant = variant or "trained"
+    if name not in DETECTORS:
+        raise ConfigError(f"unknown detector '{name}'; known: {', '.join(DETECTORS)}")
+    if variant not in ("trained", "raw"):
+        raise ConfigError(f"'{key}': the logit variant must be 'trained' or 'raw', got {variant!r}")
+    return name, variant
+
+
+@dataclass(eq=False)
+class Column:
+    """One detector, the logit variant it reads and its fitted state (see the module doc).
+
+    Attributes:
+        key: canonical key (``knn``, ``energy``, ``energy:raw``); fitted files are named after it.
+        name: the registered detector name.
+        variant: ``"trained"`` or ``"raw"`` logits.
+        label: the column's name in evaluation results (``energy:trained`` / ``energy:raw`` for logit-based
+            detectors of normalized heads, else the detector name).
+        detector: the detector object (fitted in place).
+        sha256: SHA-256 of the fitted-statistics file this column was saved to or loaded from (else ``None``).
+    """
+
+    key: str
+    name: str
+    variant: str
+    label: str
+    detector: Detector
+    sha256: str | None = None
+
+    @classmethod
+    def of(cls, key: str, head_mode: str, **hyper: Any) -> Column:
+        """The column of detector key ``key`` for a model whose head is ``head_mode`` (hyper-parameters:
+        the detector's defaults unless given)."""
+        name, variant = parse_key(key)
+        logits_differ = DETECTORS[name].uses_logits and is_normalized(head_mode)
+        if variant == "raw" and logits_differ:
+            return cls(f"{name}:raw", name, "raw", f"{name}:raw", make_detector(name, **hyper))
+        return cls(name, name, "trained", f"{name}:trained" if logits_differ else name, make_detector(name, **hyper))
+
+    # ---------------------------------------------------------------------------------------- description
+    @property
+    def needs_fit(self) -> bool:
+        return self.detector.needs_fit
+
+    @property
+    def needs_model(self) -> bool:
+        return self.detector.needs_model
+
+    @property
+    def search_space(self) -> dict[str, list[Any]]:
+        return {k: list(v) for k, v in DETECTORS[self.name].search_space.items()}
+
+    def hyper_parameters(self) -> dict[str, Any]:
+        return self.detector.hyper_parameters()
+
+    def params(self) -> dict[str, Any]:
+        """The detector's description for results (name, hyper-parameters, fitted sizes)."""
+        return self.detector.params()
+
+    def with_params(self, **hyper: Any) -> Column:
+        """An unfitted column of the same key and variant with other hyper-parameters."""
+        return Column(self.key, self.name, self.variant, self.label, make_detector(self.name, **hyper))
+
+    def head(self, head: Head) -> Head:
+        """The run's head in this column's logit variant."""
+        return head.raw() if self.variant == "raw" else head
+
+    def __repr__(self) -> str:
+        return f"Column({self.key!r}, label={self.label!r}, {self.hyper_parameters()})"
+
+    # ---------------------------------------------------------------------------------------- fitting
+    def fit(self, ext: Extraction, head: Head) -> Column:
+        """Fit on ID training features ``ext`` (the model's trained logits) in memory; returns ``self``."""
+        if self.needs_fit:
+            h = self.head(head)
+            self.detector.fit(ext.with_head(h) if self.variant == "raw" else ext, h)
+        return self
+
+    def fit_or_load(self, run: Run, *, features: Callable[[], Extraction] | None = None, refit: bool = False,
+                    batch_size: int = 512, progress: bool = False) -> Column:
+        """Fit on the run's exact training split, saved with the run when it has a folder (see the module doc).
+
+        A recorded fit of this key with the same hyper-parameters and a file of the recorded digest is loaded
+        instead (unless ``refit``). ``features`` gives the features of :meth:`l2ood.run.Run.train_split` when the
+        caller has them (so several columns share one extraction); by default they are computed here."""
+        if not self.needs_fit:
+            return self
+        hp = _json_hp(self.detector)
+        entry = run.record.detectors.get(self.key) if run.path is not None else None
+        if entry is not None and not refit and entry.hyper_parameters == hp:
+            assert run.path is not None
+            self.detector, info = load_fitted(run.path / entry.file, sha256=entry.sha256,
+                                              weights_sha256=run.record.weights_sha256)
+            self.sha256 = info.sha256
+            return self
+        ext = features() if features is not None else run.forward(run.train_split(), batch_size=batch_size,
+                                                                    progress=progress, desc="extract ID train")
+        self.fit(ext, run.head)
+        if run.path is None:
+            return self
+        train = run.train_split()
+        src = run.data.train
+        desc = f"{src.describe() if src else train.name} ({len(train)} images)"
+        file = fitted_file(self.key)
+        self.sha256 = save_fitted(self.detector, run.path / file, variant=self.variant,
+                                  weights_sha256=run.record.weights_sha256, n_fit=len(ext), fit_data=desc)
+        rec = FittedDetectorRecord(file=file, sha256=self.sha256, detector=self.name,
+                                   variant=self.variant,  # type: ignore[arg-type]
+                                   hyper_parameters=hp, weights_sha256=run.record.weights_sha256,
+                                   n_fit=len(ext), fit_data=desc[:8192])
+        run.record = add_fitted_detector(run.path, self.key, rec)
+        return self
+
+    def load(self, run: Run, sha256: str | None) -> Column:
+        """Ready to score in a screen: unchanged when the detector needs no fit, else its statistics loaded from
+        ``RUN/detectors/…`` — the file whose SHA-256 is ``sha256`` (the one a calibration used), fitted with the
+        run's weights. Never fits."""
+        if not self.needs_fit:
+            return self
+        if run.path is None:
+            raise ConfigError("an in-memory run has no folder for fitted detectors: fit the column in memory")
+        if sha256 is None:
+            raise RunError(f"detector '{self.key}' needs fitted statistics but the calibration names no fitted "
+                           f"file; run `l2ood calibrate {run.path} --detector {self.key}` again")
+        det, info = load_fitted(run.path / fitted_file(self.key), sha256=sha256,
+                                weights_sha256=run.record.weights_sha256)
+        if info.detector != self.name or info.variant != self.variant:
+            raise RunError(f"{run.path / fitted_file(self.key)}: holds {info.detector} ({info.variant}), "
+                           f"not {self.key}")
+        self.detector, self.sha256 = det, info.sha256
+        return self
+
+    # ---------------------------------------------------------------------------------------- scoring
+    def score(self, ext: Extraction, head: Head) -> np.ndarray:
+        """Scores (float64, higher = ID) of a forward pass ``ext`` made with the run's trained head ``head``."""
+        if isinstance(self.detector, InputDetector):
+            raise ConfigError(f"detector '{self.key}' scores images with the model: use score_images")
+        h = self.head(head)
+        return self.detector.score(ext.with_head(h) if self.variant == "raw" else ext, h).double().numpy()
+
+    def score_images(self, model: Classifier, runtime: Runtime, images: Tensor) -> np.ndarray:
+        """Scores (float64) of a batch of images in the model's format, running the model (ODIN, RankFeat)."""
+        if not isinstance(self.detector, InputDetector):
+            raise ConfigError(f"detector '{self.key}' scores features: use score")
+        return self.detector.score_images(model, images, runtime, variant=self.variant).double().numpy()
+
+    def score_batch(self, run: Run, ext: Extraction, images: Tensor | None, head: Head) -> np.ndarray:
+        """Scores of one batch: ``ext`` is its forward pass; ``images`` (uint8 in the model's format, or float
+        on the [0, 1] scale) are needed by detectors that run the model themselves."""
+        if self.needs_model:
+            if images is None:
+                raise ConfigError(f"detector '{self.key}' scores images with the model: pass the images")
+            return self.score_images(run.model, run.runtime, images)
+        return self.score(ext, head)
+
+    def score_set(self, run: Run, ds: Images, *, batch_size: int = 512, progress: bool = False,
+                  desc: str | None = None, cache: bool = True, ext: Extraction | None = None) -> np.ndarray:
+        """Scores of every image of ``ds``: from its forward pass (``ext`` when the caller has it, else the
+        run's cached :meth:`~l2ood.run.Run.forward`), or batch by batch for detectors needing the model."""
+        if self.needs_model:
+            parts = [self.score_images(run.model, run.runtime, x)
+                     for x in run.image_batches(ds, batch_size=min(batch_size, 256))]
+            return np.concatenate(parts) if parts else np.empty(0)
+        if ext is None:
+            ext = run.forward(ds, batch_size=batch_size, progress=progress, desc=desc, cache=cache)
+        return self.score(ext, run.head)
+
+
+def _json_hp(det: Detector) -> dict[str, int | float | str | bool | None]:
+    hp = det.hyper_parameters()
+    bad = {k: type(v).__name__ for k, v in hp.items() if not isinstance(v, int | float | str | bool | type(None))}
+    if bad:
+        raise ConfigError(f"detector '{det.name}': hyper-parameters {bad} cannot be recorded")
+    return hp
+
+
+def parse_spec(spec: str | list[str], head_mode: str, *, hyper: dict[str, dict[str, Any]] | None = None
+               ) -> list[Column]:
+    """Comma-separated detector keys (or a list) → columns, each key once, in the order given; ``hyper``:
+    hyper-parameters by detector name."""
+    keys = spec.split(",") if isinstance(spec, str) else list(spec)
+    out: list[Column] = []
+    for k in keys:
+        if not k.strip():
+            continue
+        name, _ = parse_key(k)
+        c = Column.of(k, head_mode, **(hyper or {}).get(name, {}))
+        if any(o.key == c.key for o in out):
+            raise ConfigError(f"detector '{c.key}' is listed twice")
+        out.append(c)
+    if not out:
+        raise ConfigError("no detector given")
+    return out
+
+
+def report_columns(detectors: list[str], head_mode: str, *, hyper: dict[str, dict[str, Any]] | None = None
+                   ) -> list[Column]:
+    """The evaluation columns of registered detector names: logit-based detectors of normalized heads appear
+    twice (``name:trained`` and ``name:raw``), every other detector once."""
+    out: list[Column] = []
+    for d in detectors:
+        hp = (hyper or {}).get(d, {})
+        out.append(Column.of(d, head_mode, **hp))
+        if DETECTORS[d].uses_logits and is_normalized(head_mode):
+            out.append(Column.of(f"{d}:raw", head_mode, **hp))
+    return out
+
+
+def combined_name(keys: list[str], rule: str) -> str:
+    """The name of a combination: ``rule(key,key,...)``."""
+    return f"{rule}({','.join(keys)})"
+
+
+@dataclass(eq=False)
+class CombinedColumn:
+    """Several columns merged by a p-value combination rule, with its own calibration scheme (module doc).
+
+    Scores take the member scores as an ``(n, m)`` array (one column per member, in member order).
+    """
+
+    members: list[Column]
+    rule: str = "bonferroni"
+    scheme: Literal["split", "crossfit"] = "split"
+    calibration: list[np.ndarray] = field(default_factory=list)  # "split": each member's calibration scores
+    folds: tuple[np.ndarray, np.ndarray] | None = None  # "crossfit": the two halves of the ID test images
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise ConfigError(f"combine rule must be one of {', '.join(RULES)}, got {self.rule!r}")
+        if len(self.members) < 2:
+            raise ConfigError(f"a combination needs at least two detectors, got {[m.key for m in self.members]}")
+
+    @classmethod
+    def of(cls, spec: str | list[str], head_mode: str, rule: str = "bonferroni") -> CombinedColumn:
+        """The (uncalibrated) combination of the detector keys in ``spec`` (``"feature_norm,knn"``)."""
+        return cls(parse_spec(spec, head_mode), rule)
+
+    @property
+    def name(self) -> str:
+        return combined_name([m.key for m in self.members], self.rule)
+
+    def calibrate_split(self, member_scores: np.ndarray, source: str) -> CombinedColumn:
+        """Calibrate on the member scores of an ID split disjoint from the test images."""
+        self.scheme, self.source = "split", source
+        self.calibration = [np.asarray(member_scores[:, j]) for j in range(member_scores.shape[1])]
+        return self
+
+    def calibrate_crossfit(self, n_id: int, source: str, seed: int = 0) -> CombinedColumn:
+        """Cross-fit on two seeded halves of the ``n_id`` ID test images."""
+        if n_id < 4:
+            raise ConfigError(f"cross-fitted combinations need at least 4 ID test images, got {n_id}")
+        perm = np.random.default_rng(seed).permutation(n_id)
+        self.scheme, self.source = "crossfit", source
+        self.folds = (np.sort(perm[: n_id // 2]), np.sort(perm[n_id // 2:]))
+        return self
+
+    def score_id(self, member_scores: np.ndarray) -> np.ndarray:
+        """Scores of the ID test images (cross-fitted: each half against the other half's calibration)."""
+        if self.folds is None:
+            return combined_scores(self.calibration, member_scores, self.rule)
+        out = np.empty(len(member_scores), dtype=np.float64)
+        for f, g in (self.folds, self.folds[::-1]):
+            out[f] = combined_scores(list(member_scores[g].T), member_scores[f], self.rule)
+        return out
+
+    def score_ood(self, member_scores: np.ndarray, id_member_scores: np.ndarray) -> np.ndarray:
+        """Scores of other images (cross-fitted: calibrated on the ID test half B, fold A's comparison)."""
+        if self.folds is None:
+            return combined_scores(self.calibration, member_scores, self.rule)
+        return combined_scores(list(id_member_scores[self.folds[1]].T), member_scores, self.rule)
+
+    def metrics(self, id_member_scores: np.ndarray, ood_member_scores: np.ndarray) -> dict[str, Any]:
+        """OoD metrics of the column (cross-fitted: the mean of the two folds' metrics)."""
+        if self.folds is None:
+            return dict(ood_metrics(self.score_id(id_member_scores),
+                                    self.score_ood(ood_member_scores, id_member_scores)))
+        per = []
+        for f, g in (self.folds, self.folds[::-1]):
+            cal = list(id_member_scores[g].T)
+            per.append(dict(ood_metrics(combined_scores(cal, id_member_scores[f], self.rule),
+                                        combined_scores(cal, ood_member_scores, self.rule))))
+        return {k: float(np.mean([p[k] for p in per])) if isinstance(per[0][k], float) else per[0][k]
+                for k in per[0]}
+
+    def describe(self) -> dict[str, Any]:
+        """The column's entry in results (``detector_params`` and ``combined``)."""
+        if self.folds is not None:
+            a, b = self.folds
+            n_cal, cal = len(b), (f"{self.source}: cross-fitted halves ({len(a)} / {len(b)} images, seed 0); "
+                                  "metrics: mean of the two folds")
+        else:
+            n_cal, cal = (len(self.calibration[0]) if self.calibration else 0), self.source
+        return {"rule": self.rule, "members": [m.key for m in self.members], "columns": [m.label for m in self.members],
+                "n_calibration": n_cal, "calibration": cal, "score": COMBINED_SCORE}
+
+
+def member_matrix(scores: dict[str, np.ndarray], combo: CombinedColumn) -> np.ndarray:
+    """The ``(n, m)`` member scores of ``combo`` from per-label scores."""
+    return np.stack([scores[m.label] for m in combo.members], axis=1)
+
+
+__all__ = ["COMBINED_SCORE", "Column", "CombinedColumn", "combined_name", "member_matrix", "parse_key", "parse_spec",
+           "report_columns"]
