@@ -21,10 +21,11 @@ import torch
 
 from _docsection import replace_section
 from l2ood.data import load_dataset
+from l2ood.data.imageset import pixel_fingerprint
 from l2ood.models import ModelConfig
 from l2ood.pipeline import training_data
 from l2ood.provenance import code_version_line
-from l2ood.record import fingerprint, read_record
+from l2ood.record import read_record
 from l2ood.run import Run
 from l2ood.runtime import cpu_supports_bf16
 from l2ood.screen import calibrate_run
@@ -67,7 +68,7 @@ def main() -> None:
               test_data=f"imagefolder:{args.data}/cifar10-jpeg/test", progress=False, log=None)
         calibrate_run(run_dir)
         size_kib = (run_dir / "model.json").stat().st_size / 1024
-        t_fp = _median(lambda: fingerprint(train_set.images), 5)
+        t_fp = _median(lambda: pixel_fingerprint(train_set.images), 5)
         t_read = _median(lambda: read_record(run_dir), 20)
         t_load = _median(lambda: Run.load(run_dir), 20)
         t_split = _median(lambda: Run.load(run_dir).train_split(), 3)

@@ -230,3 +230,35 @@ def test_cifar_benchmark_analysis_of_combinations_and_best_columns(tmp_path: Pat
     assert "| far | CE | energy | 92.50 | +0.00 | 2/2 |  |" in md
     # L2 ‖z‖ far per seed: 94.0 and 80.0 → range 14.0, unstable
     assert "| far | L2 | feature_norm | 94.0 | 80.0 | 14.0 **unstable** |" in md
+
+
+def test_bench_never_mixes_settings(tiny_bench: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bench folder holds one set of settings: a cell or a trained model of other hyper-parameters is refused
+    (exit 2, naming the setting), never reused under the new ones."""
+    out = tmp_path / "bench"
+
+    def argv(epochs: str) -> list[str]:
+        return ["bench", "--benchmark", "tiny", "--recipe", "cpu-small", "--width", "4", "--epochs", epochs,
+                "--batch-size", "64", "--variants", "l2", "--seeds", "0", "--detectors", "feature_norm",
+                "--data-root", str(tiny_bench), "--out", str(out), "--no-progress", "--precision", "fp32",
+                "--n-ood", "20"]
+
+    assert main(argv("1")) == 0
+    cell = out / "cells" / "resnet18-l2-seed0.json"
+    key = read_results(cell).bench
+    assert key is not None and key.hyper is not None and key.hyper["epochs"] == 1 and key.hyper["n_ood"] == 20
+    before, first = cell.read_bytes(), read_results(cell).only
+    capsys.readouterr()
+    assert main(argv("2")) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "epochs: 1 there, 2 now" in err
+    assert cell.read_bytes() == before  # nothing rewritten
+    # the cell is gone but its model is not: the model of other settings is refused too
+    cell.unlink()
+    assert main(argv("2")) == 2
+    err = capsys.readouterr().err
+    assert "holds a model trained with other settings" in err and "epochs: 1 there, 2 now" in err
+    # the same settings resume: the model is kept, the cell written again with the same numbers
+    assert main(argv("1")) == 0
+    again = read_results(cell)
+    assert again.bench == key and again.only.ood == first.ood and again.only.id_accuracy == first.id_accuracy

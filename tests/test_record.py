@@ -15,6 +15,7 @@ from PIL import Image
 from l2ood import record as rec_mod
 from l2ood.cli import main
 from l2ood.data import DataError, load_dataset, save_npz
+from l2ood.data.imageset import pixel_fingerprint
 from l2ood.errors import RunError
 from l2ood.models import ModelConfig
 from l2ood.pipeline import training_data
@@ -92,7 +93,7 @@ def test_train_split_is_exactly_the_trained_images(api_run: Path) -> None:
     run = Run.load(api_run, device="cpu", precision="fp32")
     train = run.train_split()
     assert len(train) == 30  # the subset, not the 48 images left after the holdout (0.1.0 ignored --train-subset)
-    assert rec_mod.fingerprint(train.images) == run.data.fingerprint
+    assert pixel_fingerprint(train.images) == run.data.fingerprint
     hold = run.holdout()
     assert hold is not None and len(hold) == 12
     test, where = run.id_test()

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from l2ood.data import DataError, DataSource, load_source
 from l2ood.data.folders import scan_image_folder
 from l2ood.data.preprocess import to_model_input
+from l2ood.data.source import choose_data_path
 from l2ood.data.stream import (
     IGNORE_LABEL,
     StreamingSet,
@@ -37,7 +38,7 @@ from l2ood.data.synthetic import write_photo_folder
 from l2ood.data.transforms import convert_format
 from l2ood.errors import ConfigError
 from l2ood.models import ModelConfig, build_model
-from l2ood.pipeline import choose_data_path, training_data
+from l2ood.pipeline import training_data
 from l2ood.run import Run
 from l2ood.train import TrainConfig, train
 

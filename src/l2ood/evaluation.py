@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 
 from .columns import Column, CombinedColumn, member_matrix, parse_spec, report_columns
-from .data import load_dataset
-from .detectors import DETECTORS, Extraction
+from .data.source import open_images
+from .detectors import DETECTORS, Extraction, all_detectors
 from .errors import ConfigError
 from .metrics import ood_metrics
 from .metrics.conformal import RULES
@@ -62,7 +62,7 @@ Scores = dict[str, dict[str, np.ndarray]]  # data set -> column -> scores
 
 def parse_detectors(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     """``"all"`` or a comma-separated list of registered names → list (validated)."""
-    names = list(DETECTORS) if spec == "all" else (spec.split(",") if isinstance(spec, str) else list(spec))
+    names = all_detectors() if spec == "all" else (spec.split(",") if isinstance(spec, str) else list(spec))
     names = [n.strip() for n in names if n.strip()]
     unknown = [n for n in names if n not in DETECTORS]
     if unknown:
@@ -295,22 +295,13 @@ def evaluate(
     return EvalResult(record_of(results), scores, samples)
 
 
-STREAMABLE = ("imagefolder:", "imglist:", "wds:")
-
-
 def load_ood_sets(names: list[str], *, root: str | Path | None, n: int | None, seed: int,
                   channels: int, size: tuple[int, int], stream: bool = False) -> list[Images]:
-    """Load OoD sets by name, converted to the ID format. ``stream=True`` (runs trained on streamed data)
-    indexes image folders, lists and shards for streaming, read through the run's preprocessing."""
-    out: list[Images] = []
-    for nm in names:
-        if stream and nm.startswith(STREAMABLE):
-            from .data.stream import open_stream
-
-            out.append(open_stream(nm, "test", root=root, size=size).subset(n, seed=seed))
-        else:
-            out.append(load_dataset(nm, "test", root=root, n=n, seed=seed, channels=channels, size=size))
-    return out
+    """Load OoD sets by name, converted to the ID format. ``stream=True`` (models that read files through a
+    centre crop, e.g. runs trained on streamed data) streams every set that can be streamed
+    (:func:`l2ood.data.source.open_images`), read through the run's preprocessing."""
+    return [open_images(nm, "test", root=root, n=n, seed=seed, channels=channels, size=size,
+                        data_path="prefer-stream" if stream else "memory") for nm in names]
 
 
 def evaluate_run(

@@ -12,10 +12,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
-from .data import DataError, ImageSet, load_dataset, load_source
-from .data.stream import StreamingSet, materialize, open_stream
+from .data import DataError, load_source
+from .data.source import ImageSource, open_images
 from .errors import ConfigError
 from .evaluation import EvalResult, evaluate
 from .models import ModelConfig
@@ -23,36 +24,10 @@ from .record import META, holdout_of, resolve_test
 from .run import Run
 from .train import TrainConfig, train
 from .train.distributed import dist_from_env
+from .train.trainer import resume_key
 
 Log = Callable[[str], None] | None
-Images = ImageSet | StreamingSet
-DATA_PATHS = ("auto", "memory", "stream")
-STREAMABLE = ("imagefolder:", "imglist:", "wds:")
-STREAM_MIN_SIDE = 128  # auto: images at least this large are streamed
-STREAM_BUDGET_GIB = 4  # auto: data sets larger than this once decoded are streamed
-
-
-def choose_data_path(dataset: str, data_path: str = "auto", size: tuple[int, int] | None = None,
-                     n_images: int | None = None) -> str:
-    """``"memory"`` or ``"stream"`` for training on ``dataset`` (see ``--data-path``): ``auto`` streams tar
-    shards, images of at least :data:`STREAM_MIN_SIDE` px, and data over :data:`STREAM_BUDGET_GIB` GiB
-    once decoded; everything else is decoded into memory."""
-    if data_path not in DATA_PATHS:
-        raise ConfigError(f"data path must be one of {DATA_PATHS}, got {data_path!r}")
-    streamable = dataset.startswith(STREAMABLE)
-    if data_path == "stream" and not streamable:
-        raise ConfigError(f"--data-path stream reads {', '.join(s + '...' for s in STREAMABLE)} sources; "
-                          f"'{dataset}' is loaded into memory (--data-path memory)")
-    if data_path != "auto":
-        return data_path
-    if not streamable:
-        return "memory"
-    if dataset.startswith("wds:") or (size is not None and min(size) >= STREAM_MIN_SIDE):
-        return "stream"
-    side = size or (32, 32)
-    if n_images is not None and n_images * 3 * side[0] * side[1] > STREAM_BUDGET_GIB * 2**30:
-        return "stream"
-    return "memory"
+Images = ImageSource
 
 
 def training_data(dataset: str, *, holdout: int = 5000, holdout_seed: int = 0, subset: int | None = None,
@@ -62,18 +37,10 @@ def training_data(dataset: str, *, holdout: int = 5000, holdout_seed: int = 0, s
 
     The holdout (``holdout`` images, seed ``holdout_seed``) is split off first; ``subset`` then takes a
     seeded subset (seed ``subset_seed``) of the rest. Both are recorded in the sets' sources.
-    ``data_path`` (``memory``, ``stream`` or ``auto``, see :func:`choose_data_path`): streamed sets are
-    :class:`~l2ood.data.stream.StreamingSet` indexes (default size 224×224) read batch by batch."""
-    full: Images
-    if data_path != "memory" and dataset.startswith(STREAMABLE):
-        index = open_stream(dataset, "train", root=root, size=size or (224, 224))
-        if choose_data_path(dataset, data_path, size, len(index)) == "stream":
-            full = index
-        else:
-            full = load_dataset(dataset, "train", root=root, size=size)
-    else:
-        choose_data_path(dataset, data_path, size)  # the errors for bad combinations
-        full = load_dataset(dataset, "train", root=root, size=size)
+    ``data_path`` (``memory``, ``stream`` or ``auto``: :func:`l2ood.data.source.choose_data_path`, the one place
+    that decides): streamed sets are :class:`~l2ood.data.stream.StreamingSet` indexes (default size 224×224) read
+    batch by batch."""
+    full = open_images(dataset, "train", root=root, size=size, data_path=data_path)
     if full.labels is None:
         raise DataError(f"{dataset}: training data need labels")
     if holdout < 0:
@@ -103,13 +70,6 @@ def id_test_for(train_set: Images, test_data: str | None = None, holdout: Images
     return load_source(test, root=root, size=(h, w)), f"{test.describe()} [{origin}]"
 
 
-def _in_memory(ds: Images, n: int) -> ImageSet:
-    """``ds`` itself when in memory; else a seeded subset of ``n`` streamed images decoded into memory."""
-    if isinstance(ds, ImageSet):
-        return ds
-    return materialize(ds.subset(n, seed=123), fit="imagenet")
-
-
 def train_run(train_set: Images, model_cfg: ModelConfig, train_cfg: TrainConfig, out: str | Path, *,
               test_data: str | None = None, holdout: Images | None = None, track: str | None = None,
               track_ood: str | None = None, data_root: str | Path | None = None, resume: bool = False,
@@ -126,8 +86,8 @@ def train_run(train_set: Images, model_cfg: ModelConfig, train_cfg: TrainConfig,
         tcfg = TrackConfig.parse(track, track_ood)
         id_test, _ = id_test_for(train_set, test_data, holdout, data_root)
         # streamed data: the tracked subsets are decoded once (evaluation view) and kept in memory
-        track_train = _in_memory(train_set, tcfg.n_train or 5000)
-        track_test = _in_memory(id_test, tcfg.n_test)
+        track_train = train_set.in_memory(tcfg.n_train or 5000)
+        track_test = id_test.in_memory(tcfg.n_test)
         tracker = Tracker.build(tcfg, track_train, track_test, out,
                                 resolve_runtime(train_cfg.device, train_cfg.precision), train_cfg.epochs,
                                 root=data_root)
@@ -136,6 +96,21 @@ def train_run(train_set: Images, model_cfg: ModelConfig, train_cfg: TrainConfig,
     if not dist_from_env().is_main:
         return None
     return Run.load(out, device=train_cfg.device, precision=train_cfg.precision, data_root=data_root)
+
+
+def check_same_settings(run: Run, model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
+    """Refuse a finished run trained with other settings than ``model_cfg``/``train_cfg`` (architecture, width,
+    head, and every training hyper-parameter that an interrupted training must match to resume), so that a
+    result is never attributed to settings its model was not trained with."""
+    have = {"arch": run.config.arch, "width": run.config.width, "head": run.config.head}
+    want = {"arch": model_cfg.arch, "width": model_cfg.width, "head": model_cfg.head}
+    have.update(resume_key(asdict(run.record.train)))
+    want.update(resume_key(asdict(train_cfg)))
+    diff = [f"{k}: {have.get(k)!r} there, {want.get(k)!r} now" for k in sorted(set(have) | set(want))
+            if have.get(k) != want.get(k)]
+    if diff:
+        raise ConfigError(f"{run.path}: holds a model trained with other settings ({'; '.join(diff)}); use another "
+                          "output folder, or the same settings to evaluate it")
 
 
 def train_and_evaluate(train_set: Images, model_cfg: ModelConfig, train_cfg: TrainConfig, out: str | Path, *,
@@ -154,6 +129,7 @@ def train_and_evaluate(train_set: Images, model_cfg: ModelConfig, train_cfg: Tra
     out = Path(out)
     if (out / META).is_file():
         run = Run.load(out, device=train_cfg.device, precision=train_cfg.precision, data_root=data_root)
+        check_same_settings(run, model_cfg, train_cfg)
         if log:
             log(f"{out}: already trained, evaluating")
     else:

@@ -49,9 +49,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from . import jsonio
-from .data import DATASETS, PARAMETRIC, DataSource, ImageSet, Op, canonical_spec, has_split
+from .data import DATASETS, PARAMETRIC, DataSource, Op, canonical_spec, has_split
 from .data.preprocess import DECODER, RESIZE, Preprocessing
-from .data.stream import StreamingSet
+from .data.source import ImageSource
+from .data.transforms import FIT_CONFIGS
 from .errors import RunError
 from .metrics.conformal import Calibration
 from .models.config import ModelConfig, TrainConfig
@@ -116,15 +117,31 @@ class DataRecord(_Model):
 
 
 class PreprocessingRecord(_Model):
-    """:class:`l2ood.data.preprocess.Preprocessing` plus the normalization inside the model."""
+    """:class:`l2ood.data.preprocess.Preprocessing` plus the normalization inside the model: a named config, as
+    timm's pretrained configs record it — decoder, input channels and size, the named fit and its geometry
+    (``resize_mode``, ``crop_pct``; :data:`l2ood.data.transforms.FIT_CONFIGS`), the interpolation (``resize``)
+    and mean/std. Records written before ``resize_mode``/``crop_pct`` were recorded get them from the fit's name;
+    values that contradict the name are refused."""
 
     decode: Annotated[str, Field(max_length=64)] = DECODER
     channels: Literal[1, 3]
     size: tuple[Annotated[int, Field(ge=1, le=4096)], Annotated[int, Field(ge=1, le=4096)]]
     fit: Literal["resize", "crop", "imagenet"] = "resize"
+    resize_mode: Literal["stretch", "shorter-side"] | None = None
+    crop_pct: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = None
     resize: Annotated[str, Field(max_length=64)] = RESIZE
     mean: Annotated[list[_Finite], Field(min_length=1, max_length=3)]
     std: Annotated[list[Annotated[float, Field(gt=0, allow_inf_nan=False)]], Field(min_length=1, max_length=3)]
+
+    @model_validator(mode="after")
+    def _geometry(self) -> PreprocessingRecord:
+        fit = FIT_CONFIGS[self.fit]
+        if self.resize_mode is not None and self.resize_mode != fit.resize:
+            raise ValueError(f"resize_mode {self.resize_mode!r} contradicts fit {self.fit!r} ({fit.resize!r})")
+        if self.crop_pct is not None and self.crop_pct != fit.crop_pct:
+            raise ValueError(f"crop_pct {self.crop_pct} contradicts fit {self.fit!r} ({fit.crop_pct})")
+        self.resize_mode, self.crop_pct = fit.resize, fit.crop_pct
+        return self
 
     def preprocessing(self) -> Preprocessing:
         return Preprocessing(self.channels, self.size, self.fit, self.decode, self.resize)
@@ -271,15 +288,6 @@ def _errors(e: ValidationError, where: str) -> str:
     return f"{where}: invalid run record:\n" + "\n".join(lines) + (f"\n  ... and {more} more" if more > 0 else "")
 
 
-def fingerprint(images: Any) -> str:
-    """SHA-1 of a uint8 image tensor's bytes (shape included): identifies the exact training images."""
-    h = hashlib.sha1(repr(tuple(images.shape)).encode())
-    t = images.contiguous().cpu()
-    for s in range(0, len(t), 8192):
-        h.update(t[s : s + 8192].numpy().tobytes())
-    return h.hexdigest()
-
-
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -317,7 +325,7 @@ def holdout_of(train: DataSource | None) -> DataSource | None:
     return None
 
 
-def data_record(train_set: ImageSet | StreamingSet, test_data: str | None = None, *,
+def data_record(train_set: ImageSource, test_data: str | None = None, *,
                 with_fingerprint: bool = True) -> DataRecord:
     """The :class:`DataRecord` of a training set (its :attr:`l2ood.data.ImageSet.source`). The fingerprint
     hashes the pixels of an in-memory set, the index (paths, sizes, labels) of a streamed one."""
@@ -330,8 +338,7 @@ def data_record(train_set: ImageSet | StreamingSet, test_data: str | None = None
         test=SourceRecord.of(test) if test else None,
         test_origin=origin,  # type: ignore[arg-type]
         n_train=len(train_set),
-        fingerprint=None if not with_fingerprint else (
-            train_set.fingerprint() if isinstance(train_set, StreamingSet) else fingerprint(train_set.images)),
+        fingerprint=train_set.fingerprint() if with_fingerprint else None,
     )
 
 

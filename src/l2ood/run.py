@@ -17,7 +17,6 @@ on the run's runtime), and all bring images to the model's input through :attr:`
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections.abc import Iterator
 from functools import cached_property
@@ -28,24 +27,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data import DataError, ImageSet, load_source, to_format
+from .data import DataError, load_source
 from .data.preprocess import Preprocessing
-from .data.stream import IGNORE_LABEL, StreamingSet, extract_views
-from .detectors import Extraction, Head, extract, forward_batch
+from .data.source import ImageSource
+from .detectors import Extraction, Head, forward_batch
 from .errors import RunError
 from .metrics.conformal import Calibration
 from .models import Classifier, ModelConfig
 from .models.config import TrainConfig
-from .record import DataRecord, RunRecord, fingerprint, new_record, read_record
+from .record import DataRecord, RunRecord, new_record, read_record
 from .runfolder import CACHE_DIR, META, WEIGHTS
 from .runtime import Runtime, resolve_runtime
 from .train.artifact import load_weights, refuse_pickle
 
-Images = ImageSet | StreamingSet  # in memory, or an index read batch by batch
-
-
-def _sha1(t: Tensor) -> str:
-    return hashlib.sha1(t.contiguous().cpu().numpy().tobytes()).hexdigest()[:16]
+Images = ImageSource  # in memory, or an index read batch by batch (:mod:`l2ood.data.source`)
 
 
 class Run:
@@ -203,9 +198,8 @@ class Run:
         return load_source(src.source(), root=self.data_root, size=(h, w))
 
     def _formatted(self, ds: Images) -> Images:
-        if isinstance(ds, StreamingSet):  # read at the model's size through its recorded preprocessing
-            return ds.with_size(tuple(self.config.image_size))  # type: ignore[arg-type]
-        return to_format(ds, self.config.in_channels, tuple(self.config.image_size))  # type: ignore[arg-type]
+        h, w = self.config.image_size
+        return ds.formatted(int(self.config.in_channels), (int(h), int(w)))
 
     def _checked_train(self, train: Images) -> Images:
         """``train`` in the model's format, after checking it is the set the run was trained on."""
@@ -215,10 +209,8 @@ class Run:
             raise DataError(f"{self._where()}: the run was trained on {self.data.n_train} images, but its data "
                             f"spec ({spec}) gives {len(train)} now: the data changed since training")
         if self.data.fingerprint is not None:
-            streamed = isinstance(train, StreamingSet)
-            now = train.fingerprint() if isinstance(train, StreamingSet) else fingerprint(train.images)
-            if now != self.data.fingerprint:
-                what = "index (paths, sizes, labels)" if streamed else "pixel"
+            if train.fingerprint() != self.data.fingerprint:
+                what = "index (paths, sizes, labels)" if train.streamed else "pixel"
                 raise DataError(f"{self._where()}: the images of {spec} differ from those the run was trained on "
                                 f"({what} fingerprint mismatch): the data changed since training")
         return train
@@ -256,7 +248,7 @@ class Run:
         return self._formatted(self._load("test")), self.record.test_description
 
     def to_input_format(self, ds: Images) -> Images:
-        """Any image set → this model's channels and size (:func:`l2ood.data.to_format`)."""
+        """Any image set → this model's channels and size (:meth:`l2ood.data.source.ImageSource.formatted`)."""
         return self._formatted(ds)
 
     # -------------------------------------------------------------------------------------------- forward
@@ -268,30 +260,27 @@ class Run:
     def image_batches(self, ds: Images, batch_size: int = 256) -> Iterator[Tensor]:
         """uint8 batches of ``ds`` in the model's format (streamed sets: read and decoded in workers;
         unreadable images are left out)."""
-        ds = self._formatted(ds)
-        if isinstance(ds, StreamingSet):
-            for x, y, _ in extract_views(ds, batch_size=batch_size, fit=self.preprocessing.fit):
-                yield x[y != IGNORE_LABEL]
-            return
-        for s in range(0, len(ds), batch_size):
-            yield ds.images[s : s + batch_size]
+        for x, _, _ in self._formatted(ds).batches(batch_size, fit=self.preprocessing.fit):
+            yield x
 
-    def _forward_stream(self, ds: StreamingSet, batch_size: int, progress: bool, desc: str | None) -> Extraction:
+    def _extract(self, ds: Images, batch_size: int, progress: bool, desc: str | None) -> Extraction:
+        """One forward pass over ``ds`` (in the model's format) in eval mode; unreadable images are left out."""
+        self.model.eval()
         feats, logits, labels, errors = [], [], [], []
-        for x, y, err in extract_views(ds, batch_size=batch_size, fit=self.preprocessing.fit, progress=progress,
-                                       desc=desc or f"extract {ds.name}"):
-            keep = y != IGNORE_LABEL
+        for x, y, err in ds.batches(batch_size, fit=self.preprocessing.fit, progress=progress, desc=desc):
             errors += err
-            f, lg = forward_batch(self.model, x[keep], self.runtime)
+            f, lg = forward_batch(self.model, x, self.runtime)
             feats.append(f)
             logits.append(lg)
-            labels.append(y[keep])
+            if y is not None:
+                labels.append(y)
         if errors:
             warnings.warn(f"{ds.name}: {len(errors)} unreadable image(s) left out (first: {errors[0]})", stacklevel=3)
         m = self.model
         return Extraction(torch.cat(feats) if feats else torch.empty(0, m.fc.in_features),
                           torch.cat(logits) if logits else torch.empty(0, m.fc.out_features),
-                          torch.cat(labels) if ds.labels is not None and labels else None)
+                          torch.cat(labels) if ds.labels is not None and labels else
+                          (torch.empty(0, dtype=torch.long) if ds.labels is not None else None))
 
     def forward(self, ds: Images, *, batch_size: int = 512, progress: bool = False, desc: str | None = None,
                 cache: bool = True) -> Extraction:
@@ -303,10 +292,8 @@ class Run:
         ds = self._formatted(ds)
         path = None
         if cache and self.path is not None:
-            digest = (f"s{ds.fingerprint()[:15]}{self.preprocessing.fit}" if isinstance(ds, StreamingSet)
-                      else _sha1(ds.images))
             key = (f"{ds.name.replace('/', '_')[:40]}-{len(ds)}-{self.record.weights_sha256[:16]}-"
-                   f"{digest}-{self.runtime.precision}")
+                   f"{ds.cache_key(self.preprocessing.fit)}-{self.runtime.precision}")
             path = self.path / CACHE_DIR / f"{key}.safetensors"
             if path.is_file():
                 try:
@@ -315,10 +302,7 @@ class Run:
                         return ext
                 except Exception:  # a damaged cache file is recomputed
                     path.unlink(missing_ok=True)
-        if isinstance(ds, StreamingSet):
-            ext = self._forward_stream(ds, min(batch_size, 256), progress, desc)
-        else:
-            ext = extract(self.model, ds, self.runtime, batch_size, progress, desc=desc)
+        ext = self._extract(ds, min(batch_size, 256) if ds.streamed else batch_size, progress, desc)
         if path is not None:
             try:  # the cache is an optimisation: a read-only or full disk only costs the next pass
                 path.parent.mkdir(parents=True, exist_ok=True)

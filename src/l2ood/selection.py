@@ -19,7 +19,6 @@ everything tried is recorded (:class:`Selection`, in ``results["selection"]``).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from .data import ImageSet
+from .data.source import ImageSource
 from .errors import ConfigError
 
 CRITERION = "AUROC, ID validation images (positive) vs validation OoD images"
@@ -89,30 +88,25 @@ def select(detector: str, variant: str, space: Mapping[str, Sequence[Any]], defa
     return sel, best[2]
 
 
-def _image_digests(ds: ImageSet) -> set[str]:
-    x = ds.images.contiguous().numpy()
-    return {hashlib.sha1(x[i].tobytes()).hexdigest() for i in range(len(x))}
-
-
-def check_apart(val_ood: Any, test_sets: Iterable[Any], val_id: Any, id_test: Any) -> None:
+def check_apart(val_ood: ImageSource, test_sets: Iterable[ImageSource], val_id: ImageSource,
+                id_test: ImageSource) -> None:
     """Refuse a validation OoD set that is a test OoD set (same name) or shares an image with one, and ID
-    validation images that are ID test images (same name, or a shared image). Only in-memory sets are compared
-    pixel by pixel; streamed sets by name. ``test_sets`` is iterated once (a generator keeps one set in memory)."""
+    validation images that are ID test images (same name, or a shared image). Sets in memory are compared pixel by
+    pixel; streamed sets by name. ``test_sets`` is iterated once (a generator keeps one set in memory)."""
     if val_id.name == id_test.name:
         raise ConfigError(f"the ID validation images '{val_id.name}' are the ID test images")
-    v = _image_digests(val_ood) if isinstance(val_ood, ImageSet) else None
+    v = val_ood.item_digests()
     for t in test_sets:
         if t.name == val_ood.name:
             raise ConfigError(f"the validation OoD set '{val_ood.name}' is also a test OoD set: hyper-parameters "
                               "chosen on a test set would inflate its results; pass another --val-ood")
-        if v is not None and isinstance(t, ImageSet) and t.images.shape[1:] == val_ood.images.shape[1:]:
-            shared = len(v & _image_digests(t))
+        if v is not None and t.shape == val_ood.shape:
+            shared = len(v & (t.item_digests() or set()))
             if shared:
                 raise ConfigError(f"the validation OoD set '{val_ood.name}' shares {shared} image(s) with the "
                                   f"test OoD set '{t.name}': keep validation and test images apart")
-    if isinstance(val_id, ImageSet) and isinstance(id_test, ImageSet) and val_id.images.shape[1:] == \
-            id_test.images.shape[1:]:
-        shared = len(_image_digests(val_id) & _image_digests(id_test))
+    if val_id.shape == id_test.shape:
+        shared = len((val_id.item_digests() or set()) & (id_test.item_digests() or set()))
         if shared:
             raise ConfigError(f"the ID validation images share {shared} image(s) with the ID test images")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data import ImageSet, load_dataset, to_format
+from ..data import ImageSet, load_dataset
 from ..detectors import extract, iter_batches
 from ..errors import ConfigError
 from ..metrics import ood_metrics
@@ -70,8 +70,8 @@ class Tracker:
         self.cfg, self.rt, self.total = cfg, rt, total_epochs
         c, h, w = train_set.shape
         self.train = train_set.subset(cfg.n_train, seed=123)
-        self.test = to_format(id_test, c, (h, w)).subset(cfg.n_test, seed=123)
-        self.ood = [to_format(o, c, (h, w)).subset(cfg.n_ood, seed=123) for o in ood_sets]
+        self.test = id_test.formatted(c, (h, w)).subset(cfg.n_test, seed=123)
+        self.ood = [o.formatted(c, (h, w)).subset(cfg.n_ood, seed=123) for o in ood_sets]
         self.dir = Path(run_dir) / TRACK_DIR
         self.num_classes = train_set.num_classes
 

@@ -27,12 +27,11 @@ from typing import Any
 import numpy as np
 
 from .. import jsonio
-from ..data import load_dataset
-from ..data.stream import open_stream
+from ..data.source import ImageSource, open_images
 from ..errors import ConfigError
 from ..evaluation import EvalResult, evaluate
 from ..models import ARCHITECTURES, HEAD_MODES, ModelConfig, _known_arch
-from ..pipeline import STREAMABLE, Images, train_and_evaluate
+from ..pipeline import train_and_evaluate
 from ..provenance import code_version, code_version_line
 from ..results import BenchCell, ResultsFile, read_results, write_results
 from ..run import Run
@@ -86,13 +85,11 @@ def _size(spec: BenchSpec, bdef: dict[str, Any]) -> tuple[int, int]:
     return (int(side), int(side)) if side else (int(bdef["size"][0]), int(bdef["size"][1]))
 
 
-def _load(name: str, split: str, spec: BenchSpec, bdef: dict[str, Any], n: int | None = None) -> Images:
+def _load(name: str, split: str, spec: BenchSpec, bdef: dict[str, Any], n: int | None = None) -> ImageSource:
     """A benchmark data set: streamed (an index read batch by batch) when the definition says so, else in memory."""
-    name = resolve(name, spec.data_root)
-    if bdef.get("stream") and name.startswith(STREAMABLE):
-        return open_stream(name, split, root=spec.data_root, size=_size(spec, bdef)).subset(n, seed=0)
-    return load_dataset(name, split, root=spec.data_root, n=n, seed=0, channels=int(bdef["channels"]),
-                        size=_size(spec, bdef))
+    return open_images(resolve(name, spec.data_root), split, root=spec.data_root, n=n, seed=0,
+                       channels=int(bdef["channels"]), size=_size(spec, bdef),
+                       data_path="prefer-stream" if bdef.get("stream") else "memory")
 
 
 def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> tuple[Path, Path]:
@@ -123,7 +120,7 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> tuple[Path
     train_set = _load(bdef.get("train", bdef["id"]), "train", spec, bdef, spec.n_fit if posthoc else None)
     id_test = _load(bdef["id"], "test", spec, bdef, spec.n_id)
     groups: dict[str, str] = {}
-    ood_sets: list[Images] = []
+    ood_sets: list[ImageSource] = []
     for group, names in bdef["ood"].items():
         for nm in names:
             ds = _load(nm, "test", spec, bdef, spec.n_ood)
@@ -189,15 +186,15 @@ def _cell_done(path: Path, key: BenchCell) -> bool:
     return set(key.requested) <= set(cell.requested)
 
 
-def _posthoc_cell(spec: BenchSpec, arch: str, variant: str, width: int, bdef: dict[str, Any], fit_set: Images,
-                  id_test: Images, ood_sets: list[Images], log: Callable[[str], None]) -> EvalResult:
+def _posthoc_cell(spec: BenchSpec, arch: str, variant: str, width: int, bdef: dict[str, Any], fit_set: ImageSource,
+                  id_test: ImageSource, ood_sets: list[ImageSource], log: Callable[[str], None]) -> EvalResult:
     """Evaluate a pretrained classifier (no training): detectors that need statistics are fitted on
     ``fit_set`` (the benchmark's training images, a seeded subset of ``--n-fit``)."""
     if variant != "ce":
         raise ConfigError(f"a pretrained classifier is evaluated as it was trained: use --variants ce (got {variant})")
     assert spec.pretrained is not None
     run = Run.from_pretrained(arch, spec.pretrained, width=width, image_size=_size(spec, bdef), device=spec.device,
-                              precision=spec.precision, fit="imagenet" if bdef.get("stream") else "resize")
+                              precision=spec.precision, fit=fit_set.view)
     log(f"post-hoc: {arch} from {spec.pretrained} ({run.config.num_classes} classes), detectors fitted on "
         f"{len(fit_set)} training images")
     return evaluate(run, id_test, ood_sets, spec.detectors, fit_set=fit_set, progress=spec.progress,

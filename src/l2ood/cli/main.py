@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from ..data import DATASETS, PARAMETRIC
+from ..data.source import DATA_PATHS, STREAM_BUDGET_GIB, STREAM_MIN_SIDE
+from ..data.source import ImageSource as Images
 from ..errors import ConfigError, L2oodError
 from ..models import ARCHITECTURES, HEAD_MODES, ModelConfig, _known_arch
-from ..pipeline import DATA_PATHS, STREAM_BUDGET_GIB, STREAM_MIN_SIDE, Images
 from ..runfolder import EVAL_DIR, META, WEIGHTS, check_target, refuse_run_file
 from ..runtime import PRECISIONS
 from ..train import SCHEDULES, TrainConfig

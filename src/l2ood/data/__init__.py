@@ -27,7 +27,7 @@ from .npz import load_npz, save_npz
 from .oodsets import load_dtd, load_places365, load_tin
 from .svhn import load_svhn
 from .synthetic import make_noise, make_textures
-from .transforms import augment_batch, channel_stats, convert_format, to_format
+from .transforms import augment_batch, channel_stats, convert_format
 
 __all__ = [
     "DATASETS",
@@ -49,7 +49,6 @@ __all__ = [
     "load_npz",
     "load_source",
     "save_npz",
-    "to_format",
 ]
 
 
@@ -164,14 +163,11 @@ def load_source(source: DataSource, *, root: str | Path | None = None,
     """Load the exact images a :class:`DataSource` describes (``root`` overrides the recorded data root):
     an :class:`ImageSet`, or for a streamed source (``source.stream``) a
     :class:`~l2ood.data.stream.StreamingSet` (an index; pixels are read when iterated)."""
-    ds: Any
-    where = root if root is not None else source.root
-    if source.stream:
-        from .stream import open_stream
+    from .source import open_images
 
-        ds = open_stream(source.spec, source.split, root=where, size=size or (224, 224))
-    else:
-        ds = load_dataset(source.spec, source.split, root=where, size=size)
+    where = root if root is not None else source.root
+    ds: Any = open_images(source.spec, source.split, root=where, size=size,
+                          data_path="stream" if source.stream else "memory")
     for op in source.ops:
         if op.kind == "subset":
             ds = ds.subset(op.n, seed=op.seed)
@@ -232,5 +228,5 @@ def load_dataset(
     if n is not None and not generated:
         ds = ds.subset(n, seed=seed)
     if size is not None or channels is not None:
-        ds = to_format(ds, channels or ds.shape[0], size or ds.shape[1:])
+        ds = ds.formatted(channels or ds.shape[0], size or ds.shape[1:])
     return ds

@@ -201,6 +201,7 @@ def decode_images(
         hflip=hflip,
         meta={"source": source, "format": fmt, "decode": f"{mode} {size[0]}x{size[1]}",
               "skipped": skipped},
+        view=mode,
     )
 
 

@@ -6,13 +6,17 @@ converted to float only batch by batch (see :mod:`l2ood.data.transforms`).
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from .transforms import convert_format
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,8 @@ class ImageSet:
     hflip: bool = False  # whether horizontal flips are a sensible augmentation for this data
     meta: dict[str, object] = field(default_factory=dict)
     source: DataSource | None = None  # how to load these exact images again (None: built in memory)
+    view: str = "resize"  # the named fit (l2ood.data.transforms.FIT_CONFIGS) that made files these pixels
+    streamed: ClassVar[bool] = False  # an :class:`~l2ood.data.source.ImageSource` held in memory
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8:
@@ -122,6 +128,7 @@ class ImageSet:
             hflip=self.hflip,
             meta=dict(self.meta),
             source=None if self.source is None else self.source.then(Op("subset", int(n), int(seed))),
+            view=self.view,
         )
 
     def split(self, n_holdout: int, seed: int = 0) -> tuple[ImageSet, ImageSet]:
@@ -142,6 +149,54 @@ class ImageSet:
                 meta=dict(self.meta),
                 source=None if self.source is None else self.source.then(
                     Op("holdout", int(n_holdout), int(seed), part)),
+                view=self.view,
             )
 
         return take(rest, "", "rest"), take(hold, "-holdout", "holdout")
+
+    # ------------------------------------------------------------------ the image-source protocol (data.source)
+    def formatted(self, channels: int, size: tuple[int, int]) -> ImageSet:
+        """The images converted to ``channels`` and ``size`` (:func:`l2ood.data.transforms.convert_format`;
+        the set itself when nothing changes)."""
+        images = convert_format(self.images, channels, size)
+        if images is self.images:
+            return self
+        return ImageSet(self.name, images, self.labels, self.class_names, self.hflip, dict(self.meta), self.source,
+                        self.view)
+
+    def fingerprint(self) -> str:
+        """SHA-1 of the pixels (shape included): identifies the exact images (:func:`pixel_fingerprint`)."""
+        return pixel_fingerprint(self.images)
+
+    def cache_key(self, fit: str) -> str:  # noqa: ARG002  (pixels in memory are already in the model's format)
+        """A short key of the pixels for caching forward passes."""
+        return hashlib.sha1(self.images.contiguous().cpu().numpy().tobytes()).hexdigest()[:16]
+
+    def batches(self, batch_size: int, *, fit: str = "resize", progress: bool = False,  # noqa: ARG002
+                desc: str | None = None) -> Iterator[tuple[Tensor, Tensor | None, list[str]]]:
+        """``(uint8 images, labels or None, unreadable items)`` in order, ``batch_size`` at a time."""
+        for s in tqdm(range(0, len(self), batch_size), desc=desc or f"extract {self.name}", disable=not progress,
+                      leave=False, unit="batch"):
+            yield (self.images[s : s + batch_size], None if self.labels is None else self.labels[s : s + batch_size],
+                   [])
+
+    def describe_item(self, i: int) -> str:
+        return f"{self.name}[{i}]"
+
+    def item_digests(self) -> set[str] | None:
+        """SHA-1 of each image's pixels (to find images shared between two sets)."""
+        x = self.images.contiguous().cpu().numpy()
+        return {hashlib.sha1(x[i].tobytes()).hexdigest() for i in range(len(x))}
+
+    def in_memory(self, n: int | None = None, seed: int = 123, fit: str = "resize") -> ImageSet:  # noqa: ARG002
+        """The set itself (already in memory)."""
+        return self
+
+
+def pixel_fingerprint(images: Tensor) -> str:
+    """SHA-1 of a uint8 image tensor's bytes (shape included): identifies the exact training images."""
+    h = hashlib.sha1(repr(tuple(images.shape)).encode())
+    t = images.contiguous().cpu()
+    for s in range(0, len(t), 8192):
+        h.update(t[s : s + 8192].numpy().tobytes())
+    return h.hexdigest()

@@ -47,7 +47,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -86,6 +86,8 @@ class StreamingSet:
     source: DataSource | None = None
     keys: list[str] = field(default_factory=list)  # per image: relative path or tar key (fingerprint)
     meta: dict[str, object] = field(default_factory=dict)
+    view: str = "imagenet"  # the named fit of the evaluation view (l2ood.data.transforms.FIT_CONFIGS)
+    streamed: ClassVar[bool] = True  # an :class:`~l2ood.data.source.ImageSource` read from disk batch by batch
 
     def __len__(self) -> int:
         return len(self.shard)
@@ -157,6 +159,31 @@ class StreamingSet:
     def describe_item(self, i: int) -> str:
         path = self.files[int(self.shard[i])]
         return path if self.offsets[i] < 0 else f"{path}:{self.keys[i] if self.keys else i}"
+
+    def formatted(self, channels: int, size: tuple[int, int]) -> StreamingSet:  # noqa: ARG002
+        """Read at ``size`` (decoded as RGB; the model's channels are taken from the decoded views)."""
+        return self.with_size(size)
+
+    def cache_key(self, fit: str) -> str:
+        """A short key of the index and the view for caching forward passes."""
+        return f"s{self.fingerprint()[:15]}{fit}"
+
+    def batches(self, batch_size: int, *, fit: str = "imagenet", progress: bool = False,
+                desc: str | None = None) -> Iterator[tuple[Tensor, Tensor | None, list[str]]]:
+        """``(uint8 evaluation views, labels or None, unreadable items)`` in order; unreadable images are left out
+        of the batch and named in the third element."""
+        for x, y, err in extract_views(self, batch_size=batch_size, fit=fit, progress=progress,
+                                       desc=desc or f"extract {self.name}"):
+            keep = y != IGNORE_LABEL
+            yield x[keep], None if self.labels is None else y[keep], err
+
+    def item_digests(self) -> set[str] | None:
+        """``None``: streamed pixels are not hashed (sets are told apart by name)."""
+        return None
+
+    def in_memory(self, n: int | None = None, seed: int = 123, fit: str = "imagenet") -> Any:
+        """A seeded subset of ``n`` images (all when ``None``) decoded into an in-memory ImageSet."""
+        return materialize(self.subset(n, seed=seed), fit=fit)
 
     def fingerprint(self) -> str:
         """SHA-1 of the index (relative paths or tar keys, member sizes and labels) — streamed pixels are
@@ -546,7 +573,7 @@ def materialize(ds: StreamingSet, fit: str = "resize", workers: int | None = Non
     if not images or sum(len(t) for t in images) == 0:
         raise DataFormatError(f"{ds.name}: none of the {len(ds)} images could be decoded")
     return ImageSet(ds.name, torch.cat(images), torch.cat(labels) if ds.labels is not None else None,
-                    ds.class_names, ds.hflip, dict(ds.meta), None)
+                    ds.class_names, ds.hflip, dict(ds.meta), None, view=fit)
 
 
 def write_shards(files: Sequence[str | Path], labels: Sequence[int] | None, out_dir: str | Path, *,

@@ -10,25 +10,52 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
 from ..errors import ConfigError
-from .imageset import ImageSet
 
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 
-FITS = ("resize", "crop", "imagenet")
-IMAGENET_RESIZE = 256 / 224  # torchvision's ImageNet evaluation: Resize(256) + CenterCrop(224)
+@dataclass(frozen=True)
+class Fit:
+    """The geometry of a named preprocessing config, as timm's pretrained configs name it (``crop_pct``,
+    ``interpolation``): how an image of any size becomes the model's input size ``(H, W)``.
+
+    ``resize="stretch"`` resizes the whole image to ``(H, W)``; ``resize="shorter-side"`` resizes the shorter
+    side to ``round(max(H, W) / crop_pct)`` (aspect kept) and crops the centre ``(H, W)``."""
+
+    name: str
+    resize: Literal["stretch", "shorter-side"]
+    crop_pct: float = 1.0
+    interpolation: str = "bilinear"
+    antialias: bool = True
+
+
+#: The named fits: ``resize`` (stretch), ``crop`` (torchvision ``Resize(s)`` + ``CenterCrop(s)``) and ``imagenet``
+#: (the ImageNet evaluation view, ``Resize(256)`` + ``CenterCrop(224)``: crop_pct 0.875).
+FIT_CONFIGS: dict[str, Fit] = {f.name: f for f in (Fit("resize", "stretch"), Fit("crop", "shorter-side"),
+                                                   Fit("imagenet", "shorter-side", crop_pct=0.875))}
+FITS = tuple(FIT_CONFIGS)
+
+
+def fit_config(name: str) -> Fit:
+    """The named fit (:data:`FIT_CONFIGS`); a clear error for an unknown name."""
+    if name not in FIT_CONFIGS:
+        raise ConfigError(f"fit must be one of {FITS}, got {name!r}")
+    return FIT_CONFIGS[name]
 
 
 def _crop_geometry(h: int, w: int, size: tuple[int, int], fit: str = "crop") -> tuple[tuple[int, int], int, int]:
-    """``((resized h, w), top, left)``: shorter side → ``max(size)`` (``fit="imagenet"``:
-    ``round(max(size)·256/224)``), then a centre crop of ``size``."""
+    """``((resized h, w), top, left)``: shorter side → ``round(max(size) / crop_pct)`` of the named fit, then a
+    centre crop of ``size``."""
     th, tw = size
-    s = max(th, tw) if fit == "crop" else round(max(th, tw) * IMAGENET_RESIZE)
+    s = round(max(th, tw) / fit_config(fit).crop_pct)
     nh, nw = (int(s * h / w), s) if w <= h else (s, int(s * w / h))
     nh, nw = max(nh, th), max(nw, tw)
     return (nh, nw), round((nh - th) / 2), round((nw - tw) / 2)
@@ -39,11 +66,10 @@ def convert_format(
 ) -> Tensor:
     """Convert uint8 ``(N, C, H, W)`` images to ``channels`` and ``size``; returns uint8.
 
-    ``fit="resize"`` stretches the whole image to ``size``; ``fit="crop"`` resizes the shorter side
-    to ``max(size)`` and crops the centre (torchvision ``Resize`` + ``CenterCrop``); ``fit="imagenet"``
-    resizes the shorter side to ``max(size)·256/224`` first (ImageNet evaluation: 256 → 224)."""
-    if fit not in FITS:
-        raise ConfigError(f"fit must be one of {FITS}, got {fit!r}")
+    ``fit`` names the geometry (:data:`FIT_CONFIGS`): ``"resize"`` stretches the whole image to ``size``;
+    ``"crop"`` resizes the shorter side to ``max(size)`` and crops the centre (torchvision ``Resize`` +
+    ``CenterCrop``); ``"imagenet"`` resizes the shorter side to ``max(size)·256/224`` first (crop_pct 0.875)."""
+    cfg = fit_config(fit)
     if images.dtype != torch.uint8 or images.ndim != 4:
         raise ConfigError("convert_format expects uint8 (N, C, H, W) images")
     n, c, h, w = images.shape
@@ -51,7 +77,7 @@ def convert_format(
         raise ConfigError(f"channels must be 1 or 3, got {channels}")
     if c not in (1, 3, 4):
         raise ConfigError(f"input images must have 1, 3 or 4 channels, got {c}")
-    if c == channels and (h, w) == tuple(size) and fit != "imagenet":
+    if c == channels and (h, w) == tuple(size) and cfg.crop_pct == 1.0:
         return images
     size = (int(size[0]), int(size[1]))
     out = torch.empty((n, channels, *size), dtype=torch.uint8)
@@ -63,23 +89,16 @@ def convert_format(
             x = (x * _LUMA.view(1, 3, 1, 1)).sum(1, keepdim=True)
         elif x.shape[1] == 1 and channels == 3:
             x = x.expand(-1, 3, -1, -1)
-        if fit != "resize" and ((h, w) != tuple(size) or fit == "imagenet"):
+        if cfg.resize == "shorter-side" and ((h, w) != tuple(size) or cfg.crop_pct != 1.0):
             (nh, nw), top, left = _crop_geometry(h, w, size, fit)
             if (nh, nw) != (h, w):
-                x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+                x = F.interpolate(x, size=(nh, nw), mode=cfg.interpolation, antialias=cfg.antialias,
+                                  align_corners=False)
             x = x[:, :, top : top + size[0], left : left + size[1]]
         elif x.shape[-2:] != tuple(size):
-            x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+            x = F.interpolate(x, size=size, mode=cfg.interpolation, antialias=cfg.antialias, align_corners=False)
         out[s : s + chunk] = x.round().clamp(0, 255).to(torch.uint8)
     return out
-
-
-def to_format(ds: ImageSet, channels: int, size: tuple[int, int]) -> ImageSet:
-    """:func:`convert_format` applied to an :class:`ImageSet` (returns the same set if no-op)."""
-    images = convert_format(ds.images, channels, size)
-    if images is ds.images:
-        return ds
-    return ImageSet(ds.name, images, ds.labels, ds.class_names, ds.hflip, dict(ds.meta), ds.source)
 
 
 def channel_stats(images: Tensor, chunk: int = 8192) -> tuple[list[float], list[float]]:

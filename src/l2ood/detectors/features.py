@@ -96,8 +96,11 @@ class Extraction:
 
     @classmethod
     def load(cls, path: str | Path) -> Extraction:
+        """Read a saved extraction into freshly allocated tensors: tensors viewed at an arbitrary offset of the
+        file can take other (unaligned) BLAS kernels and round differently from the pass that wrote them."""
         t = load_file(str(path))
-        return cls(t["features"], t["logits"], t.get("labels"))
+        labels = t.get("labels")
+        return cls(t["features"].clone(), t["logits"].clone(), None if labels is None else labels.clone())
 
 
 @torch.no_grad()

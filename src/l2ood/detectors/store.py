@@ -103,7 +103,9 @@ def read_fitted(path: str | Path, *, sha256: str | None = None) -> tuple[dict[st
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             header = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            # fresh (aligned) tensors: views at arbitrary file offsets may take other BLAS kernels and round
+            # differently from the statistics that were saved
+            tensors = {k: f.get_tensor(k).clone() for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise RunError(f"{path}: not a readable safetensors file ({e})") from None
     try:

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from .. import jsonio
 from .. import record as run_record
 from ..data import ImageSet, augment_batch, channel_stats
+from ..data.source import ImageSource
 from ..data.stream import (
     IGNORE_LABEL,
     IMAGENET_MEAN,
@@ -223,7 +224,7 @@ def _finite_params(model: torch.nn.Module) -> bool:
 
 
 def train(
-    train_set: ImageSet | StreamingSet,
+    train_set: ImageSource,
     model_cfg: ModelConfig,
     cfg: TrainConfig,
     run_dir: str | Path,
@@ -282,7 +283,7 @@ def _prepare_folder(run_dir: Path, resume: bool, overwrite: bool, log: Callable[
 
 
 def _train(
-    train_set: ImageSet | StreamingSet,
+    train_set: ImageSource,
     model_cfg: ModelConfig,
     cfg: TrainConfig,
     run_dir: Path,
@@ -303,7 +304,7 @@ def _train(
         log, progress = None, False
     if main_rank:
         run_dir.mkdir(parents=True, exist_ok=True)
-    streamed = isinstance(train_set, StreamingSet)
+    streamed = train_set.streamed
     model_cfg = _filled_model_config(model_cfg, cfg, train_set)  # copies: the caller's configs stay as they are
     cfg = replace(cfg, extra=dict(cfg.extra))
 
@@ -326,15 +327,15 @@ def _train(
     hflip = train_set.hflip if cfg.hflip is None else cfg.hflip
 
     n = len(train_set)
-    feeder = (_StreamFeeder(train_set, cfg, info, rt, hflip) if isinstance(train_set, StreamingSet)
-              else _MemoryFeeder(train_set, cfg, info, rt, hflip))
+    feeder = (_StreamFeeder(cast(StreamingSet, train_set), cfg, info, rt, hflip) if train_set.streamed
+              else _MemoryFeeder(cast(ImageSet, train_set), cfg, info, rt, hflip))
     steps_per_epoch = feeder.steps_per_epoch
     total_steps = steps_per_epoch * cfg.epochs
     start_epoch, start_step, history = 0, 0, []
     if resume and (run_dir / CHECKPOINT).is_file():
         record = load_checkpoint(run_dir, model, opt)
         saved_train = dict(record.get("train", {}))
-        if record.get("model") != model_cfg.to_dict() or _resume_key(saved_train) != _resume_key(asdict(cfg)):
+        if record.get("model") != model_cfg.to_dict() or resume_key(saved_train) != resume_key(asdict(cfg)):
             raise ConfigError(f"{run_dir}: the checkpoint was written by a different configuration; "
                              "use a new output folder or the same arguments to resume")
         start_epoch, start_step = int(record["epoch"]), int(record["step_in_epoch"])
@@ -441,17 +442,17 @@ def _train(
 
 
 def _filled_model_config(model_cfg: ModelConfig, cfg: TrainConfig,
-                         train_set: ImageSet | StreamingSet) -> ModelConfig:
+                         train_set: ImageSource) -> ModelConfig:
     """A copy of ``model_cfg`` completed from the training images: input channels, image size, the classes and
     their names, and mean/std when left at their defaults (``model_cfg`` itself is not changed); validated."""
     mean, std = list(model_cfg.mean), list(model_cfg.std)
     if mean == [0.0] and std == [1.0]:
         if cfg.pretrained and train_set.shape[0] == 3:  # a pretrained backbone keeps its (ImageNet) normalization
             mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
-        elif not isinstance(train_set, StreamingSet):
-            mean, std = channel_stats(train_set.images)
+        elif train_set.streamed:
+            mean, std = sample_stats(cast(StreamingSet, train_set), seed=cfg.seed, workers=cfg.workers)
         else:
-            mean, std = sample_stats(train_set, seed=cfg.seed, workers=cfg.workers)
+            mean, std = channel_stats(cast(ImageSet, train_set).images)
     channels, h, w = train_set.shape
     names = train_set.class_names
     filled = replace(model_cfg, in_channels=channels, image_size=(h, w), mean=mean, std=std,
@@ -465,7 +466,7 @@ def _filled_model_config(model_cfg: ModelConfig, cfg: TrainConfig,
 
 
 def _finish(run_dir: Path, model: Classifier, model_cfg: ModelConfig, cfg: TrainConfig,
-            train_set: ImageSet | StreamingSet,
+            train_set: ImageSource,
             test_data: str | None, history: list[dict[str, Any]], rt: Runtime, world: int) -> None:
     """Write the weights and the run record; keep calibrations that belong to identical weights."""
     weights = save_weights(run_dir, model)
@@ -483,7 +484,7 @@ def _finish(run_dir: Path, model: Classifier, model_cfg: ModelConfig, cfg: Train
     data = run_record.data_record(train_set, test_data)
     rec = run_record.new_record(model_cfg, cfg, data, weights_sha256=digest, history=history,
                                 runtime=rt.describe(), world_size=world, calibrations=kept,
-                                fit="imagenet" if isinstance(train_set, StreamingSet) else "resize")
+                                fit=train_set.view)
     if kept_detectors and data.fingerprint == old.data.fingerprint:  # type: ignore[union-attr]
         rec = rec.model_copy(update={"detectors": kept_detectors})
     run_record.write_record(run_dir, rec)
@@ -529,7 +530,7 @@ def load_pretrained(model: Classifier, path: str | Path) -> str:
     return run_record.file_sha256(path)
 
 
-def _resume_key(train_cfg: dict[str, Any]) -> dict[str, Any]:
+def resume_key(train_cfg: dict[str, Any]) -> dict[str, Any]:
     """Settings that must match to resume (device/precision/checkpoint cadence may change)."""
     return {k: v for k, v in train_cfg.items()
             if k not in ("device", "precision", "checkpoint_every_steps", "extra", "compile", "workers")}
