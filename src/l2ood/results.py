@@ -189,7 +189,8 @@ def upgrade(obj: Any, where: str) -> dict[str, Any]:
     if "results" in obj and "arch" in obj and _is_record(obj["results"]):  # a bench cell
         cell = {k: obj[k] for k in ("arch", "variant", "seed", "requested", "groups", "train_seconds") if k in obj}
         res = dict(obj["results"])
-        res.setdefault("code_version", obj.get("code_version") or {})
+        if not res.get("code_version"):  # the cell's own when its results carry none
+            res["code_version"] = obj.get("code_version") or {}
         name = f"{obj['arch']}-{obj.get('variant', '?')}-seed{obj.get('seed', '?')}"
         return {"schema": SCHEMA, "runs": {name: res}, "bench": cell, "upgraded_from": "0.2"}
     if obj and all(_is_record(v) for v in obj.values()):  # nested by label: `l2ood evaluate`
