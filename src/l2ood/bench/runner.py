@@ -2,8 +2,9 @@
 
 Each cell trains (or resumes) one model into ``OUT/<arch>/<variant>/seed<k>/``, evaluates all
 requested detectors with one cached forward pass per data set, and writes
-``OUT/cells/<arch>-<variant>-seed<k>.json``. Finished cells are not recomputed (a cell is redone
-only when detectors are missing from it). The aggregate is ``OUT/results.csv`` (one row per
+``OUT/cells/<arch>-<variant>-seed<k>.json`` (a results file, :mod:`l2ood.results`, whose ``bench`` entry keys
+the cell by the hyper-parameters its numbers depend on). Finished cells are not recomputed (a cell is redone
+only when detectors are missing from it); a cell, or a finished model, of other settings is refused. The aggregate is ``OUT/results.csv`` (one row per
 cell × detector × OoD set) and ``OUT/results.md`` in OpenOOD's layout (near/far AUROC and FPR@95,
 ID accuracy; mean ± std over seeds; group values are the means over the group's data sets).
 
