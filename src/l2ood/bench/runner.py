@@ -4,9 +4,10 @@ Each cell trains (or resumes) one model into ``OUT/<arch>/<variant>/seed<k>/``, 
 requested detectors with one cached forward pass per data set, and writes
 ``OUT/cells/<arch>-<variant>-seed<k>.json`` (a results file, :mod:`l2ood.results`, whose ``bench`` entry keys
 the cell by the hyper-parameters its numbers depend on). Finished cells are not recomputed (a cell is redone
-only when detectors are missing from it); a cell, or a finished model, of other settings is refused. The aggregate is ``OUT/results.csv`` (one row per
-cell × detector × OoD set) and ``OUT/results.md`` in OpenOOD's layout (near/far AUROC and FPR@95,
-ID accuracy; mean ± std over seeds; group values are the means over the group's data sets).
+only when detectors are missing from it); a cell, or a finished model, of other settings is refused. The
+aggregate is ``OUT/results.csv`` (one row per cell × detector × OoD set) and ``OUT/results.md`` in OpenOOD's
+layout (near/far AUROC and FPR@95, ID accuracy; mean ± std over seeds; group values are the means over the
+group's data sets).
 
 FPR@95 in both conventions (:mod:`l2ood.metrics.ood`): the markdown shows OpenOOD v1.5's first,
 ``FPR95 (OoD+, OpenOOD)`` (CSV column ``fpr95_ood_pos``: fraction of ID flagged when 95 % of OoD is flagged),
@@ -36,7 +37,7 @@ from ..pipeline import train_and_evaluate
 from ..provenance import code_version, code_version_line
 from ..results import BenchCell, ResultsFile, read_results, write_results
 from ..run import Run
-from ..runfolder import atomic_write_bytes
+from ..runfolder import META, atomic_write_bytes
 from ..train import TrainConfig
 from .definitions import BENCHMARKS, RECIPES, resolve
 
@@ -81,20 +82,23 @@ class BenchSpec:
             raise ConfigError("the matrix needs at least one architecture, variant and seed")
 
 
-def _size(spec: BenchSpec, bdef: dict[str, Any]) -> tuple[int, int]:
-    side = (spec.overrides or {}).get("size")
-    return (int(side), int(side)) if side else (int(bdef["size"][0]), int(bdef["size"][1]))
+@dataclass
+class _Plan:
+    """Everything a bench run is made of, decided from its spec before any file is read or written: the merged
+    recipe, the resolved data set specs (with their near/far group), and the cells with the key each is stored
+    under."""
+
+    bdef: dict[str, Any]
+    recipe: dict[str, Any]
+    wanted: list[str]
+    size: tuple[int, int]
+    train: str
+    id_test: str
+    ood: list[tuple[str, str]]  # (resolved spec, group)
+    cells: list[tuple[str, int, str, BenchCell]]  # (arch, seed, variant, key); seed-major
 
 
-def _load(name: str, split: str, spec: BenchSpec, bdef: dict[str, Any], n: int | None = None) -> ImageSource:
-    """A benchmark data set: streamed (an index read batch by batch) when the definition says so, else in memory."""
-    return open_images(resolve(name, spec.data_root), split, root=spec.data_root, n=n, seed=0,
-                       channels=int(bdef["channels"]), size=_size(spec, bdef),
-                       data_path="prefer-stream" if bdef.get("stream") else "memory")
-
-
-def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> tuple[Path, Path]:
-    """Run (or resume) the whole matrix; returns the CSV and markdown paths."""
+def _plan(spec: BenchSpec) -> _Plan:
     if spec.benchmark not in BENCHMARKS:
         raise ConfigError(f"unknown benchmark '{spec.benchmark}'; known: {', '.join(BENCHMARKS)}")
     if spec.recipe not in RECIPES:
@@ -102,70 +106,78 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> tuple[Path
     spec.validate()
     bdef = BENCHMARKS[spec.benchmark]
     recipe = {**RECIPES[spec.recipe], **(spec.overrides or {})}
-    wanted = [*spec.detectors, *(f"combine:{c}" for c in spec.combined)]
-    for arch in spec.archs:  # cells of other settings are refused before anything is loaded or written
-        for seed in spec.seeds:
-            for variant in spec.variants:
-                _cell_done(spec.out / "cells" / f"{arch}-{variant}-seed{seed}.json",
-                           BenchCell(arch=arch, variant=variant, seed=seed, requested=wanted, groups={},
-                                     hyper=_cell_hyper(spec, recipe)))
-    (spec.out / "cells").mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(spec.out / "spec.json", jsonio.dumps({
-        "benchmark": spec.benchmark, "definition": bdef, "recipe": spec.recipe, "hyper": recipe,
-        "archs": spec.archs, "variants": spec.variants, "seeds": spec.seeds, "detectors": spec.detectors,
-        "n_ood": spec.n_ood, "n_id": spec.n_id, "combined": spec.combined, "code_version": code_version()},
-        indent=2).encode())
-    posthoc = bool(recipe.get("pretrained"))
-    if posthoc and not spec.pretrained:
+    if recipe.get("pretrained") and not spec.pretrained:
         raise ConfigError(f"recipe '{spec.recipe}' evaluates a pretrained classifier: pass --pretrained FILE")
-    train_set = _load(bdef.get("train", bdef["id"]), "train", spec, bdef, spec.n_fit if posthoc else None)
-    id_test = _load(bdef["id"], "test", spec, bdef, spec.n_id)
-    groups: dict[str, str] = {}
-    ood_sets: list[ImageSource] = []
-    for group, names in bdef["ood"].items():
-        for nm in names:
-            ds = _load(nm, "test", spec, bdef, spec.n_ood)
-            groups[ds.name] = group
-            ood_sets.append(ds)
+    side = (spec.overrides or {}).get("size")
+    size = (int(side), int(side)) if side else (int(bdef["size"][0]), int(bdef["size"][1]))
+    wanted = [*spec.detectors, *(f"combine:{c}" for c in spec.combined)]
+    hyper = {**recipe, "n_ood": spec.n_ood, "n_id": spec.n_id, "n_fit": spec.n_fit, "pretrained": spec.pretrained}
+    # seed-major: an interrupted matrix leaves every variant with the same finished seeds (paired comparisons)
+    cells = [(a, seed, v, BenchCell(arch=a, variant=v, seed=seed, requested=wanted, groups={},
+                                    benchmark=spec.benchmark, recipe=spec.recipe, hyper=hyper))
+             for a in spec.archs for seed in spec.seeds for v in spec.variants]
+    return _Plan(bdef, recipe, wanted, size, resolve(bdef.get("train", bdef["id"]), spec.data_root),
+                 resolve(bdef["id"], spec.data_root),
+                 [(resolve(nm, spec.data_root), g) for g, names in bdef["ood"].items() for nm in names], cells)
+
+
+def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> tuple[Path, Path]:
+    """Run (or resume) the whole matrix; returns the CSV and markdown paths."""
+    plan = _plan(spec)
+    cells = spec.out / "cells"
+    for a, seed, v, key in plan.cells:  # cells of other settings are refused before anything is loaded or written
+        _cell_done(cells / f"{a}-{v}-seed{seed}.json", key)
+    text = jsonio.dumps({"benchmark": spec.benchmark, "definition": plan.bdef, "recipe": spec.recipe,
+                         "hyper": plan.recipe, "archs": spec.archs, "variants": spec.variants, "seeds": spec.seeds,
+                         "detectors": spec.detectors, "n_ood": spec.n_ood, "n_id": spec.n_id,
+                         "combined": spec.combined, "code_version": code_version()}, indent=2)
+    cells.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(spec.out / "spec.json", text.encode())
+    posthoc = bool(plan.recipe.get("pretrained"))
+    path = "prefer-stream" if plan.bdef.get("stream") else "memory"  # streamed where the definition says so
+    ch = int(plan.bdef["channels"])
+    wanted = [(plan.train, "train", spec.n_fit if posthoc else None), (plan.id_test, "test", spec.n_id),
+              *((nm, "test", spec.n_ood) for nm, _ in plan.ood)]
+    train_set, id_test, *ood_sets = [
+        open_images(name, split, root=spec.data_root, n=n, seed=0, channels=ch, size=plan.size, data_path=path)
+        for name, split, n in wanted]
+    groups = {ds.name: g for ds, (_, g) in zip(ood_sets, plan.ood, strict=True)}
     log(f"bench {spec.benchmark}: ID {train_set.name} ({len(train_set)} train / {len(id_test)} test), "
         f"OoD {', '.join(f'{d.name} ({groups[d.name]}, {len(d)})' for d in ood_sets)}")
-    # seed-major: an interrupted matrix leaves every variant with the same finished seeds (paired comparisons)
-    for arch in spec.archs:
-        for seed in spec.seeds:
-            for variant in spec.variants:
-                cell = spec.out / "cells" / f"{arch}-{variant}-seed{seed}.json"
-                key = BenchCell(arch=arch, variant=variant, seed=seed, requested=wanted, groups=groups,
-                                benchmark=spec.benchmark, recipe=spec.recipe, hyper=_cell_hyper(spec, recipe))
-                if _cell_done(cell, key):
-                    log(f"cell {arch}/{variant}/seed{seed}: done")
-                    continue
-                run_dir = spec.out / arch / variant / f"seed{seed}"
-                log(f"cell {arch}/{variant}/seed{seed}: " + ("evaluating" if (run_dir / "model.json").is_file()
-                                                            else "training") + f", {len(spec.detectors)} detectors")
-                if posthoc:
-                    r = _posthoc_cell(spec, arch, variant, int(recipe["width"]), bdef, train_set, id_test, ood_sets,
-                                      log)
-                    write_results(cell, ResultsFile.new({cell.stem: r.results}, bench=key))
-                    continue
-                mcfg = ModelConfig(arch=arch, width=int(recipe["width"]), head=variant)
-                tcfg = TrainConfig(epochs=int(recipe["epochs"]), batch_size=int(recipe["batch_size"]),
-                                   lr=float(recipe["lr"]), weight_decay=float(recipe["weight_decay"]),
-                                   schedule=str(recipe["schedule"]), pad=int(recipe["pad"]), seed=seed,
-                                   device=spec.device, precision=spec.precision, compile=spec.compile,
-                                   pretrained=spec.pretrained, workers=spec.workers, extra={"recipe": spec.recipe})
-                run, r = train_and_evaluate(train_set, mcfg, tcfg, run_dir, ood_sets=ood_sets,
-                                            detectors=spec.detectors, id_test=id_test, data_root=spec.data_root,
-                                            test_data=resolve(bdef["id"], spec.data_root),
-                                            progress=spec.progress, log=log, combined=spec.combined, samples=None)
-                key.train_seconds = run.record.train_seconds or 0.0
-                write_results(cell, ResultsFile.new({cell.stem: r.results}, bench=key))
+    for arch, seed, variant, key in plan.cells:
+        cell = cells / f"{arch}-{variant}-seed{seed}.json"
+        key.groups = groups
+        if _cell_done(cell, key):
+            log(f"cell {arch}/{variant}/seed{seed}: done")
+            continue
+        run_dir = spec.out / arch / variant / f"seed{seed}"
+        log(f"cell {arch}/{variant}/seed{seed}: " + ("evaluating" if (run_dir / META).is_file() else "training")
+            + f", {len(spec.detectors)} detectors")
+        if posthoc:
+            r = _posthoc_cell(spec, arch, variant, int(plan.recipe["width"]), plan.size, train_set, id_test,
+                              ood_sets, log)
+        else:
+            r = _train_cell(spec, plan, arch, variant, seed, run_dir, train_set, id_test, ood_sets, key, log)
+        write_results(cell, ResultsFile.new({cell.stem: r.results}, bench=key))
     return aggregate(spec.out)
 
 
-def _cell_hyper(spec: BenchSpec, recipe: dict[str, Any]) -> dict[str, Any]:
-    """What a cell's numbers depend on besides its coordinates: the recipe's hyper-parameters and the data."""
-    return {**recipe, "n_ood": spec.n_ood, "n_id": spec.n_id, "n_fit": spec.n_fit,
-            "pretrained": spec.pretrained}
+def _train_cell(spec: BenchSpec, plan: _Plan, arch: str, variant: str, seed: int, run_dir: Path,
+                train_set: ImageSource, id_test: ImageSource, ood_sets: list[ImageSource], key: BenchCell,
+                log: Callable[[str], None]) -> EvalResult:
+    """Train (or resume, or keep) one cell's model, then evaluate it; its training time goes into ``key``."""
+    recipe = plan.recipe
+    mcfg = ModelConfig(arch=arch, width=int(recipe["width"]), head=variant)
+    tcfg = TrainConfig(epochs=int(recipe["epochs"]), batch_size=int(recipe["batch_size"]),
+                       lr=float(recipe["lr"]), weight_decay=float(recipe["weight_decay"]),
+                       schedule=str(recipe["schedule"]), pad=int(recipe["pad"]), seed=seed,
+                       device=spec.device, precision=spec.precision, compile=spec.compile,
+                       pretrained=spec.pretrained, workers=spec.workers, extra={"recipe": spec.recipe})
+    run, r = train_and_evaluate(train_set, mcfg, tcfg, run_dir, ood_sets=ood_sets, detectors=spec.detectors,
+                                id_test=id_test, data_root=spec.data_root, test_data=plan.id_test,
+                                progress=spec.progress, log=log, combined=spec.combined, samples=None)
+    key.train_seconds = run.record.train_seconds or 0.0
+    return r
 
 
 def _cell_done(path: Path, key: BenchCell) -> bool:
@@ -187,14 +199,14 @@ def _cell_done(path: Path, key: BenchCell) -> bool:
     return set(key.requested) <= set(cell.requested)
 
 
-def _posthoc_cell(spec: BenchSpec, arch: str, variant: str, width: int, bdef: dict[str, Any], fit_set: ImageSource,
+def _posthoc_cell(spec: BenchSpec, arch: str, variant: str, width: int, size: tuple[int, int], fit_set: ImageSource,
                   id_test: ImageSource, ood_sets: list[ImageSource], log: Callable[[str], None]) -> EvalResult:
     """Evaluate a pretrained classifier (no training): detectors that need statistics are fitted on
     ``fit_set`` (the benchmark's training images, a seeded subset of ``--n-fit``)."""
     if variant != "ce":
         raise ConfigError(f"a pretrained classifier is evaluated as it was trained: use --variants ce (got {variant})")
     assert spec.pretrained is not None
-    run = Run.from_pretrained(arch, spec.pretrained, width=width, image_size=_size(spec, bdef), device=spec.device,
+    run = Run.from_pretrained(arch, spec.pretrained, width=width, image_size=size, device=spec.device,
                               precision=spec.precision, fit=fit_set.view)
     log(f"post-hoc: {arch} from {spec.pretrained} ({run.config.num_classes} classes), detectors fitted on "
         f"{len(fit_set)} training images")
