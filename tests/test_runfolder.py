@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import threading
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -188,9 +190,22 @@ def test_run_lock_refuses_a_second_holder(tmp_path: Path) -> None:
         assert (run / rf.LOCK).is_file()
         holder = json.loads((run / rf.LOCK).read_text())
         assert holder["pid"] == os.getpid() and holder["command"] == "the first writer"
-        with pytest.raises(RunError, match=f"in use by pid {os.getpid()} .*the first writer"):
-            with rf.run_lock(run, "the second writer"):
-                pytest.fail("two writers held the lock")
+        errors: list[Exception] = []
+
+        def second() -> None:
+            try:
+                with rf.run_lock(run, "the second writer"):
+                    errors.append(AssertionError("two writers held the lock"))
+            except RunError as e:
+                errors.append(e)
+
+        t = threading.Thread(target=second)
+        t.start()
+        t.join()
+        assert len(errors) == 1 and isinstance(errors[0], RunError)
+        assert re.search(f"in use by pid {os.getpid()} .*the first writer", str(errors[0]))
+        with rf.run_lock(run, "nested"):  # the same thread: re-entrant, the first holder keeps the lock
+            assert json.loads((run / rf.LOCK).read_text())["command"] == "the first writer"
     with rf.run_lock(run):  # released: the next writer gets it
         pass
     assert (run / rf.LOCK).read_text() == ""

@@ -43,6 +43,7 @@ import re
 import shutil
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -214,6 +215,7 @@ def _holder(fd: int) -> str:
 
 
 _HELD: set[int] = set()  # descriptors of the run locks this process holds
+_DEPTH: dict[tuple[int, str], int] = {}  # (thread, resolved run folder) → nested run_lock blocks holding it
 
 
 def _drop_inherited_locks() -> None:
@@ -223,6 +225,7 @@ def _drop_inherited_locks() -> None:
         with contextlib.suppress(OSError):
             os.close(fd)
     _HELD.clear()
+    _DEPTH.clear()
 
 
 if hasattr(os, "register_at_fork"):
@@ -230,9 +233,19 @@ if hasattr(os, "register_at_fork"):
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: str | Path, what: str = "") -> Iterator[None]:
-    """Hold the run folder's writer lock (creating the folder); :class:`RunError` when another process has it."""
+def run_lock(run_dir: str | Path, what: str = "", wait: float = 0.0) -> Iterator[None]:
+    """Hold the run folder's writer lock (creating the folder); :class:`RunError` when another process has it
+    (after waiting up to ``wait`` seconds for it). Re-entrant within a thread: a block nested in one that holds the
+    lock of the same folder just runs; another thread or process is refused."""
     run_dir = Path(run_dir)
+    key = (threading.get_ident(), str(run_dir.resolve()))
+    if _DEPTH.get(key):
+        _DEPTH[key] += 1
+        try:
+            yield
+        finally:
+            _DEPTH[key] -= 1
+        return
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
@@ -240,13 +253,19 @@ def run_lock(run_dir: str | Path, what: str = "") -> Iterator[None]:
         raise RunError(f"{run_dir}: cannot write to the run folder ({e.strerror or e}); nothing was changed") from None
     locked = False
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunError(f"{run_dir} is in use by {_holder(fd)}: one writer at a time; wait for it to finish "
-                           "or stop it") from None
+        deadline = time.monotonic() + max(0.0, wait)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise RunError(f"{run_dir} is in use by {_holder(fd)}: one writer at a time; wait for it to "
+                                   "finish or stop it") from None
+                time.sleep(0.05)
         locked = True
         _HELD.add(fd)
+        _DEPTH[key] = 1
         info = {"pid": os.getpid(), "host": socket.gethostname(),
                 "command": what or " ".join(sys.argv[:4]), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         with contextlib.suppress(OSError):
@@ -256,6 +275,7 @@ def run_lock(run_dir: str | Path, what: str = "") -> Iterator[None]:
     finally:
         if locked:
             _HELD.discard(fd)
+            _DEPTH.pop(key, None)
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
         os.close(fd)  # releases the lock
