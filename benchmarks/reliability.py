@@ -277,6 +277,14 @@ def main() -> None:
                          "--out", str(kr), "--no-progress", "--resume")
         add("SIGKILL during training", f"kill #{i + 1}, then --resume", classify(rc, err, valid_codes=(0,)))
 
+    # the newer surfaces: one module each (benchmarks/_rel_*.py), given this run, its data and the helpers above
+    import importlib
+
+    ctx = {"tmp": tmp, "data": data, "run": run, "cli": cli, "classify": classify, "snapshot": snapshot,
+           "jsonl_records": jsonl_records, "add": add}
+    for name in sorted(p.stem for p in (ROOT / "benchmarks").glob("_rel_*.py")):
+        importlib.import_module(f"benchmarks.{name}").cases(ctx)
+
     seconds = time.perf_counter() - t0
     write_doc(Path(args.out), rows, seconds)
     shutil.rmtree(tmp, ignore_errors=True)

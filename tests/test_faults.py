@@ -69,13 +69,22 @@ def test_nan_model_never_says_in(trained: Path, tmp_path: Path, capsys: pytest.C
         for p in model.parameters():
             p.fill_(float("nan"))
     save_weights(run, model)
-    rec_mod.update_record(run, lambda r: r.model_copy(update={"weights_sha256": rec_mod.file_sha256(
-        run / "model.safetensors")}))
+    digest = rec_mod.file_sha256(run / "model.safetensors")
     imgs = tmp_path / "imgs"
     imgs.mkdir()
     for i in range(3):
         Image.fromarray(np.full((28, 28), 40 * i, np.uint8)).save(imgs / f"{i}.png")
     out = tmp_path / "out.jsonl"
+    # the weights digest recorded again, the calibration left as it was: it belongs to other weights, refused
+    rec = rec_mod.read_record(run).to_json()
+    rec["weights_sha256"] = digest
+    (run / "model.json").write_text(json.dumps(rec))
+    capsys.readouterr()
+    assert main(["screen", str(run), str(imgs), "--no-progress"]) == 2
+    assert "made with other weights" in capsys.readouterr().err
+    # and with the calibration re-tied to the NaN weights too: every score is non-finite, never a verdict
+    rec["calibrations"]["default"]["weights_sha256"] = digest
+    (run / "model.json").write_text(json.dumps(rec))
     capsys.readouterr()
     assert main(["screen", str(run), str(imgs), "--format", "jsonl", "-o", str(out), "--no-progress"]) == 1
     recs = [_strict_json(line) for line in out.read_text().splitlines()]

@@ -307,3 +307,96 @@ def test_resuming_a_finished_run_keeps_its_fitted_detectors(run_dir: Path, data_
     after = read_record(run_dir)
     assert after.weights_sha256 == before.weights_sha256
     assert after.detectors == before.detectors and after.calibrations == before.calibrations
+
+
+# ---------------------------------------------------------------- fitted statistics are validated, fits are locked
+
+def _tamper(run: Path, key: str, change: object) -> None:
+    """Rewrite RUN/detectors/<key> with ``change(name, tensor) -> tensor`` applied, and record the new digest in the
+    run record and every calibration that names it — what a user editing the file by hand would produce."""
+    import json as _json
+
+    from safetensors import safe_open
+    from safetensors.torch import save as st_save
+
+    from l2ood.record import fitted_file, update_record
+
+    path = run / fitted_file(key)
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        tensors = {k: change(k, f.get_tensor(k)) for k in f.keys()}  # type: ignore[operator]
+    path.write_bytes(st_save(tensors, metadata=meta))
+    digest = file_sha256(path)
+    assert _json.loads(meta["l2ood.detector"])["detector"] == key
+
+    def fix(rec):  # type: ignore[no-untyped-def]
+        cals = {n: type(c)(**{**c.to_dict(), "fitted": {**c.fitted, key: digest}}) if key in c.fitted else c
+                for n, c in rec.calibrations.items()}
+        dets = {**rec.detectors, key: rec.detectors[key].model_copy(update={"sha256": digest})}
+        return rec.model_copy(update={"detectors": dets, "calibrations": cals})
+
+    update_record(run, fix)
+
+
+@pytest.mark.parametrize(("case", "change", "message"), [
+    ("NaN", lambda k, t: torch.full_like(t, float("nan")) if t.is_floating_point() else t, "NaN or infinite"),
+    ("inf", lambda k, t: t.clone().fill_(float("inf")) if t.is_floating_point() and t.ndim else t,
+     "NaN or infinite"),
+    ("float16", lambda k, t: t.half() if t.is_floating_point() else t, "dtype torch.float16"),
+    ("int8", lambda k, t: t.to(torch.int8) if t.is_floating_point() else t, "dtype torch.int8"),
+])
+def test_edited_statistics_with_a_matching_digest_are_refused(run_dir: Path, trained: Path, data_root: Path,
+                                                              capsys: pytest.CaptureFixture[str], case: str,
+                                                              change: object, message: str) -> None:
+    assert main(["calibrate", str(run_dir), "--detector", "knn", "--data-root", str(data_root), *FP32]) == 0
+    _tamper(run_dir, "knn", change)
+    with pytest.raises(RunError, match=message):
+        Screener.from_run(run_dir, device="cpu", precision="fp32")
+    capsys.readouterr()
+    assert main(["screen", str(run_dir), str(trained / "imgs"), *FP32]) == 2  # never a verdict, never a traceback
+    err = capsys.readouterr().err
+    assert message.split()[0] in err and "Traceback" not in err
+
+
+def test_statistics_of_another_shape_are_refused_by_the_probe(run_dir: Path, data_root: Path) -> None:
+    """Statistics of the right dtypes but for other features (a bank of another width) cannot score this model's
+    features: the screen refuses them at start instead of failing on the first request."""
+    assert main(["calibrate", str(run_dir), "--detector", "knn", "--data-root", str(data_root), *FP32]) == 0
+    _tamper(run_dir, "knn", lambda k, t: torch.cat([t, t], dim=1) if t.ndim == 2 else t)
+    with pytest.raises(RunError, match="cannot score this model's features"):
+        Screener.from_run(run_dir, device="cpu", precision="fp32")
+
+
+def test_openmax_rows_of_unfitted_classes_stay_allowed() -> None:
+    det = make_detector("openmax")
+    ok = {"means": torch.tensor([[1.0, 2.0], [float("nan")] * 2], dtype=torch.float64),
+          "weibull": torch.tensor([[1.0, 2.0, 0.5], [float("nan")] * 3], dtype=torch.float64),
+          "normalize": torch.tensor(False)}
+    det.check_state(ok)  # a class without a correctly classified image: a whole NaN row
+    with pytest.raises(ConfigError, match="outside whole rows"):
+        det.check_state({**ok, "means": torch.tensor([[1.0, float("nan")], [3.0, 4.0]], dtype=torch.float64)})
+    with pytest.raises(ConfigError, match="outside whole rows"):
+        det.check_state({**ok, "weibull": torch.tensor([[1.0, 2.0, float("inf")]] * 2, dtype=torch.float64)})
+
+
+def test_two_first_fits_at_once_leave_every_calibration_usable(run_dir: Path, trained: Path,
+                                                               data_root: Path) -> None:
+    """Two calibrations of the same run, started together, both needing the first fit of KNN: the fit is saved
+    under the run lock after reading the record again, so both succeed and both name the one recorded file."""
+    import subprocess
+    import sys
+
+    procs = [subprocess.Popen([sys.executable, "-m", "l2ood", "calibrate", str(run_dir), "--detector", "knn",
+                               "--name", name, "--data-root", str(data_root), *FP32],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-1500:] for o in outs]
+    rec = read_record(run_dir)
+    digest = rec.detectors["knn"].sha256
+    assert file_sha256(run_dir / rec.detectors["knn"].file) == digest
+    for name in ("a", "b"):
+        cal = rec.calibrations[name]
+        assert cal.fitted == {"knn": digest}
+        out = Screener.from_run(run_dir, calibration=name, device="cpu", precision="fp32").screen(
+            [str(p) for p in sorted((trained / "imgs").glob("*.png"))[:4]])
+        assert all(r["status"] == "ok" for r in out)

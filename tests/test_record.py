@@ -178,7 +178,10 @@ def test_records_without_fitted_or_combined_screens_keep_the_earlier_keys(api_ru
     calibrate_run(run, tpr=0.9)
     meta = json.loads((run / "model.json").read_text())
     assert "detectors" not in meta  # written only when a fitted detector is saved
-    assert set(meta["calibrations"]["default"]) == {"detector", "tpr", "threshold", "alpha", "scores", "split"}
+    # a calibration names the weights it was made with (issue 24): the one key a new calibration adds
+    assert set(meta["calibrations"]["default"]) == {"detector", "tpr", "threshold", "alpha", "scores", "split",
+                                                    "weights_sha256"}
+    assert meta["calibrations"]["default"]["weights_sha256"] == meta["weights_sha256"]
 
 
 def test_fitted_detector_entries_and_combined_calibrations_are_read_back(api_run: Path, tmp_path: Path) -> None:

@@ -186,7 +186,7 @@ def test_refuse_run_file(tmp_path: Path) -> None:
 
 def test_run_lock_refuses_a_second_holder(tmp_path: Path) -> None:
     run = tmp_path / "new" / "run"
-    with rf.run_lock(run, "the first writer"):
+    with rf.run_lock(run, "the first writer", shared=True):
         assert (run / rf.LOCK).is_file()
         holder = json.loads((run / rf.LOCK).read_text())
         assert holder["pid"] == os.getpid() and holder["command"] == "the first writer"
@@ -204,8 +204,11 @@ def test_run_lock_refuses_a_second_holder(tmp_path: Path) -> None:
         t.join()
         assert len(errors) == 1 and isinstance(errors[0], RunError)
         assert re.search(f"in use by pid {os.getpid()} .*the first writer", str(errors[0]))
-        with rf.run_lock(run, "nested"):  # the same thread: re-entrant, the first holder keeps the lock
+        with rf.run_lock(run, "nested"):  # the same thread under a shared holder: runs, the holder keeps the lock
             assert json.loads((run / rf.LOCK).read_text())["command"] == "the first writer"
+    with rf.run_lock(run, "a holder that does not share"), pytest.raises(RunError, match="in use"):
+        with rf.run_lock(run, "nested"):
+            pytest.fail("a nested writer ran under a holder that did not share")
     with rf.run_lock(run):  # released: the next writer gets it
         pass
     assert (run / rf.LOCK).read_text() == ""

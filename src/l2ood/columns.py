@@ -34,11 +34,13 @@ the other, the metrics are the mean of the two folds, no image is in its own cal
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from .detectors import DETECTORS, Detector, Extraction, Head, make_detector
@@ -48,7 +50,8 @@ from .errors import ConfigError, RunError
 from .metrics import ood_metrics
 from .metrics.conformal import RULES, combined_scores
 from .models import is_normalized
-from .record import FittedDetectorRecord, add_fitted_detector, fitted_file
+from .record import FittedDetectorRecord, add_fitted_detector, fitted_file, read_record
+from .runfolder import run_lock
 
 if TYPE_CHECKING:
     from .models import Classifier
@@ -57,6 +60,7 @@ if TYPE_CHECKING:
 
 Variant = Literal["trained", "raw"]
 COMBINED_SCORE = "ln of the unclipped combined conformal p-value (higher = more ID)"
+LOCK_WAIT_S = 30.0  # how long a fit waits for another writer of the run folder (a fit is saved in seconds)
 
 
 def parse_key(key: str) -> tuple[str, str]:
@@ -141,44 +145,69 @@ class Column:
         return self
 
     def fit_or_load(self, run: Run, *, features: Callable[[], Extraction] | None = None, refit: bool = False,
-                    batch_size: int = 512, progress: bool = False) -> Column:
+                    batch_size: int = 512, progress: bool = False, keep: bool = True) -> Column:
         """Fit on the run's exact training split, saved with the run when it has a folder (see the module doc).
 
         A recorded fit of this key with the same hyper-parameters and a file of the recorded digest is loaded
         instead (unless ``refit``). ``features`` gives the features of :meth:`l2ood.run.Run.train_split` when the
-        caller has them (so several columns share one extraction); by default they are computed here."""
+        caller has them (so several columns share one extraction); by default they are computed here. The fit is
+        saved and recorded under the run folder's writer lock, after reading the record again: of two processes
+        fitting the same detector at once, the second loads what the first saved. ``keep=False`` (evaluation): when
+        the fit cannot be saved (a read-only folder, another writer holding it), it is used in memory with a
+        warning instead of an error."""
         if not self.needs_fit:
             return self
         hp = _json_hp(self.detector)
-        entry = run.record.detectors.get(self.key) if run.path is not None else None
-        if entry is not None and not refit and entry.hyper_parameters == hp:
-            assert run.path is not None
-            self.detector, info = load_fitted(run.path / entry.file, sha256=entry.sha256,
-                                              weights_sha256=run.record.weights_sha256)
-            self.sha256 = info.sha256
+        if run.path is not None and not refit and self._load_recorded(run, hp):
             return self
         ext = features() if features is not None else run.forward(run.train_split(), batch_size=batch_size,
                                                                     progress=progress, desc="extract ID train")
-        self.fit(ext, run.head)
         if run.path is None:
-            return self
-        train = run.train_split()
-        src = run.data.train
-        desc = f"{src.describe() if src else train.name} ({len(train)} images)"
-        file = fitted_file(self.key)
-        self.sha256 = save_fitted(self.detector, run.path / file, variant=self.variant,
-                                  weights_sha256=run.record.weights_sha256, n_fit=len(ext), fit_data=desc)
-        rec = FittedDetectorRecord(file=file, sha256=self.sha256, detector=self.name,
-                                   variant=self.variant,  # type: ignore[arg-type]
-                                   hyper_parameters=hp, weights_sha256=run.record.weights_sha256,
-                                   n_fit=len(ext), fit_data=desc[:8192])
-        run.record = add_fitted_detector(run.path, self.key, rec)
+            return self.fit(ext, run.head)
+        try:
+            return self._fit_and_save(run, ext, hp, refit)
+        except (RunError, OSError) as e:
+            if keep:
+                raise
+            warnings.warn(f"{self.key}: fitted in memory, not saved with the run ({e})", stacklevel=2)
+            return self.fit(ext, run.head)
+
+    def _fit_and_save(self, run: Run, ext: Extraction, hp: dict[str, Any], refit: bool) -> Column:
+        assert run.path is not None
+        with run_lock(run.path, f"fit of {self.key}", wait=LOCK_WAIT_S, shared=True):
+            run.record = read_record(run.path)
+            if not refit and self._load_recorded(run, hp):
+                return self
+            self.fit(ext, run.head)
+            train = run.train_split()
+            src = run.data.train
+            desc = f"{src.describe() if src else train.name} ({len(train)} images)"
+            file = fitted_file(self.key)
+            self.sha256 = save_fitted(self.detector, run.path / file, variant=self.variant,
+                                      weights_sha256=run.record.weights_sha256, n_fit=len(ext), fit_data=desc)
+            rec = FittedDetectorRecord(file=file, sha256=self.sha256, detector=self.name,
+                                       variant=self.variant,  # type: ignore[arg-type]
+                                       hyper_parameters=hp, weights_sha256=run.record.weights_sha256,
+                                       n_fit=len(ext), fit_data=desc[:8192])
+            run.record = add_fitted_detector(run.path, self.key, rec)
         return self
+
+    def _load_recorded(self, run: Run, hp: dict[str, Any]) -> bool:
+        """Load the recorded fit of this key when its hyper-parameters are ``hp``; ``False`` when there is none."""
+        entry = run.record.detectors.get(self.key)
+        if entry is None or entry.hyper_parameters != hp:
+            return False
+        assert run.path is not None
+        self.detector, info = load_fitted(run.path / entry.file, sha256=entry.sha256,
+                                          weights_sha256=run.record.weights_sha256)
+        self.sha256 = info.sha256
+        self.check(run.head, str(run.path / entry.file))
+        return True
 
     def load(self, run: Run, sha256: str | None) -> Column:
         """Ready to score in a screen: unchanged when the detector needs no fit, else its statistics loaded from
         ``RUN/detectors/…`` — the file whose SHA-256 is ``sha256`` (the one a calibration used), fitted with the
-        run's weights. Never fits."""
+        run's weights, checked (:meth:`check`). Never fits."""
         if not self.needs_fit:
             return self
         if run.path is None:
@@ -186,12 +215,29 @@ class Column:
         if sha256 is None:
             raise RunError(f"detector '{self.key}' needs fitted statistics but the calibration names no fitted "
                            f"file; run `l2ood calibrate {run.path} --detector {self.key}` again")
-        det, info = load_fitted(run.path / fitted_file(self.key), sha256=sha256,
-                                weights_sha256=run.record.weights_sha256)
+        path = run.path / fitted_file(self.key)
+        det, info = load_fitted(path, sha256=sha256, weights_sha256=run.record.weights_sha256)
         if info.detector != self.name or info.variant != self.variant:
-            raise RunError(f"{run.path / fitted_file(self.key)}: holds {info.detector} ({info.variant}), "
-                           f"not {self.key}")
+            raise RunError(f"{path}: holds {info.detector} ({info.variant}), not {self.key}")
         self.detector, self.sha256 = det, info.sha256
+        return self.check(run.head, str(path))
+
+    def check(self, head: Head, where: str = "") -> Column:
+        """Score a fixed probe batch with loaded statistics and refuse them (:class:`~l2ood.errors.RunError`) when
+        they cannot score this model's features or give a non-finite score: statistics of another model, or
+        edited ones, never reach a verdict."""
+        if not self.needs_fit or self.needs_model:
+            return self
+        d = int(head.weight.shape[1])
+        z = torch.linspace(0.1, 2.0, 4 * d).reshape(4, d)
+        try:
+            s = self.score(Extraction(z, head.logits(z)), head)
+        except (ConfigError, RuntimeError, ValueError, TypeError, IndexError) as e:
+            raise RunError(f"{where or self.key}: these fitted statistics cannot score this model's features ({e}); "
+                           "fit them again (`l2ood calibrate --refit`)") from None
+        if s.shape != (4,) or not bool(np.isfinite(s).all()):
+            raise RunError(f"{where or self.key}: these fitted statistics give non-finite scores; fit them again "
+                           "(`l2ood calibrate --refit`)")
         return self
 
     # ---------------------------------------------------------------------------------------- scoring

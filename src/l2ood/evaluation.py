@@ -147,7 +147,7 @@ def _fit(run: Run, cols: list[Column], fit_set: Images | None, features: Callabl
         raise ConfigError("these detectors need ID training data: " + ", ".join(c.label for c in need))
     for c in need:
         if fit_set is None:
-            c.fit_or_load(run, features=features)
+            c.fit_or_load(run, features=features, keep=False)
         else:
             c.fit(features(), run.head)
 

@@ -61,6 +61,7 @@ from .runfolder import META, WEIGHTS, atomic_write_bytes, fitted_file, run_lock 
 
 SCHEMA = "l2ood.run/2"
 MAX_RECORD_BYTES = 256 * 1024 * 1024
+RECORD_WAIT_S = 10.0  # how long a record update waits for another writer
 
 _Finite = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -246,6 +247,10 @@ class RunRecord(_Model):
             if fd.weights_sha256 != self.weights_sha256:
                 raise ValueError(f"detectors.{key}: fitted with other weights ({fd.weights_sha256[:12]}…) than the "
                                  f"run's ({self.weights_sha256[:12]}…)")
+        for name, cal in self.calibrations.items():
+            if cal.weights_sha256 is not None and cal.weights_sha256 != self.weights_sha256:
+                raise ValueError(f"calibrations.{name}: made with other weights ({cal.weights_sha256[:12]}…) than "
+                                 f"the run's ({self.weights_sha256[:12]}…); calibrate again")
         return self
 
     def to_json(self) -> dict[str, Any]:
@@ -263,6 +268,8 @@ class RunRecord(_Model):
                     cal.pop(k, None)
             if not cal.get("fitted"):
                 cal.pop("fitted", None)
+            if cal.get("weights_sha256") is None:
+                cal.pop("weights_sha256", None)
         if not d.get("detectors"):
             d.pop("detectors", None)
         return d
@@ -475,8 +482,9 @@ def write_record(run_dir: str | Path, record: RunRecord) -> Path:
 
 def update_record(run_dir: str | Path, change: Callable[[RunRecord], RunRecord], what: str = "") -> RunRecord:
     """Read, change and write back a record under the run folder's writer lock (a 0.1.0 record is written
-    back upgraded)."""
-    with run_lock(run_dir, what or f"update of {META}"):
+    back upgraded). Another writer's short update is waited for (up to :data:`RECORD_WAIT_S` seconds), so two
+    calibrations finishing together both land; a training holding the folder makes it fail with one message."""
+    with run_lock(run_dir, what or f"update of {META}", wait=RECORD_WAIT_S):
         rec = change(read_record(run_dir))
         write_record(run_dir, rec)
     return rec

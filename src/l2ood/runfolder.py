@@ -215,7 +215,7 @@ def _holder(fd: int) -> str:
 
 
 _HELD: set[int] = set()  # descriptors of the run locks this process holds
-_DEPTH: dict[tuple[int, str], int] = {}  # (thread, resolved run folder) → nested run_lock blocks holding it
+_DEPTH: dict[tuple[int, str], int] = {}  # (thread, resolved run folder) → nested blocks under a shared holder
 
 
 def _drop_inherited_locks() -> None:
@@ -233,10 +233,11 @@ if hasattr(os, "register_at_fork"):
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: str | Path, what: str = "", wait: float = 0.0) -> Iterator[None]:
+def run_lock(run_dir: str | Path, what: str = "", wait: float = 0.0, shared: bool = False) -> Iterator[None]:
     """Hold the run folder's writer lock (creating the folder); :class:`RunError` when another process has it
-    (after waiting up to ``wait`` seconds for it). Re-entrant within a thread: a block nested in one that holds the
-    lock of the same folder just runs; another thread or process is refused."""
+    (after waiting up to ``wait`` seconds for it). A holder that passes ``shared=True`` lets blocks nested in it in
+    the same thread (e.g. the record update that ends a fit) run under its lock; any other writer — another
+    thread, process, or a nested block under a holder that did not share — is refused."""
     run_dir = Path(run_dir)
     key = (threading.get_ident(), str(run_dir.resolve()))
     if _DEPTH.get(key):
@@ -265,7 +266,8 @@ def run_lock(run_dir: str | Path, what: str = "", wait: float = 0.0) -> Iterator
                 time.sleep(0.05)
         locked = True
         _HELD.add(fd)
-        _DEPTH[key] = 1
+        if shared:
+            _DEPTH[key] = 1
         info = {"pid": os.getpid(), "host": socket.gethostname(),
                 "command": what or " ".join(sys.argv[:4]), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         with contextlib.suppress(OSError):

@@ -90,12 +90,22 @@ def select(detector: str, variant: str, space: Mapping[str, Sequence[Any]], defa
 
 def check_apart(val_ood: ImageSource, test_sets: Iterable[ImageSource], val_id: ImageSource,
                 id_test: ImageSource) -> None:
-    """Refuse a validation OoD set that is a test OoD set (same name) or shares an image with one, and ID
-    validation images that are ID test images (same name, or a shared image). Sets in memory are compared pixel by
+    """Refuse a validation OoD set that is a test OoD set, the ID test images or the ID validation images (same
+    name) or shares an image with one of them, and ID validation images that are ID test images (same name, or a
+    shared image). Sets in memory are compared pixel by
     pixel; streamed sets by name. ``test_sets`` is iterated once (a generator keeps one set in memory)."""
     if val_id.name == id_test.name:
         raise ConfigError(f"the ID validation images '{val_id.name}' are the ID test images")
     v = val_ood.item_digests()
+    for ref, what in ((id_test, "ID test images"), (val_id, "ID validation images")):
+        if ref.name == val_ood.name:
+            raise ConfigError(f"the validation OoD set '{val_ood.name}' is the run's {what}: in-distribution images "
+                              "cannot stand for OoD ones; pass another --val-ood")
+        if v is not None and ref.shape == val_ood.shape:
+            shared = len(v & (ref.item_digests() or set()))
+            if shared:
+                raise ConfigError(f"the validation OoD set '{val_ood.name}' shares {shared} image(s) with the "
+                                  f"{what}: in-distribution images cannot stand for OoD ones")
     for t in test_sets:
         if t.name == val_ood.name:
             raise ConfigError(f"the validation OoD set '{val_ood.name}' is also a test OoD set: hyper-parameters "

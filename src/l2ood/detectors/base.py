@@ -88,6 +88,18 @@ class Detector(ABC):
             raise RuntimeError(f"detector '{self.name}' is not fitted: nothing to save")
         return {a.lstrip("_"): _to_tensor(getattr(self, a)) for a in self.fitted_state}
 
+    def check_state(self, state: dict[str, Tensor]) -> None:
+        """Refuse fitted statistics that no fit of this detector writes (a file edited by hand, or damaged and its
+        digest recorded again): every tensor float32, float64, int64 or bool, and every float finite. Detectors
+        whose fits legitimately hold non-finite values override this (OpenMax: NaN rows for classes without a
+        correctly classified training image). Raises :class:`~l2ood.errors.ConfigError` naming the statistic."""
+        for k, t in state.items():
+            if t.dtype not in STATE_DTYPES:
+                raise ConfigError(f"detector '{self.name}': fitted statistic '{k}' has dtype {t.dtype}; fits write "
+                                  "float32, float64, int64 or bool")
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ConfigError(f"detector '{self.name}': fitted statistic '{k}' holds NaN or infinite values")
+
     def load_state_dict(self, state: dict[str, Tensor]) -> Detector:
         """Restore fitted statistics saved by :meth:`state_dict` (same detector, same hyper-parameters).
 
@@ -109,6 +121,9 @@ class Detector(ABC):
         """Hyper-parameters (for reports)."""
         return {k: v for k, v in vars(self).items()
                 if not k.startswith("_") and isinstance(v, (int, float, str))}
+
+
+STATE_DTYPES = (torch.float32, torch.float64, torch.int64, torch.bool)  # what fitted statistics are saved as
 
 
 def _to_tensor(v: Any) -> Tensor:

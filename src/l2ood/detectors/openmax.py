@@ -98,6 +98,23 @@ class OpenMax(Detector):
         self._weibull: Tensor | None = None  # (C, 3) float64: κ, λ, d_min; NaN rows for classes without a fit
         self._normalize: bool | None = None
 
+    def check_state(self, state: dict[str, Tensor]) -> None:
+        """As :meth:`Detector.check_state`, except that ``means`` and ``weibull`` may hold whole NaN rows (classes
+        without a correctly classified training image) and a Weibull shape κ may be +inf (a tail of equal distances:
+        a step CDF); any other NaN or infinite value is refused."""
+        rows = {k: state[k] for k in ("means", "weibull") if k in state and state[k].is_floating_point()}
+        for k, t in rows.items():
+            nan_rows = torch.isnan(t).all(dim=1) if t.ndim == 2 else torch.zeros(0, dtype=torch.bool)
+            rest = t[~nan_rows].clone() if t.ndim == 2 else t.clone()
+            if k == "weibull" and rest.ndim == 2 and rest.shape[1] == 3:
+                rest[:, 0] = torch.where(rest[:, 0] == math.inf, 1.0, rest[:, 0])
+            if not bool(torch.isfinite(rest).all()):
+                raise ConfigError(f"detector 'openmax': fitted statistic '{k}' holds NaN or infinite values outside "
+                                  "whole rows of classes without a fit")
+        super().check_state({k: v for k, v in state.items() if k not in rows})
+        for k, t in rows.items():
+            super().check_state({k: torch.nan_to_num(t, nan=0.0)})  # dtype check
+
     def _fitted(self) -> tuple[Tensor, Tensor]:
         if self._means is None or self._weibull is None:
             raise RuntimeError("openmax is not fitted: call fit(train, head) before score()")

@@ -142,6 +142,7 @@ def load_fitted(path: str | Path, *, sha256: str | None = None,
                        f"the run's ({weights_sha256[:12]}…); run `l2ood calibrate` again to refit it")
     try:
         det = make_detector(info.detector, **info.hyper_parameters)
+        det.check_state(tensors)
         det.load_state_dict(tensors)
     except (TypeError, ConfigError) as e:
         raise RunError(f"{path}: cannot restore detector {info.detector!r}: {e}") from None

@@ -166,6 +166,7 @@ class Calibration:
     member_scores: Annotated[list[_Scores], Field(min_length=2, max_length=MAX_MEMBERS)] | None = None
     combine: Rule | None = None
     fitted: Annotated[dict[_DetectorKey, _Sha256], Field(max_length=MAX_MEMBERS)] = field(default_factory=dict)
+    weights_sha256: _Sha256 | None = None  # the weights the scores were computed with (None: made before recorded)
 
     @model_validator(mode="after")
     def _consistent(self) -> Calibration:
@@ -274,6 +275,9 @@ def threshold_for_tpr(cal_scores: ArrayLike, tpr: float) -> float:
     if not 0 < tpr <= 1:
         raise ConfigError(f"tpr must be in (0, 1], got {tpr}")
     k = math.ceil(tpr * a.size - 1e-9)
+    if tpr * a.size < 1 - 1e-9:  # k = 0 would index the smallest score: the loosest threshold, not the strictest
+        raise ConfigError(f"tpr = {tpr} keeps none of the {a.size} calibration images (tpr·n < 1); the smallest "
+                          f"usable tpr with them is 1/n = {1 / a.size:.3g}")
     return float(a[k - 1])
 
 
@@ -296,6 +300,9 @@ def _finite_scores(cal_scores: ArrayLike, what: str = "calibration scores") -> n
     if not np.isfinite(a).all():
         raise ConfigError(f"{what} must be finite ({int((~np.isfinite(a)).sum())} of {a.size} are "
                           "NaN or infinite: the model produces non-finite features on ID data)")
+    if a.size > 1 and a.min() == a.max():  # a threshold at that value would accept every input scoring it
+        raise ConfigError(f"{what}: all {a.size} calibration images score {a[0]:.6g}: the detector cannot tell "
+                          "inputs apart (a broken model or broken statistics); it cannot drive a screen")
     return a
 
 

@@ -71,6 +71,7 @@ def calibrate_run(run: Run | str | Path, *, tpr: float = 0.95, alpha: float | No
     else:
         cal = calibrate_combined(scores, alpha if alpha is not None else round(1.0 - tpr, 12), combine, split,
                                  fitted)
+    cal.weights_sha256 = run.record.weights_sha256  # a calibration belongs to the weights it was made with
     if save:
         assert run.path is not None
         run.record = add_calibration(run.path, cal, name)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..columns import parse_spec
 from ..data import DataError, load_npz
 from ..detectors import DETECTORS
-from ..errors import ConfigError, L2oodError
+from ..errors import ConfigError, L2oodError, RunError
 from ..metrics.conformal import Calibration
 from ..run import Run
 from .images import DEFAULT_MAX_PIXELS, ImageReadError, decode_image, discover
@@ -75,6 +75,10 @@ class Screener:
         if threshold is not None and not math.isfinite(threshold):
             raise ConfigError(f"threshold must be a finite number, got {threshold}")
         self.threshold = threshold
+        if calibration is not None and calibration.weights_sha256 not in (None, run.record.weights_sha256):
+            raise RunError(f"calibration '{calibration.detector}' was made with other weights "
+                           f"({str(calibration.weights_sha256)[:12]}…) than the run's "
+                           f"({run.record.weights_sha256[:12]}…); calibrate again")
         self.members = parse_spec(calibration.detectors if calibration else ["feature_norm"], cfg.head)
         fitted = calibration.fitted if calibration else {}
         for m in self.members:  # statistics loaded once, from the files the calibration was made with

@@ -503,10 +503,25 @@ def init_backbone(model: Classifier, source: str | Path) -> str:
     file = path / WEIGHTS if path.is_dir() else path
     if not file.is_file():
         raise ConfigError(f"--init-from {source}: no {WEIGHTS} there (give a run folder or a .safetensors file)")
+    digest = run_record.file_sha256(file)
+    if file.name == WEIGHTS and (file.parent / run_record.META).is_file():  # a run's weights: they must be its own
+        try:
+            recorded = run_record.read_record(file.parent).weights_sha256
+        except L2oodError as e:
+            raise ConfigError(f"--init-from {source}: its run record cannot be read ({e})") from None
+        if recorded != digest:
+            raise ConfigError(f"--init-from {file}: the weights differ from those recorded in "
+                              f"{file.parent / run_record.META} (replaced after training, or a write was "
+                              "interrupted); restore them or give another run")
     try:
         tensors = load_file(str(file))
     except Exception as e:  # malformed header: safetensors raises several types
         raise ConfigError(f"--init-from {file}: not a readable safetensors file ({e})") from None
+    bad = [k for k, v in tensors.items() if k.startswith("backbone.") and v.is_floating_point()
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ConfigError(f"--init-from {file}: NaN or infinite weights in {bad[:3]}: a diverged or damaged model "
+                          "cannot start a fine-tune")
     own = {k: v for k, v in model.state_dict().items() if k.startswith("backbone.")}
     missing = [k for k in own if k not in tensors]
     wrong = [k for k in own if k in tensors and tuple(tensors[k].shape) != tuple(own[k].shape)]
@@ -514,7 +529,7 @@ def init_backbone(model: Classifier, source: str | Path) -> str:
         raise ConfigError(f"--init-from {file}: its backbone does not fit this model (same --arch and --width "
                           f"and input channels needed); missing {missing[:3]}, other shapes for {wrong[:3]}")
     model.load_state_dict({k: tensors[k] for k in own}, strict=False)
-    return run_record.file_sha256(file)
+    return digest
 
 
 def load_pretrained(model: Classifier, path: str | Path) -> str:
