@@ -344,6 +344,8 @@ def _tamper(run: Path, key: str, change: object) -> None:
      "NaN or infinite"),
     ("float16", lambda k, t: t.half() if t.is_floating_point() else t, "dtype torch.float16"),
     ("int8", lambda k, t: t.to(torch.int8) if t.is_floating_point() else t, "dtype torch.int8"),
+    ("zeros", lambda k, t: torch.zeros_like(t), "every row of the bank is zero"),
+    ("unnormalized", lambda k, t: t * 3, "not L2-normalized"),
 ])
 def test_edited_statistics_with_a_matching_digest_are_refused(run_dir: Path, trained: Path, data_root: Path,
                                                               capsys: pytest.CaptureFixture[str], case: str,
@@ -362,7 +364,7 @@ def test_statistics_of_another_shape_are_refused_by_the_probe(run_dir: Path, dat
     """Statistics of the right dtypes but for other features (a bank of another width) cannot score this model's
     features: the screen refuses them at start instead of failing on the first request."""
     assert main(["calibrate", str(run_dir), "--detector", "knn", "--data-root", str(data_root), *FP32]) == 0
-    _tamper(run_dir, "knn", lambda k, t: torch.cat([t, t], dim=1) if t.ndim == 2 else t)
+    _tamper(run_dir, "knn", lambda k, t: torch.nn.functional.normalize(torch.cat([t, t], dim=1)) if t.ndim == 2 else t)
     with pytest.raises(RunError, match="cannot score this model's features"):
         Screener.from_run(run_dir, device="cpu", precision="fp32")
 

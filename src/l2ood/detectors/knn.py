@@ -97,6 +97,19 @@ class KNN(Detector):
         self.fit_chunk = fit_chunk
         self._bank: Tensor | None = None
 
+    def check_state(self, state: dict[str, Tensor]) -> None:
+        """As :meth:`Detector.check_state`, plus what a fit writes: a 2-d float32 bank of L2-normalized rows (norm 1,
+        or 0 for a zero feature vector), not all of them zero."""
+        super().check_state(state)
+        bank = state.get("bank")
+        if bank is None or bank.ndim != 2 or bank.dtype != torch.float32:
+            raise ConfigError("detector 'knn': the bank must be a 2-d float32 tensor of normalized features")
+        norms = bank.norm(dim=1)
+        if not bool(((norms - 1).abs() < 1e-3).logical_or(norms == 0).all()):
+            raise ConfigError("detector 'knn': the bank's rows are not L2-normalized features (norm 1, or 0)")
+        if bool((norms == 0).all()):
+            raise ConfigError("detector 'knn': every row of the bank is zero: it cannot tell inputs apart")
+
     @property
     def bank(self) -> Tensor:
         """The normalized ID training features ``(N_bank, D)``, fp32 (after :meth:`fit`)."""
