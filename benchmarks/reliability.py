@@ -290,6 +290,27 @@ def main() -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+#: the surface of each older class of cases (newer classes name theirs before a colon: "service: body framing")
+SURFACES = {
+    "image file (screen)": "data path", "npz pack (screen)": "data path", "npz pack (evaluate --ood)": "data path",
+    "image list (evaluate --ood)": "data path", "CIFAR batch (evaluate --ood)": "data path",
+    "special files": "data path", "run record (screen)": "run record", "run record (calibrate)": "run record",
+    "checkpoint (train --resume)": "run record", "model gives NaN scores": "calibration edges",
+    "non-finite threshold": "calibration edges", "training into an occupied folder": "outputs",
+    "output over a run file": "outputs", "two writers": "faults", "full disk": "faults",
+    "read-only run folder": "faults", "SIGKILL during calibrate": "faults", "SIGKILL during training": "faults",
+}
+
+
+def surface(kind: str) -> str:
+    """The surface a class of cases belongs to (service, fitted statistics, data path, export, ...)."""
+    if ":" in kind:
+        return kind.split(":", 1)[0].strip()
+    if kind.startswith("decode budget"):
+        return "decode budget"
+    return SURFACES.get(kind, "other")
+
+
 def write_doc(out: Path, rows: list[tuple[str, str, str]], seconds: float) -> None:
     from l2ood.provenance import code_version_line
 
@@ -305,7 +326,11 @@ def write_doc(out: Path, rows: list[tuple[str, str, str]], seconds: float) -> No
              "**data loss** (a file that existed before changed or vanished).", "",
              "| totals | " + " | ".join(OUTCOMES) + " |", "|---|" + "---|" * len(OUTCOMES),
              f"| all {len(rows)} cases | " + " | ".join(str(total.get(o, 0)) for o in OUTCOMES) + " |", "",
-             "| class of input or fault | cases | " + " | ".join(OUTCOMES) + " |",
+             "| surface | cases | " + " | ".join(OUTCOMES) + " |", "|---|---|" + "---|" * len(OUTCOMES)]
+    for sf in dict.fromkeys(surface(k) for k in kinds):
+        c = Counter(o for kk, _, o in rows if surface(kk) == sf)
+        lines.append(f"| {sf} | {sum(c.values())} | " + " | ".join(str(c.get(o, 0)) for o in OUTCOMES) + " |")
+    lines += ["", "| class of input or fault | cases | " + " | ".join(OUTCOMES) + " |",
              "|---|---|" + "---|" * len(OUTCOMES)]
     for k in kinds:
         c = Counter(o for kk, _, o in rows if kk == k)
