@@ -64,6 +64,47 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(tmp_path: Path, data_roo
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("how", ["abort", "segv"])
+def test_native_crash_mid_epoch_then_resume_is_bitwise_equal(tmp_path: Path, data_root: Path, how: str) -> None:
+    """A native crash (SIGABRT as from "double free or corruption", or SIGSEGV) kills the process with no Python
+    clean-up at all; the periodic checkpoint bounds the loss to the steps since it, and --resume finishes with the
+    weights of an uninterrupted run."""
+    env = _env(tmp_path)
+    ref = subprocess.run(_cmd(data_root, tmp_path / "ref"), env=env, capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    run = tmp_path / "crashed"
+    code = ("import os, signal, sys\n"
+            "import l2ood.train.trainer as t\n"
+            "real, calls = t.scaled_loss, [0]\n"
+            "def crash(*a, **k):\n"
+            "    calls[0] += 1\n"
+            "    if calls[0] == 24:  # the 8th step of epoch 2 (16 steps per epoch)\n"
+            f"        {'os.abort()' if how == 'abort' else 'os.kill(os.getpid(), signal.SIGSEGV)'}\n"
+            "    return real(*a, **k)\n"
+            "t.scaled_loss = crash\n"
+            "from l2ood.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    argv = _cmd(data_root, run, "--checkpoint-every-steps", "5")[3:]
+    p = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == -(signal.SIGABRT if how == "abort" else signal.SIGSEGV), p.stderr[-2000:]
+    assert "Fatal Python error" in p.stderr  # faulthandler: where it died, instead of nothing
+    assert not (run / "model.safetensors").exists()
+    rec = json.loads((run / "checkpoint.json").read_text())
+    assert (rec["epoch"], rec["step_in_epoch"]) == (1, 4)  # the last periodic checkpoint (global step 20)
+    res = subprocess.run(_cmd(data_root, run, "--checkpoint-every-steps", "5", "--resume"), env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    a, b = load_file(str(tmp_path / "ref" / "model.safetensors")), load_file(str(run / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_default_checkpoint_cadence_bounds_a_crash() -> None:
+    from l2ood.models.config import DEFAULT_CHECKPOINT_STEPS
+
+    assert TrainConfig().checkpoint_every_steps == DEFAULT_CHECKPOINT_STEPS == 500
+
+
+@pytest.mark.slow
 def test_kills_during_checkpoint_writes_never_corrupt_the_latest(tmp_path: Path, data_root: Path) -> None:
     env = _env(tmp_path)
     run = tmp_path / "run"

@@ -100,6 +100,7 @@ class ModelConfig:
 
 SCHEDULES = ("cosine", "onecycle")
 PRECISION_NAMES = ("auto", "fp32", "bf16", "fp16")
+DEFAULT_CHECKPOINT_STEPS = 500  # a crash loses at most this many training steps
 
 
 @dataclass
@@ -121,7 +122,9 @@ class TrainConfig:
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
     device: Annotated[str, Field(min_length=1, max_length=64)] = "auto"
     precision: Annotated[str, one_of(*PRECISION_NAMES)] = "auto"
-    checkpoint_every_steps: Annotated[int, Field(ge=0)] = 0  # 0: checkpoint at the end of each epoch only
+    # also checkpoint every N steps inside an epoch, so that a crash (even a native one: SIGSEGV/SIGABRT, which no
+    # handler survives) loses at most N steps; 0: at the end of each epoch only
+    checkpoint_every_steps: Annotated[int, Field(ge=0)] = DEFAULT_CHECKPOINT_STEPS
     sync_bn: bool = False  # data-parallel only: BatchNorm statistics over the global batch
     compile: bool = False  # torch.compile the training forward/backward
     init_from: Annotated[str, Field(min_length=1, max_length=8192)] | None = None  # fine-tune: backbone weights

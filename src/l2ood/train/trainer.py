@@ -12,6 +12,7 @@ epoch, step), which is exactly what a checkpoint stores; ``resume`` restarts fro
 
 from __future__ import annotations
 
+import faulthandler
 import math
 import time
 import warnings
@@ -258,9 +259,15 @@ def train(
     folder holding files l2ood did not write is refused unless ``overwrite``; the writer lock is held
     for the whole training, so a second training into the same folder stops with a message naming
     the first.
+
+    A native crash (a fault inside a compiled kernel: SIGSEGV, or SIGABRT from a heap check) cannot be caught:
+    Python's fault handler prints where it happened, and the checkpoint taken every
+    ``cfg.checkpoint_every_steps`` steps (default 500) bounds what is lost; ``resume`` continues from it.
     """
     cfg.validate()
     run_dir = Path(run_dir)
+    if not faulthandler.is_enabled():
+        faulthandler.enable()  # a native crash prints the Python stack it happened in (stderr)
     if not dist_from_env().is_main:
         return _train(train_set, model_cfg, cfg, run_dir, resume=resume, progress=progress, log=log,
                       stop_after_steps=stop_after_steps, on_epoch_end=on_epoch_end, test_data=test_data)
