@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -168,8 +169,10 @@ def main() -> None:
         for p in model.parameters():
             p.fill_(float("nan"))
     save_weights(nan_run, model)
-    rec_mod.update_record(nan_run, lambda r: r.model_copy(update={"weights_sha256": rec_mod.file_sha256(
-        nan_run / "model.safetensors")}))
+    nan_digest = rec_mod.file_sha256(nan_run / "model.safetensors")
+    rec_mod.update_record(nan_run, lambda r: r.model_copy(update={  # the calibration re-tied to the NaN weights too
+        "weights_sha256": nan_digest, "calibrations": {n: dataclasses.replace(c, weights_sha256=nan_digest)
+                                                       for n, c in r.calibrations.items()}}))
     out = tmp / "nan.jsonl"
     rc, _, err = cli("screen", str(nan_run), str(ok_img), "--format", "jsonl", "-o", str(out), "--no-progress")
     recs = jsonl_records(out)

@@ -165,21 +165,126 @@ def check_target(run_dir: Path, resume: bool = False, overwrite: bool = False) -
                        "(with --overwrite l2ood writes beside them and never touches them)")
 
 
-def refuse_run_file(path: str | Path, inputs: list[str] | None = None) -> None:
-    """Raise :class:`RunError` when an output file would overwrite a run's own file or an input."""
-    p = Path(path)
+def _resolve(path: str | Path) -> Path | None:
+    """``path`` made absolute with every symbolic link followed (a dangling link's target too); ``None`` when that
+    fails (a link loop: writing there fails anyway)."""
     try:
-        resolved = p.resolve()
-    except OSError:
-        return
-    if is_owned(p.name) and p.name not in OWNED_DIRS and holds_run(resolved.parent):
-        raise RunError(f"{path}: refusing to write output over a file of the run in {resolved.parent}")
-    for i in inputs or []:
+        return Path(os.path.realpath(Path(path).expanduser()))
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
+def _file_key(path: str | Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def run_file_owner(path: str | Path) -> Path | None:
+    """The run folder of which ``path`` (resolved) is one of the files l2ood writes, else ``None``.
+
+    That is an owned name directly in a folder holding a run (:func:`is_owned`: ``model.json``, ``model.safetensors``,
+    ``checkpoint*.json``/``.safetensors``, logs, the lock, temporary files, and the names of its folders), or
+    anything under its ``detectors/``, ``track/`` or ``cache/`` folders. ``eval/`` is where ``evaluate`` writes its
+    report, so files there are not the run's own."""
+    resolved = _resolve(path)
+    if resolved is None:
+        return None
+    for folder in resolved.parents:
         try:
-            if Path(i).resolve() == resolved:
-                raise RunError(f"{path}: refusing to write output over an input file")
+            if not holds_run(folder):
+                continue
         except OSError:
             continue
+        first, *rest = resolved.relative_to(folder).parts
+        if (not rest and is_owned(first)) or (rest and first in OWNED_DIRS and first != EVAL_DIR):
+            return folder
+    return None
+
+
+def _reads(name: str, folder_reads: frozenset[str] | None) -> bool:
+    return folder_reads is None or os.path.splitext(name)[1].lower() in folder_reads
+
+
+def _files_under(folder: Path, target: tuple[int, int], folder_reads: frozenset[str] | None) -> Path | None:
+    """The first path below ``folder`` (symbolic links followed, each folder walked once) that is the file
+    ``target`` ``(st_dev, st_ino)`` under a name the command reads (:func:`_reads`), or ``None``."""
+    seen: set[tuple[int, int]] = set()
+    stack = [folder]
+    while stack:
+        d = stack.pop()
+        key = _file_key(d)
+        if key is None or key in seen:
+            continue
+        seen.add(key)
+        try:
+            with os.scandir(d) as it:
+                entries = list(it)
+        except OSError:
+            continue
+        for e in entries:
+            full = Path(d) / e.name
+            try:
+                if e.is_dir(follow_symlinks=True):
+                    stack.append(full)
+                    continue
+                # a plain entry's inode comes with the listing; only links (and inode matches) cost a stat
+                if not _reads(e.name, folder_reads):
+                    continue
+                if (e.is_symlink() or e.inode() == target[1]) and _file_key(full) == target:
+                    return full
+            except OSError:
+                continue
+    return None
+
+
+def refuse_run_file(path: str | Path, inputs: list[str] | None = None, *,
+                    folder_reads: frozenset[str] | None = None) -> None:
+    """Raise :class:`RunError` when writing the output file ``path`` would overwrite a run's own file or an input.
+
+    ``path`` is resolved first (symbolic links followed), so a link, a ``..`` or a hard link changes nothing.
+    Refused:
+
+    * a file of a run folder (:func:`run_file_owner`), whatever the command;
+    * one of ``inputs`` (files or folders the command reads): the same file (by ``(st_dev, st_ino)``), or a file
+      the command reads in an input folder — one inside it, or one found below it through a symbolic or hard link
+      — whose name's suffix (lower case) is in ``folder_reads`` (every file there when ``None``). Other files in
+      an input folder (``photos/screen.csv`` when screening ``photos/``) may be written.
+    """
+    resolved = _resolve(path)
+    if resolved is None:
+        return
+    owner = run_file_owner(path)
+    if owner is not None:
+        raise RunError(f"{path}: refusing to write output over a file of the run in {owner} "
+                       f"({resolved.relative_to(owner)}); choose another output path")
+    target = _file_key(resolved)
+    for i in inputs or []:
+        src = _resolve(i)
+        if src is None:
+            continue
+        if src == resolved or (target is not None and _file_key(src) == target):
+            raise RunError(f"{path}: refusing to write output over an input file ({i}); choose another output path")
+        if not os.path.isdir(src):
+            continue
+        if src in resolved.parents:
+            if _reads(resolved.name, folder_reads):
+                raise RunError(f"{path}: refusing to write output into the input folder {i}: the command reads "
+                               f"{'that file' if target is not None else 'such files'} there; choose another output "
+                               "path")
+            continue
+        hit = _files_under(src, target, folder_reads) if target is not None else None
+        if hit is not None:
+            raise RunError(f"{path}: refusing to write output over an input file ({hit}, in the input folder {i}); "
+                           "choose another output path")
+
+
+def refuse_output_files(folder: str | Path, names: list[str], inputs: list[str] | None = None) -> None:
+    """:func:`refuse_run_file` for each file ``folder/NAME`` a command writes into an output folder."""
+    for name in names:
+        refuse_run_file(Path(folder) / name, inputs)
 
 
 def remove_owned(run_dir: Path) -> list[str]:

@@ -23,7 +23,8 @@ from ..data.source import DATA_PATHS, STREAM_BUDGET_GIB, STREAM_MIN_SIDE
 from ..data.source import ImageSource as Images
 from ..errors import ConfigError, L2oodError
 from ..models import ARCHITECTURES, HEAD_MODES, ModelConfig, _known_arch
-from ..runfolder import EVAL_DIR, META, WEIGHTS, check_target, refuse_run_file
+from ..models.config import DEFAULT_CHECKPOINT_STEPS
+from ..runfolder import EVAL_DIR, META, WEIGHTS, check_target, refuse_output_files, refuse_run_file
 from ..runtime import PRECISIONS
 from ..train import SCHEDULES, TrainConfig
 from ..train.distributed import dist_from_env
@@ -161,8 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "resnet18 weights; its classifier head is left out and a new one trained")
     t.add_argument("--overwrite", action="store_true",
                    help="replace the run in --out: deletes only the files l2ood wrote there (never others)")
-    t.add_argument("--checkpoint-every-steps", type=_nonneg_int, default=0,
-                   help="also checkpoint every N steps inside an epoch (0: at epoch ends only)")
+    t.add_argument("--checkpoint-every-steps", type=_nonneg_int, default=DEFAULT_CHECKPOINT_STEPS,
+                   help="also checkpoint every N steps inside an epoch, so that a crash loses at most N steps "
+                        "(0: at epoch ends only)")
     t.add_argument("--track", default=None, metavar="every=K",
                    help="every K epochs record NC metrics, ||z|| statistics and feature-norm AUROC to "
                         "RUN/track.jsonl (also n_train=N|all,n_test=N,n_ood=N); see `l2ood analyze`")
@@ -348,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-pixels", type=_positive_int, default=40_000_000, help="pixels per image (default 40 M)")
     sv.add_argument("--max-batch-images", type=_positive_int, default=64, help="images per batch request (64)")
     sv.add_argument("--max-in-flight", type=_positive_int, default=256, help="concurrent requests (default 256)")
+    sv.add_argument("--body-timeout-s", type=_positive_float, default=30.0,
+                    help="seconds a request's whole body may take to arrive; slower ones get 408 (default 30)")
+    sv.add_argument("--max-decode-s", type=_positive_float, default=10.0,
+                    help="seconds one image may take to decode (decode budget; slower ones get 422; default 10)")
     sv.add_argument("--max-batch", type=_positive_int, default=64, help="images per forward pass (default 64)")
     sv.add_argument("--batch-window-ms", type=float, default=5.0,
                     help="how long a request waits for others to share its forward pass (default 5 ms)")
@@ -358,7 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Writes an ONNX model with input 'images' (float32 N×C×H×W on [0, 1] in the "
                                     "model's format) and outputs 'logits' and 'feature_norm'; the preprocessing, "
                                     "class names, calibration and provenance are in its metadata. Verified with "
-                                    "onnxruntime against PyTorch on --verify-data (default: the run's ID test set).")
+                                    "onnxruntime against PyTorch on --verify-n images of the run's ID test set "
+                                    "before it is written (non-finite outputs never pass); the write is atomic, so "
+                                    "a failed export leaves a previous file at the destination as it was.")
     ex.add_argument("run", metavar="RUN")
     ex.add_argument("--format", choices=("onnx",), default="onnx")
     ex.add_argument("--output", "-o", default=None, help="output file (default RUN/model.onnx)")
@@ -380,7 +388,7 @@ def _configs(args: argparse.Namespace, head: str) -> tuple[ModelConfig, TrainCon
     mcfg = ModelConfig(arch=args.arch, width=args.width, head=head)
     tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                        schedule=args.schedule, seed=args.seed, device=args.device, precision=args.precision,
-                       checkpoint_every_steps=getattr(args, "checkpoint_every_steps", 0),
+                       checkpoint_every_steps=getattr(args, "checkpoint_every_steps", DEFAULT_CHECKPOINT_STEPS),
                        sync_bn=getattr(args, "sync_bn", False), compile=getattr(args, "compile", False),
                        init_from=str(Path(args.init_from).absolute()) if getattr(args, "init_from", None) else None,
                        pretrained=str(Path(args.pretrained).absolute()) if getattr(args, "pretrained", None) else None,
@@ -425,11 +433,29 @@ def _print_and_report(named: list[tuple[str, Any]], out: Path, title: str) -> No
     print(f"\nwrote {path} and {report}")
 
 
+REPORT_FILES = ["report.md", "results.json", "norm_hist.png", "roc.png", "roc_all.png"]  # _print_and_report's
+
+
+def _spec_paths(specs: list[str | None]) -> list[str]:
+    """The existing files and folders named by data specs (``npz:PATH``, ``imglist:LIST@ROOT``, ``DIR``, ...):
+    inputs an output must never be written over."""
+    out = []
+    for spec in specs:
+        if not spec:
+            continue
+        rest = spec.split(":", 1)[1] if ":" in spec and not Path(spec).exists() else spec
+        out += [q for q in (rest, *rest.rsplit("@", 1)) if q and Path(q).expanduser().exists()]
+    return out
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate_run, parse_detectors
 
     detectors = parse_detectors(args.detectors)
     ood = [s.strip() for s in args.ood.split(",") if s.strip()]
+    out = Path(args.out) if args.out else (Path(args.runs[0]) / EVAL_DIR if len(args.runs) == 1
+                                           else Path(f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}"))
+    refuse_output_files(out, REPORT_FILES, _spec_paths([*ood, args.val_ood]))  # before hours of scoring
     named = []
     for run in args.runs:
         r = evaluate_run(run, ood, detectors, data_root=args.data_root, n_ood=args.n_ood, n_id=args.n_id,
@@ -442,8 +468,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         except OSError as e:  # e.g. a read-only run folder: the report still goes to --out
             _log(f"note: could not write {Path(run) / EVAL_DIR} ({e.strerror or e}); results go to --out only")
         named.append((label, r))
-    out = Path(args.out) if args.out else (Path(args.runs[0]) / EVAL_DIR if len(args.runs) == 1
-                                           else Path(f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}"))
     _print_and_report(named, out, "l2ood evaluation")
     return 0
 
@@ -455,6 +479,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     if (out / "l2" / META).exists() or (out / "ce" / META).exists():
         raise ConfigError(f"{out} already holds a demo; pass another --out")
+    refuse_output_files(out, REPORT_FILES, _spec_paths([args.dataset, args.test_data, *args.ood.split(",")]))
     t0 = time.perf_counter()
     train_set, hold = _training_data(args)
     id_test, _ = id_test_for(train_set, args.test_data, hold, args.data_root)
@@ -518,13 +543,16 @@ def cmd_screen(args: argparse.Namespace) -> int:
     if not scr.calibrated:
         raise ConfigError(f"{args.run} is not calibrated (no calibration '{args.calibration}'): run "
                           f"`l2ood calibrate {args.run}` first (or pass --threshold)")
+    from ..screen.images import IMAGE_SUFFIXES, NPZ_SUFFIX
+
+    reads = frozenset((*IMAGE_SUFFIXES, NPZ_SUFFIX))  # what the folder walk would pick up
     if args.output != "-":
-        refuse_run_file(args.output, args.paths)
+        refuse_run_file(args.output, args.paths, folder_reads=reads)
     review = None
     if args.html:
         from ..report.review import ReviewCollector
 
-        refuse_run_file(args.html, args.paths)
+        refuse_run_file(args.html, args.paths, folder_reads=reads)
         review = ReviewCollector(max_thumbs=args.html_thumbnails)
     out = sys.stdout if args.output == "-" else open(args.output, "w", newline="")
     try:
@@ -562,27 +590,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token = os.environ.get("L2OOD_SERVE_TOKEN") or None
     cfg = ServeConfig(token=token, max_request_bytes=int(args.max_request_mb * 1024 * 1024), max_pixels=args.max_pixels,
                       max_batch_images=args.max_batch_images, max_in_flight=args.max_in_flight,
-                      max_batch=args.max_batch, batch_window_ms=args.batch_window_ms)
+                      max_batch=args.max_batch, batch_window_ms=args.batch_window_ms,
+                      body_timeout_s=args.body_timeout_s, max_decode_s=args.max_decode_s)
     serve(args.run, host=args.host, port=args.port, config=cfg, device=args.device, precision=args.precision,
           calibration=args.calibration)
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..deploy.export import export_onnx, verify_onnx
+    from ..deploy.export import export_verified
     from ..run import Run
 
     run = Run.load(args.run, device="cpu", precision="fp32", data_root=args.data_root)
     out = Path(args.output) if args.output else run.path / "model.onnx"  # type: ignore[operator]
     refuse_run_file(out)
-    path = export_onnx(run, out, calibration=args.calibration)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
-    if args.verify_n:
-        test, where = run.id_test()
+    imgs, where = None, ""
+    if args.verify_n:  # verified before it is written: a failed verification leaves nothing (or the old file) at out
         import torch
 
-        imgs = torch.cat(list(run.image_batches(test.subset(args.verify_n, seed=0))))
-        v = verify_onnx(run, path, imgs)
+        test, where = run.id_test()
+        batches = list(run.image_batches(test.subset(args.verify_n, seed=0)))
+        imgs = torch.cat(batches) if batches else torch.zeros(0, dtype=torch.uint8)
+    path, v = export_verified(run, out, calibration=args.calibration, images=imgs)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    if v is not None:
         print(f"verified on {int(v['n'])} images of {where}: max |feature_norm diff| {v['max_abs_score_diff']:.3g} "
               f"(relative {v['max_rel_score_diff']:.3g}), max |logit diff| {v['max_abs_logit_diff']:.3g}, same class "
               f"{100 * v['same_class']:.2f} %" + (f", same verdict {100 * v['same_verdict']:.2f} %"
@@ -595,6 +626,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     eps = [int(e) for e in args.epochs.split(",")] if args.epochs else None
     out = Path(args.out or f"runs/analysis-{time.strftime('%Y%m%d-%H%M%S')}")
+    refuse_output_files(out, ["analysis.md", "analysis.json", "nc.png", "auroc.png", "norm_hist.png"])
     path = analyze(args.runs, out, eps)
     text = path.read_text()
     print(text[text.index("## Verdicts"):] if "## Verdicts" in text else text)
@@ -620,6 +652,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                      not args.no_progress,
                      str(Path(args.pretrained).absolute()) if args.pretrained else None, args.n_fit, args.workers,
                      list(args.combine))
+    refuse_output_files(spec.out, ["results.csv", "results.md"])
     csv_path, md_path = run_bench(spec, log=_log)
     print(md_path.read_text())
     print(f"wrote {csv_path} and {md_path}")

@@ -2,8 +2,9 @@
 
 Format: ``ROOT/<class>/**/*.{jpg,jpeg,png,bmp}`` (any case) — class names are the sorted names of the
 sub-folders that hold images, label ``k`` is the ``k``-th name; files are taken in sorted order,
-recursively (Tiny-ImageNet's ``train/<wnid>/images/`` works). A folder with images and no class
-sub-folders is a flat, unlabelled set. If ``ROOT`` only holds split folders (``train``, ``val``,
+recursively (Tiny-ImageNet's ``train/<wnid>/images/`` works; symbolic links are followed, a link loop is a
+:class:`DataFormatError` naming the link, a folder reached twice through links is read once). A folder with images
+and no class sub-folders is a flat, unlabelled set. If ``ROOT`` only holds split folders (``train``, ``val``,
 ``test``), the requested split's folder is used (so ``imagefolder:cifar10-jpeg`` serves both splits).
 
 Decoding goes through :mod:`l2ood.data.preprocess` (the path screened files take too): Pillow decode
@@ -47,12 +48,65 @@ def _is_image(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _images_under(folder: Path) -> list[Path]:
-    """All image files below ``folder`` (symlinks followed), sorted by relative path."""
+def _dir_key(path: Path | str) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of a folder (symlinks followed); ``None`` when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _images_under(folder: Path, outer: dict[tuple[int, int], Path] | None = None) -> list[Path]:
+    """All image files below ``folder`` (symlinks followed), sorted by relative path.
+
+    Every folder is identified by ``(st_dev, st_ino)``, so the walk always ends: a symbolic link that leads back
+    to a folder on its own path (or to one of ``outer``, e.g. the data root) is a loop, refused with
+    :class:`DataFormatError` naming the link; a folder reached a second time through another link is walked
+    once (one warning). Unreadable sub-folders are left out, as before."""
+    start = _dir_key(folder)
+    if start is None:
+        return []
+    outer = dict(outer or {})
+    if start in outer:
+        raise DataFormatError(f"symbolic link loop: {folder} leads back to {outer[start]} (a folder it is inside); "
+                              "remove the link or point it outside the data folder")
+    visited = {start}
+    duplicates: list[Path] = []
     out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out += [Path(dirpath) / f for f in sorted(filenames) if _is_image(f)]
+    stack: list[tuple[Path, dict[tuple[int, int], Path]]] = [(folder, {**outer, start: folder})]
+    while stack:
+        d, ancestors = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            continue
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            try:
+                is_dir = e.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                if _is_image(e.name):
+                    out.append(d / e.name)
+                continue
+            key = _dir_key(d / e.name)
+            if key is None:
+                continue
+            if key in ancestors:
+                raise DataFormatError(f"symbolic link loop: {d / e.name} leads back to {ancestors[key]} (a folder "
+                                      "it is inside); remove the link or point it outside the data folder")
+            if key in visited:
+                duplicates.append(d / e.name)
+                continue
+            visited.add(key)
+            stack.append((d / e.name, {**ancestors, key: d / e.name}))
+    if duplicates:
+        warnings.warn(f"{folder}: {len(duplicates)} folder(s) reached a second time through a symbolic link were "
+                      f"read once (first: {duplicates[0]})", stacklevel=3)
     return sorted(out, key=lambda p: p.relative_to(folder).parts)
 
 
@@ -67,7 +121,9 @@ def scan_image_folder(root: str | Path, per_class_limit: int | None = None
         raise DataNotFoundError(f"image folder not found: {root}")
     subdirs = sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")),
                      key=lambda d: d.name)
-    per_class = [(d.name, _images_under(d)) for d in subdirs]
+    root_key = _dir_key(root)
+    outer = {root_key: root} if root_key is not None else {}
+    per_class = [(d.name, _images_under(d, outer)) for d in subdirs]
     per_class = [(c, fs[:per_class_limit] if per_class_limit else fs) for c, fs in per_class if fs]
     if per_class:
         files = [f for _, fs in per_class for f in fs]

@@ -5,8 +5,14 @@ image reaches the model as the same tensor whichever way it came in (no train/se
 
 1. **Decode** (:func:`decode_image`): Pillow, every mode brought to 8-bit gray ``(H, W)`` or RGB
    ``(H, W, 3)``: 16/32-bit integer images scaled to 8 bits, float images clipped, palette images and
-   images with alpha composited on white, CMYK/YCbCr/LAB/HSV converted to RGB. Images above
-   ``max_pixels`` are refused before their pixels are decoded (decompression-bomb guard).
+   images with alpha composited on white, CMYK/YCbCr/LAB/HSV converted to RGB. Only PNG (first frame
+   of an APNG), JPEG, BMP, TIFF (first page), WebP (first frame) and GIF (first frame) are opened.
+   Images above ``max_pixels`` are refused before their pixels are decoded (decompression-bomb guard),
+   and so are images whose decoding would cost far more than their pixel count suggests (the decode
+   budget, :func:`check_decode_work`): progressive JPEGs with many scans, JPEGs with many markers, PNGs
+   with many chunks, GIFs with many blocks before the first frame, TIFFs with many strips or tiles,
+   large RLE-compressed BMPs. Whatever the format, decoding stops with an error once it has run longer
+   than ``max_decode_s`` seconds (checked each time the decoder reads input).
 2. **Convert** (:func:`l2ood.data.transforms.convert_format`): channels (RGB→gray by ITU-R BT.601
    luma, gray→RGB by repetition) and size, by antialiased bilinear interpolation in torch, either
    stretching the whole image to the target size (``fit="resize"``) or resizing the shorter side and
@@ -22,11 +28,14 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from struct import error as struct_error
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,9 +50,211 @@ DEFAULT_MAX_FILE_BYTES = 256 * 1024 * 1024
 DECODER = "pillow-8bit"
 RESIZE = "bilinear-antialias"
 
+#: The formats :func:`decode_image` opens (Pillow format ids; "JPEG" includes MPO, whose first image is read).
+FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF")
+#: Wall-clock seconds one image may take to decode (checked whenever the decoder reads input).
+DEFAULT_MAX_DECODE_S = 10.0
+#: Decode budget: each of these structures makes Pillow do work per element, whatever the pixel count, so
+#: a small file within the pixel limit could keep a decoder busy for minutes; more than this is refused.
+MAX_JPEG_SCANS = 100  # each scan of a progressive JPEG walks every 8×8 block of the image again
+MAX_JPEG_MARKERS = 4096  # markers (segments) of the first image; Pillow parses each in Python
+MAX_PNG_CHUNKS = 4096  # chunks of a PNG, plus one per KiB of file; Pillow reads each in Python
+MAX_GIF_BLOCKS = 65536  # extension blocks, sub-blocks and stray bytes before a GIF's first frame
+MAX_TIFF_STRIPS = 65536  # strips or tiles of a TIFF's first page
+MAX_TIFF_TAG_VALUES = 1 << 20  # numeric values in the tags of a TIFF's first page
+MAX_BMP_RLE_BYTES = 8 * 1024 * 1024  # run-length data of an RLE BMP; Pillow decodes RLE in Python
+
 
 class ImageReadError(DataError):
     """A file that cannot be decoded; the message is the reason shown to the user."""
+
+
+class DecodeBudgetError(ImageReadError):
+    """An image refused because decoding it would take too much work (its structure, or the time limit)."""
+
+
+_clock = time.monotonic  # the decode deadline's clock (tests replace it)
+_JPEG_MARKER = re.compile(rb"\xff+([^\x00\xff])")  # libjpeg's next_marker: fill bytes swallowed, FF00 is data
+_JPEG_SCAN_END = re.compile(rb"\xff+([^\x00\xff\xd0-\xd7])")  # the marker that ends entropy-coded data
+_GIF_BLOCK = re.compile(rb"[!,;]")  # what Pillow looks for between a GIF's blocks (other bytes: one read each)
+_TIFF_NUMERIC = {3, 4, 5, 8, 9, 10, 11, 12, 13, 16, 17, 18}
+
+
+def _too_much(what: str) -> DecodeBudgetError:
+    return DecodeBudgetError(f"{what}: decoding it would take far more work than its pixel count suggests "
+                             "(decode budget; refused before decoding)")
+
+
+def _check_jpeg(d: bytes) -> None:
+    """Count the markers and scans libjpeg would read in the first image (it resynchronizes the same way)."""
+    pos = markers = scans = 0
+    while True:
+        m = _JPEG_MARKER.search(d, pos)
+        if m is None:
+            return
+        code, pos = m.group(1)[0], m.end()
+        markers += 1
+        if markers > MAX_JPEG_MARKERS:
+            raise _too_much(f"JPEG with more than {MAX_JPEG_MARKERS} markers")
+        if code == 0xD9:  # EOI: libjpeg stops here (later images of an MPO are never decoded)
+            return
+        if code in (0x01, 0xD8) or 0xD0 <= code <= 0xD7:  # no length field
+            continue
+        length = int.from_bytes(d[pos : pos + 2], "big")
+        if length < 2:
+            return  # libjpeg refuses this; so will Pillow
+        pos += length
+        if code == 0xDA:
+            scans += 1
+            if scans > MAX_JPEG_SCANS:
+                raise _too_much(f"progressive JPEG with more than {MAX_JPEG_SCANS} scans")
+            end = _JPEG_SCAN_END.search(d, pos)
+            if end is None:
+                return
+            pos = end.start()
+
+
+def _check_png(d: bytes) -> None:
+    """Count the chunks Pillow reads: all of them up to IEND, or of an APNG up to the second frame."""
+    limit = MAX_PNG_CHUNKS + len(d) // 1024
+    pos, n, animated, seen_idat = 8, 0, False, False
+    while pos + 8 <= len(d):
+        kind = d[pos + 4 : pos + 8]
+        if kind == b"IEND" or (kind == b"fcTL" and animated and seen_idat):
+            return
+        n += 1
+        if n > limit:
+            raise _too_much(f"PNG with more than {limit} chunks")
+        length = int.from_bytes(d[pos : pos + 4], "big")
+        if kind == b"acTL":
+            animated = int.from_bytes(d[pos + 8 : pos + 12], "big") > 1
+        seen_idat = seen_idat or kind == b"IDAT"
+        pos += 12 + length
+
+
+def _check_gif(d: bytes) -> None:
+    pos = 13 + (3 << ((d[10] & 7) + 1) if d[10] & 0x80 else 0)
+    blocks = 0
+    while pos < len(d):
+        m = _GIF_BLOCK.search(d, pos)
+        if m is None:
+            return
+        blocks += m.start() - pos  # stray bytes: Pillow reads them one by one
+        if blocks > MAX_GIF_BLOCKS or d[m.start()] != 0x21:  # "," is the first frame, ";" the end
+            break
+        pos = m.start() + 2
+        while pos < len(d):  # the extension's sub-blocks, up to the empty one
+            blocks += 1
+            if blocks > MAX_GIF_BLOCKS:
+                break
+            size = d[pos]
+            pos += 1 + size
+            if size == 0:
+                break
+    if blocks > MAX_GIF_BLOCKS:
+        raise _too_much(f"GIF with more than {MAX_GIF_BLOCKS} blocks before its first frame")
+
+
+def _check_tiff(d: bytes) -> None:
+    order: str = "little" if d[:2] == b"II" else "big"
+
+    def uint(at: int, size: int) -> int:
+        if at + size > len(d):
+            raise IndexError(at)
+        return int.from_bytes(d[at : at + size], order)  # type: ignore[arg-type]
+
+    big = uint(2, 2) == 43
+    csize, esize, vsize = (8, 20, 8) if big else (2, 12, 4)
+    ifd = uint(8, 8) if big else uint(4, 4)
+    n = uint(ifd, csize)
+    if n > 65535:
+        raise _too_much(f"TIFF with {n} tags on its first page")
+    strips = values = compression = 0
+    for i in range(n):
+        at = ifd + csize + i * esize
+        tag, typ, count = uint(at, 2), uint(at + 2, 2), uint(at + 4, vsize)
+        if tag in (273, 279, 324, 325):  # StripOffsets, StripByteCounts, TileOffsets, TileByteCounts
+            strips = max(strips, count)
+        if tag == 259:
+            compression = uint(at + 4 + vsize, 2)
+        if typ in _TIFF_NUMERIC:
+            values += count
+    if strips > MAX_TIFF_STRIPS:
+        raise _too_much(f"TIFF with {strips} strips or tiles (limit {MAX_TIFF_STRIPS})")
+    if values > MAX_TIFF_TAG_VALUES:  # Pillow unpacks each into a Python tuple when it opens the file
+        raise _too_much(f"TIFF whose first page has tags holding {values} numbers (limit {MAX_TIFF_TAG_VALUES})")
+    if compression in (6, 7) and d.count(b"\xff\xda") > MAX_JPEG_SCANS + 4 * max(strips, 1):
+        raise _too_much(f"JPEG-compressed TIFF with more than {MAX_JPEG_SCANS} progressive scans")
+
+
+def _check_bmp(d: bytes) -> None:
+    offset = int.from_bytes(d[10:14], "little")
+    if int.from_bytes(d[14:18], "little") >= 40 and int.from_bytes(d[30:34], "little") in (1, 2):
+        n = len(d) - offset
+        if n > MAX_BMP_RLE_BYTES:
+            raise _too_much(f"RLE-compressed BMP with {n} bytes of run data (limit {MAX_BMP_RLE_BYTES})")
+
+
+def check_decode_work(data: bytes) -> None:
+    """Refuse (:class:`DecodeBudgetError`) an encoded image whose structure implies excessive decoding work:
+    more than :data:`MAX_JPEG_SCANS` scans or :data:`MAX_JPEG_MARKERS` markers in a JPEG, more than
+    :data:`MAX_PNG_CHUNKS` chunks plus one per KiB in a PNG (up to the second frame of an APNG), more than
+    :data:`MAX_GIF_BLOCKS` blocks before a GIF's first frame, more than :data:`MAX_TIFF_STRIPS` strips or tiles or
+    :data:`MAX_TIFF_TAG_VALUES` numbers in the tags of a TIFF's first page, more than :data:`MAX_BMP_RLE_BYTES`
+    of RLE data in a BMP. Reads only the container structure, stops at the limit (milliseconds), and leaves
+    anything malformed for the decoder to report."""
+    checks = ((b"\xff\xd8", _check_jpeg), (b"\x89PNG\r\n\x1a\n", _check_png), (b"GIF8", _check_gif),
+              (b"II*\x00", _check_tiff), (b"MM\x00*", _check_tiff), (b"II+\x00", _check_tiff),
+              (b"MM\x00+", _check_tiff), (b"BM", _check_bmp))
+    for magic, check in checks:
+        if data.startswith(magic):
+            try:
+                check(data)
+            except (IndexError, ValueError, struct_error):
+                pass  # malformed structure: the decoder gives the reason
+            return
+
+
+def _timed_out(seconds: float | None) -> DecodeBudgetError:
+    return DecodeBudgetError(f"decoding took longer than {seconds:g} s (decode budget: the image is refused, "
+                             "not judged)")
+
+
+class _DecodeTimeout(Exception):
+    """Raised inside Pillow's reads once the deadline has passed (not an exception Pillow handles)."""
+
+
+class _DeadlineReader(io.BytesIO):
+    """The encoded bytes, read by Pillow through this object: every read checks the decode deadline, so no
+    decoder loop (the per-chunk, per-block and per-byte ones in Pillow's Python code included) outruns it."""
+
+    def __init__(self, data: bytes, seconds: float | None) -> None:
+        super().__init__(data)
+        self.seconds = seconds
+        self.deadline = None if seconds is None else _clock() + seconds
+        self.expired = False
+
+    def check(self) -> None:
+        """Raise :class:`_DecodeTimeout` once the deadline has passed (and on every call after)."""
+        if self.expired or (self.deadline is not None and _clock() > self.deadline):
+            self.expired = True
+            raise _DecodeTimeout
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.check()
+        return super().read(size)
+
+    def read1(self, size: int | None = -1) -> bytes:
+        self.check()
+        return super().read1(size)
+
+    def readinto(self, buffer: Any) -> int:
+        self.check()
+        return super().readinto(buffer)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        self.check()
+        return super().readline(size)
 
 
 @dataclass(frozen=True)
@@ -126,17 +337,28 @@ def read_file_bytes(path: str | Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -
     return data
 
 
-def decode_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_decode_s: float | None = DEFAULT_MAX_DECODE_S) -> np.ndarray:
     """Decode an image file (path or bytes) to uint8 ``(H, W)`` or ``(H, W, 3)``; raises
-    :class:`ImageReadError` with the reason."""
+    :class:`ImageReadError` with the reason.
+
+    Refused: formats other than :data:`FORMATS`, more than ``max_pixels`` pixels (before decoding), a
+    structure that implies excessive decoding work (:func:`check_decode_work`, before decoding), and decoding
+    that runs longer than ``max_decode_s`` seconds (``None``: no time limit; checked on every read of the
+    decoder, which stops it there, and once more when it is done); the last two raise
+    :class:`DecodeBudgetError`. Only the first frame of a multi-frame file is decoded."""
     name = "<bytes>" if isinstance(source, bytes | bytearray) else str(source)
     data = bytes(source) if isinstance(source, bytes | bytearray) else read_file_bytes(source)
     if not data:
         raise ImageReadError("empty file (0 bytes)")
+    if max_decode_s is not None and not max_decode_s > 0:
+        raise ImageReadError(f"max_decode_s must be > 0, got {max_decode_s}")
+    fp = _DeadlineReader(data, max_decode_s)
     try:
+        check_decode_work(data)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(fp, formats=FORMATS)
             w, h = im.size
             if w * h > max_pixels:
                 raise ImageReadError(f"image too large: {w}×{h} = {w * h} pixels > limit {max_pixels} "
@@ -144,16 +366,23 @@ def decode_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXEL
             if w < 1 or h < 1:
                 raise ImageReadError(f"image has no pixels ({w}×{h})")
             im.load()
+            fp.check()  # decoders that read everything at once (libtiff, WebP) are timed here, after the fact
             return _to_8bit(im)
     except ImageReadError:
         raise
+    except _DecodeTimeout:
+        raise _timed_out(max_decode_s) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageReadError(f"image too large (decompression-bomb guard): {e}") from None
     except UnidentifiedImageError:
+        if fp.expired:
+            raise _timed_out(max_decode_s) from None
         what = "data" if name == "<bytes>" else f"{Path(name).suffix or 'no extension'} file"
         raise ImageReadError(f"not a recognized image format ({what} whose content is not "
                              "PNG/JPEG/BMP/TIFF/WebP/GIF)") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct_error) as e:
+        if fp.expired:
+            raise _timed_out(max_decode_s) from None
         raise ImageReadError(f"corrupt or truncated image: {e}") from None
     except MemoryError:
         raise ImageReadError("not enough memory to decode this image") from None

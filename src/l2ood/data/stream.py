@@ -31,7 +31,9 @@ and reads only those (steps per epoch = the fewest any rank can fill); other sou
 global batch into contiguous rank slices, as the in-memory path does.
 
 Unreadable images never stop a training: they enter the batch as label ``-100`` (ignored by the loss)
-and are counted in one warning per epoch.
+and are counted in one warning per epoch. Shard headers are not trusted (:func:`index_tar`): sizes, offsets and
+labels that cannot be right are a clear :class:`DataFormatError`, a truncated shard keeps the samples before the
+cut (one warning), and only regular files are ever opened as shards.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import io
 import math
 import os
 import re
+import stat
 import tarfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -57,11 +60,13 @@ from torch import Tensor
 from ..errors import ConfigError
 from .errors import DataError, DataFormatError, DataNotFoundError
 from .imageset import DataSource, Op
+from .imglist import MAX_LABEL
 from .preprocess import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, ImageReadError, _to_8bit, read_file_bytes
 
 IGNORE_LABEL = -100  # a sample that could not be read: cross-entropy ignores it
 TAR_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 MAX_TAR_MEMBERS = 20_000_000
+MAX_SHARDS = 1_000_000  # names a brace range may expand to
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
@@ -144,6 +149,8 @@ class StreamingSet:
         if off < 0:
             return read_file_bytes(path)
         size = int(self.sizes[i])
+        if size < 0:
+            raise ImageReadError(f"{path}: corrupt index (member size {size})")
         if size > DEFAULT_MAX_FILE_BYTES:
             raise ImageReadError(f"tar member too large: {size} bytes")
         try:
@@ -218,6 +225,18 @@ def _plain(name: str, files: Sequence[Path], labels: Sequence[int] | None, class
 
 
 def _expand_braces(pattern: str) -> list[str]:
+    """``a-{000..002}.tar`` → ``a-000.tar``, ``a-001.tar``, ``a-002.tar`` (at most :data:`MAX_SHARDS` names)."""
+    n = 1
+    for lo, hi in re.findall(r"\{(\d+)\.\.(\d+)\}", pattern):
+        if max(len(lo), len(hi)) > 18:
+            raise DataFormatError(f"{pattern[:200]}: a brace range bound has more than 18 digits")
+        n *= max(0, int(hi) - int(lo) + 1)
+        if n > MAX_SHARDS:
+            raise DataFormatError(f"{pattern}: the brace ranges name more than {MAX_SHARDS} shards")
+    return _expand(pattern)
+
+
+def _expand(pattern: str) -> list[str]:
     m = re.search(r"\{(\d+)\.\.(\d+)\}", pattern)
     if not m:
         return [pattern]
@@ -225,14 +244,14 @@ def _expand_braces(pattern: str) -> list[str]:
     width = len(a)
     out: list[str] = []
     for k in range(int(a), int(b) + 1):
-        out += _expand_braces(pattern[: m.start()] + str(k).zfill(width) + pattern[m.end():])
+        out += _expand(pattern[: m.start()] + str(k).zfill(width) + pattern[m.end():])
     return out
 
 
 def shard_paths(path: str, split: str | None = None) -> list[Path]:
     """The tar shards a ``wds:`` path names (see the module doc), sorted."""
     p = Path(path).expanduser()
-    if p.is_dir():
+    if os.path.isdir(p):  # never raises (a pattern may be longer than any file name)
         from .folders import split_folder
 
         p = split_folder(p, split)
@@ -240,23 +259,69 @@ def shard_paths(path: str, split: str | None = None) -> list[Path]:
         if not files:
             raise DataNotFoundError(f"no .tar shards in {p}")
         return files
-    if p.is_file():
+    if os.path.isfile(p):
         return [p]
-    files = sorted({Path(f) for pat in _expand_braces(str(p)) for f in glob.glob(pat)})
+    # only regular files: a FIFO or device matching the pattern would block or never end
+    files = sorted({Path(f) for pat in _expand_braces(str(p)) for f in glob.glob(pat) if os.path.isfile(f)})
     if not files:
         raise DataNotFoundError(f"no tar shards match {path}")
     return files
 
 
+def _tar_shard_size(path: Path) -> int:
+    """The size of a shard that is a regular file (never opens FIFOs or devices, which could block forever)."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise DataNotFoundError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DataFormatError(f"{path}: not a regular file (a tar shard must be a plain .tar file)")
+    return st.st_size
+
+
+def _parse_label(path: Path, name: str, raw: bytes) -> int:
+    """The integer label of a ``.cls`` member: ``-1`` (unlabelled) or ``0 ≤ label <`` :data:`MAX_LABEL`."""
+    try:
+        label = int(raw.decode("ascii").strip())
+    except ValueError:  # UnicodeDecodeError included
+        raise DataFormatError(f"{path}: {name} is not an integer label ({raw[:32]!r})") from None
+    if not -1 <= label < MAX_LABEL:
+        raise DataFormatError(f"{path}: {name} holds the label {raw.decode('ascii').strip()[:30]}, outside "
+                              f"[-1, {MAX_LABEL}) (-1 marks an unlabelled sample)")
+    return label
+
+
 def index_tar(path: Path) -> tuple[list[str], list[int], list[int], list[int | None]]:
     """``(keys, offsets, sizes, labels)`` of the samples of one WebDataset shard (headers only; ``.cls``
-    members are read). Samples without an image member are skipped."""
+    members are read). Samples without an image member are skipped.
+
+    Hostile headers never crash or hang the index: a negative or unparsable size, a label that is not an integer
+    in ``[-1, MAX_LABEL)`` and a shard that is not a regular file are :class:`DataFormatError`; a member whose data
+    would run past the end of the file (a truncated shard, or a size field larger than the file), or a corrupt
+    header after the first, ends the index of that shard with one warning (the samples before it are kept), as
+    unreadable images are left out rather than stopping a training. Sparse members (not readable by offset) are
+    skipped with the same warning."""
+    file_size = _tar_shard_size(path)
     groups: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
     try:
         with tarfile.open(path, "r:") as tf:
             for count, m in enumerate(tf):
                 if count >= MAX_TAR_MEMBERS:
                     raise DataFormatError(f"{path}: more than {MAX_TAR_MEMBERS} members")
+                if m.size < 0 or m.offset_data < 0:
+                    # checked before the next header is read: tarfile would step backwards (and loop)
+                    raise DataFormatError(f"{path}: member {m.name!r} has a corrupt header (size {m.size} at offset "
+                                          f"{m.offset_data})")
+                if m.issparse():  # its size is the expanded one; tarfile steps over the stored blocks itself
+                    problems.append(f"sparse member {m.name!r} left out (not readable by offset)")
+                    continue
+                has_data = m.isreg() or m.type not in tarfile.SUPPORTED_TYPES  # tarfile steps over m.size bytes
+                if has_data and m.offset_data + m.size > file_size:
+                    problems.append(f"member {m.name!r} claims {m.size} bytes at offset {m.offset_data}, past the "
+                                    f"end of the {file_size}-byte file (truncated shard or corrupt size field); "
+                                    "it and any members after it are left out")
+                    break  # the next header would be read past the end of the file
                 if not m.isfile():
                     continue
                 d, _, base = m.name.rpartition("/")
@@ -268,16 +333,23 @@ def index_tar(path: Path) -> tuple[list[str], list[int], list[int], list[int | N
                 ext = "." + ext.lower()
                 if ext in TAR_IMAGE_EXTS and "img" not in g:
                     g["img"] = (m.offset_data, m.size)
-                elif ext == ".cls" and m.size <= 32:
+                elif ext == ".cls":
+                    if m.size > 32:
+                        raise DataFormatError(f"{path}: {m.name} is not an integer label ({m.size} bytes)")
                     f = tf.extractfile(m)
-                    raw = f.read(32) if f is not None else b""
-                    try:
-                        g["cls"] = int(raw.decode("ascii").strip())
-                    except ValueError:
-                        raise DataFormatError(f"{path}: {m.name} is not an integer label ({raw[:32]!r})") from None
+                    g["cls"] = _parse_label(path, m.name, f.read(32) if f is not None else b"")
+            else:  # tarfile ends its iteration silently at a corrupt header after the first: say so
+                with open(path, "rb") as fh:
+                    fh.seek(tf.offset)
+                    rest = fh.read(tarfile.BLOCKSIZE)
+                if rest.strip(b"\0"):
+                    problems.append(f"corrupt or truncated tar header at byte {tf.offset}; the members after it are "
+                                    "left out")
     except tarfile.ReadError as e:
-        raise DataFormatError(f"{path}: not an uncompressed tar shard ({e}); WebDataset shards are read by "
-                              "offset, so they must be plain .tar files") from None
+        raise DataFormatError(f"{path}: not an uncompressed tar shard, or a corrupt one ({e}); WebDataset shards are "
+                              "read by offset, so they must be plain .tar files") from None
+    except (tarfile.TarError, ValueError, OverflowError, EOFError) as e:  # e.g. a size field beyond any file
+        raise DataFormatError(f"{path}: corrupt tar shard ({type(e).__name__}: {e})") from None
     except OSError as e:
         raise DataNotFoundError(f"{path}: cannot read ({e.strerror or e})") from None
     keys, offs, sizes, labels = [], [], [], []
@@ -288,6 +360,9 @@ def index_tar(path: Path) -> tuple[list[str], list[int], list[int], list[int | N
         offs.append(int(g["img"][0]))
         sizes.append(int(g["img"][1]))
         labels.append(g.get("cls"))
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        warnings.warn(f"{path}: {problems[0]}{more}; {len(keys)} sample(s) indexed", stacklevel=3)
     return keys, offs, sizes, labels
 
 
@@ -314,7 +389,11 @@ def _tar_set(name: str, shards: list[Path], size: tuple[int, int]) -> StreamingS
     names_file = shards[0].parent / "classes.txt"
     class_names = None
     if names_file.is_file() and names_file.stat().st_size < 64 * 1024 * 1024:
-        class_names = [ln.strip() for ln in names_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        try:
+            text = names_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise DataFormatError(f"{names_file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        class_names = [ln.strip() for ln in text.splitlines() if ln.strip()]
     lab_t = torch.as_tensor(labels, dtype=torch.long) if has else None
     if lab_t is not None and class_names is not None and int(lab_t.max()) >= len(class_names):
         raise DataFormatError(f"{names_file}: {len(class_names)} class names, but a label {int(lab_t.max())}")

@@ -21,8 +21,14 @@ answers with the combined conformal p-value.
 Concurrent requests share one model through a micro-batcher: while other requests are in flight, images
 queue up for at most ``batch_window_ms`` (or until ``max_batch`` images) and are scored in one forward pass on
 a worker thread; a request alone is scored at once.
-Limits: request bytes (413; requests without Content-Length are refused with 411), pixels per image (422),
-images per batch request (413), requests in flight (503 + ``Retry-After``). With a token, every ``/v1`` and
+Limits (:class:`RequestGuard`, :class:`ServeConfig`): request bytes, counted on the bytes actually received
+whatever the framing (Content-Length, chunked, multipart; 413 as soon as the limit is passed), the time to receive
+the body (408 after ``body_timeout_s``, the request's slot released), requests in flight (503 + ``Retry-After``),
+images per batch request (413), pixels per image and decoding work per image (422: the decode budget of
+:func:`l2ood.data.preprocess.decode_image`, a structural check plus a ``max_decode_s`` deadline, backed here by
+a hard timeout on the decoding thread). The images of a request are decoded one at a time, each brought to the
+model's input size (and a thumbnail-size preview) at once: a request holds at most one full-size image, and
+at most ``decode_workers`` images are decoded at a time. With a token, every ``/v1`` and
 ``/review`` request needs ``Authorization: Bearer <token>`` (compared in constant time, 401 otherwise); the
 CLI refuses to listen beyond loopback without one. On SIGTERM/SIGINT uvicorn stops accepting connections,
 requests in flight finish (the batcher drains its queue), then the process exits.
@@ -33,8 +39,11 @@ import asyncio
 import contextlib
 import hmac
 import ipaddress
+import json
+import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,15 +52,27 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data.preprocess import DEFAULT_MAX_PIXELS, ImageReadError, decode_image
+from ..data.preprocess import DEFAULT_MAX_DECODE_S, DEFAULT_MAX_PIXELS, DecodeBudgetError, ImageReadError, decode_image
 from ..errors import ConfigError
-from ..report.review import ReviewCollector, thumbnail_png
+from ..report.review import THUMB_PX, ReviewCollector, thumbnail_png
 from ..screen import Screener
+
+#: extra seconds the service waits for a decoding thread beyond ``max_decode_s`` before answering without it
+DECODE_GRACE_S = 2.0
+
+
+def _default_decode_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 @dataclass
 class ServeConfig:
-    """Limits and behaviour of the service."""
+    """Limits and behaviour of the service.
+
+    ``max_request_bytes`` counts the body bytes actually received (any framing); ``body_timeout_s`` is the
+    time a request's whole body may take to arrive (408 after it); ``max_decode_s`` the time one image may
+    take to decode (the decode budget, 422 after it); ``decode_workers`` the images decoded at the same time
+    (each is one full-size image in memory)."""
 
     token: str | None = None
     max_request_bytes: int = 32 * 1024 * 1024
@@ -61,14 +82,20 @@ class ServeConfig:
     max_batch: int = 64
     batch_window_ms: float = 5.0
     review_thumbnails: int = 200
+    body_timeout_s: float = 30.0
+    max_decode_s: float = DEFAULT_MAX_DECODE_S
+    decode_workers: int = field(default_factory=_default_decode_workers)
 
     def validate(self) -> None:
         for k in ("max_request_bytes", "max_pixels", "max_batch_images", "max_in_flight", "max_batch",
-                  "review_thumbnails"):
+                  "review_thumbnails", "decode_workers"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k} must be >= 1")
         if not self.batch_window_ms >= 0:
             raise ConfigError("batch_window_ms must be >= 0")
+        for k in ("body_timeout_s", "max_decode_s"):
+            if not 0 < getattr(self, k) < float("inf"):
+                raise ConfigError(f"{k} must be a positive number of seconds")
         if self.token is not None and len(self.token) < 16:
             raise ConfigError("the token must have at least 16 characters")
 
@@ -84,6 +111,107 @@ def check_bind(host: str, token: str | None) -> None:
     if not loopback:
         raise ConfigError(f"refusing to listen on {host} without a token: anyone who can reach it could use the "
                           "model; set L2OOD_SERVE_TOKEN (or --token-file) or listen on 127.0.0.1")
+
+
+class Refused(Exception):
+    """A request answered before (or instead of) its handler: HTTP ``status`` with ``{"status": "error",
+    "error": message}``; ``close`` ends the connection (its body was not read to the end)."""
+
+    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None,
+                 close: bool = False) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers, self.close = status, message, headers or {}, close
+
+
+async def _send_error(send: Callable[[dict[str, Any]], Awaitable[None]], e: Refused) -> None:
+    body = json.dumps({"status": "error", "error": e.message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in e.headers.items()]
+    if e.close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": e.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestGuard:
+    """ASGI middleware for ``POST`` requests: the in-flight limit (503 + ``Retry-After``), the request-size
+    limit counted on the bytes the handler actually receives, whatever the framing (a declared Content-Length
+    over the limit: 413 before reading; chunked, multipart or any body that turns out longer: 413 as soon as
+    the limit is passed), and the body deadline (the whole body within ``body_timeout_s``, else 408). These
+    answers close the connection (the rest of the body is never read) and release the request's slot. A
+    handler may also raise :class:`Refused`."""
+
+    def __init__(self, app: Any, *, cfg: ServeConfig, slots: asyncio.Semaphore, state: dict[str, Any]) -> None:
+        from starlette.requests import ClientDisconnect
+
+        self.app, self.cfg, self.slots, self.state = app, cfg, slots, state
+        self._disconnect = ClientDisconnect
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
+                       send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        limit = self.cfg.max_request_bytes
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            try:
+                n = int(length)
+            except ValueError:
+                await _send_error(send, Refused(400, "bad Content-Length", close=True))
+                return
+            if n > limit:
+                await _send_error(send, Refused(413, f"request of {n} bytes exceeds the limit of {limit}",
+                                                close=True))
+                return
+        if self.slots.locked():
+            await _send_error(send, Refused(503, "too many requests in flight; retry", headers={"Retry-After": "1"},
+                                            close=True))  # the body is not read: the connection cannot go on
+            return
+        async with self.slots:
+            self.state["active"] += 1
+            try:
+                await self._handle(scope, receive, send)
+            finally:
+                self.state["active"] -= 1
+
+    async def _handle(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
+                      send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        cfg = self.cfg
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + cfg.body_timeout_s
+        received, complete, started = 0, False, False
+
+        async def guarded_receive() -> dict[str, Any]:
+            nonlocal received, complete
+            if complete:  # the body is in: later receives only wait for a disconnect
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                raise Refused(408, f"the request body did not arrive within {cfg.body_timeout_s:g} s "
+                                   "(body-read timeout)", close=True) from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > cfg.max_request_bytes:
+                    raise Refused(413, f"request body exceeds the limit of {cfg.max_request_bytes} bytes",
+                                  close=True)
+                complete = not message.get("more_body", False)
+            return message
+
+        async def tracked_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, guarded_receive, tracked_send)
+        except Refused as e:
+            if started:
+                raise
+            await _send_error(send, e)
+        except self._disconnect:
+            pass  # the client left while sending: nobody to answer
 
 
 @dataclass
@@ -181,7 +309,6 @@ def create_app(screener: Screener, config: ServeConfig | None = None, *, run_lab
     try:
         from fastapi import FastAPI, HTTPException, Request
         from fastapi.responses import HTMLResponse, JSONResponse
-        from starlette.concurrency import run_in_threadpool
     except ImportError:
         raise ConfigError("serving needs FastAPI and uvicorn: pip install 'l2ood[serve]'") from None
     cfg = config or ServeConfig()
@@ -191,9 +318,11 @@ def create_app(screener: Screener, config: ServeConfig | None = None, *, run_lab
     state: dict[str, Any] = {"ready": False, "active": 0, "seen": 0}
     review = ReviewCollector(max_thumbs=cfg.review_thumbnails)
     in_flight = asyncio.Semaphore(cfg.max_in_flight)
+    decode_slots = asyncio.Semaphore(cfg.decode_workers)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
+        app.state.decoders = ThreadPoolExecutor(max_workers=cfg.decode_workers, thread_name_prefix="l2ood-decode")
         batcher = MicroBatcher(screener, cfg.max_batch, cfg.batch_window_ms / 1000.0, lambda: int(state["active"]))
         batcher.start()
         app.state.batcher = batcher
@@ -205,8 +334,10 @@ def create_app(screener: Screener, config: ServeConfig | None = None, *, run_lab
         finally:
             state["ready"] = False
             await batcher.close()
+            app.state.decoders.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="l2ood screening service", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.add_middleware(RequestGuard, cfg=cfg, slots=in_flight, state=state)
 
     def authorize(request: Request) -> None:
         if cfg.token is None:
@@ -218,52 +349,62 @@ def create_app(screener: Screener, config: ServeConfig | None = None, *, run_lab
             raise HTTPException(status_code=401, detail="missing or wrong bearer token",
                                 headers={"WWW-Authenticate": "Bearer"})
 
-    @app.middleware("http")
-    async def limits(request: Request, call_next: Any) -> Any:
-        if request.method == "POST":
-            length = request.headers.get("content-length")
-            if length is None:
-                return JSONResponse({"status": "error", "error": "Content-Length required"}, status_code=411)
-            try:
-                n = int(length)
-            except ValueError:
-                return JSONResponse({"status": "error", "error": "bad Content-Length"}, status_code=400)
-            if n > cfg.max_request_bytes:
-                return JSONResponse({"status": "error", "error": f"request of {n} bytes exceeds the limit of "
-                                     f"{cfg.max_request_bytes}"}, status_code=413)
-            if in_flight.locked():
-                return JSONResponse({"status": "error", "error": "too many requests in flight; retry"},
-                                    status_code=503, headers={"Retry-After": "1"})
-            async with in_flight:
-                state["active"] += 1
-                try:
-                    return await call_next(request)
-                finally:
-                    state["active"] -= 1
-        return await call_next(request)
-
     def prepare(data: bytes) -> tuple[Tensor, np.ndarray]:
-        arr = decode_image(data, cfg.max_pixels)
-        return screener.to_model_format(arr)[0], arr
+        """On a decoding thread: the model input and a thumbnail-size preview; the full-size image is dropped."""
+        arr = decode_image(data, cfg.max_pixels, cfg.max_decode_s)
+        return screener.to_model_format(arr)[0], _preview(arr)
 
-    async def read_images(request: Request, many: bool) -> list[tuple[str, bytes]]:
+    async def decode(request: Request, data: bytes) -> tuple[Tensor, np.ndarray]:
+        """:func:`prepare` on one of ``decode_workers`` threads, within the decode budget. Should a decoder
+        outrun its own deadline (it checks it on every read), the request is answered without it at
+        ``max_decode_s + DECODE_GRACE_S``; its slot comes back when the thread ends."""
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(decode_slots.acquire(), cfg.max_decode_s)
+        except asyncio.TimeoutError:
+            raise Refused(503, "every image decoder is busy; retry", headers={"Retry-After": "1"}) from None
+
+        def release(_: Any) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop may be gone at shutdown
+                loop.call_soon_threadsafe(decode_slots.release)
+
+        try:
+            fut = request.app.state.decoders.submit(prepare, data)
+        except RuntimeError:  # shutting down
+            decode_slots.release()
+            raise Refused(503, "the service is stopping; retry", headers={"Retry-After": "1"}) from None
+        fut.add_done_callback(release)
+        try:
+            result: tuple[Tensor, np.ndarray] = await asyncio.wait_for(asyncio.wrap_future(fut),
+                                                                       cfg.max_decode_s + DECODE_GRACE_S)
+        except asyncio.TimeoutError:
+            raise DecodeBudgetError(f"decoding took longer than {cfg.max_decode_s:g} s (decode budget: the image "
+                                    "is refused, not judged)") from None
+        return result
+
+    async def read_images(request: Request, many: bool) -> tuple[list[tuple[str, Any]], Any]:
+        """The uploads (name, bytes or an unread multipart file) and the form to close afterwards (or None)."""
         ctype = request.headers.get("content-type", "")
+        form = None
         if ctype.startswith("multipart/form-data"):
             form = await request.form(max_files=cfg.max_batch_images + 1, max_fields=cfg.max_batch_images + 8)
-            files = [(getattr(v, "filename", None) or k, await v.read()) for k, v in form.multi_items()
-                     if hasattr(v, "read") and k in (("files", "file") if many else ("file",))]
-            await form.close()
+            files: list[tuple[str, Any]] = [(getattr(v, "filename", None) or k, v) for k, v in form.multi_items()
+                                            if hasattr(v, "read") and k in (("files", "file") if many else ("file",))]
         else:
             body = await request.body()
             state["seen"] += 1
             files = [(request.headers.get("x-filename") or f"upload #{state['seen']}", body)]
         if not files:
+            if form is not None:
+                await form.close()
             raise HTTPException(status_code=422, detail="no image: send the bytes as the body or a multipart "
                                                         f"field '{'files' if many else 'file'}'")
         if many and len(files) > cfg.max_batch_images:
+            if form is not None:
+                await form.close()
             raise HTTPException(status_code=413, detail=f"{len(files)} images exceed the limit of "
                                                         f"{cfg.max_batch_images} per request")
-        return files
+        return files, form
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -281,17 +422,25 @@ def create_app(screener: Screener, config: ServeConfig | None = None, *, run_lab
         run = screener.run
         return {"run": run_label, "model": run.config.to_dict(), "rule": _rule(screener),
                 "limits": {k: getattr(cfg, k) for k in ("max_request_bytes", "max_pixels", "max_batch_images",
-                                                         "max_in_flight", "max_batch", "batch_window_ms")},
+                                                         "max_in_flight", "max_batch", "batch_window_ms",
+                                                         "body_timeout_s", "max_decode_s", "decode_workers")},
                 "stats": vars(request.app.state.batcher.stats)}
 
-    async def screen_files(request: Request, files: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
+    async def screen_files(request: Request, files: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+        """Decode the uploads one after the other (each reduced to the model's input at once), then score them
+        together; unreadable ones become error records."""
         prepared: list[tuple[str, Tensor | None, np.ndarray | None, str | None]] = []
-        for name, data in files:
+        for name, src in files:
             try:
-                t, arr = await run_in_threadpool(prepare, data)
-                prepared.append((name, t, arr, None))
+                data = src if isinstance(src, bytes) else await src.read()
+                t, preview = await decode(request, data)
+                prepared.append((name, t, preview, None))
             except (ImageReadError, ConfigError) as e:
                 prepared.append((name, None, None, str(e)))
+            finally:
+                data = b""
+                if not isinstance(src, bytes):
+                    await src.close()
         tensors = [t for _, t, _, _ in prepared if t is not None]
         recs = await request.app.state.batcher.submit(tensors) if tensors else []
         out, k = [], 0
@@ -309,8 +458,12 @@ def create_app(screener: Screener, config: ServeConfig | None = None, *, run_lab
     @app.post("/v1/screen")
     async def screen_one(request: Request) -> Any:
         authorize(request)
-        files = await read_images(request, many=False)
-        (rec,) = await screen_files(request, files[:1])
+        files, form = await read_images(request, many=False)
+        try:
+            (rec,) = await screen_files(request, files[:1])
+        finally:
+            if form is not None:
+                await form.close()
         if rec["status"] == "error":
             code = 503 if "non-finite" in str(rec["error"]) else 422
             return JSONResponse(rec, status_code=code)
@@ -319,8 +472,12 @@ def create_app(screener: Screener, config: ServeConfig | None = None, *, run_lab
     @app.post("/v1/screen/batch")
     async def screen_batch(request: Request) -> dict[str, Any]:
         authorize(request)
-        files = await read_images(request, many=True)
-        return {"results": await screen_files(request, files)}
+        files, form = await read_images(request, many=True)
+        try:
+            return {"results": await screen_files(request, files)}
+        finally:
+            if form is not None:
+                await form.close()
 
     @app.get("/review", response_class=HTMLResponse)
     async def review_page(request: Request) -> str:
@@ -332,6 +489,18 @@ def create_app(screener: Screener, config: ServeConfig | None = None, *, run_lab
                            title="l2ood service review", subtitle=f"run {run_label}; inputs screened by this process")
 
     return app
+
+
+def _preview(img: np.ndarray) -> np.ndarray:
+    """The image reduced to thumbnail size (longest side ``THUMB_PX``, as :func:`thumbnail_png` would reduce it):
+    what the review page keeps instead of the full-size image."""
+    if max(img.shape[:2]) <= THUMB_PX:
+        return img
+    from PIL import Image
+
+    im = Image.fromarray(img)
+    im.thumbnail((THUMB_PX, THUMB_PX), Image.Resampling.LANCZOS)
+    return np.asarray(im)
 
 
 def _thumb(img: np.ndarray | None) -> Any:

@@ -1,8 +1,11 @@
 """Finding image files robustly: every bad path becomes an error record, never a crash.
 
-Supported: PNG, JPEG, BMP, TIFF, WebP files (and GIF's first frame) and l2ood npz packs. Folders are
-walked recursively (symbolic links followed, loops detected). Decoding is
-:func:`l2ood.data.preprocess.decode_image` — the same decoder the training data go through.
+Supported: PNG, JPEG, BMP, TIFF, WebP and GIF files (the first frame or page of multi-frame ones) and l2ood
+npz packs. Folders are walked recursively (symbolic links followed, loops detected). Decoding is
+:func:`l2ood.data.preprocess.decode_image` — the same decoder the training data go through — with its limits:
+``max_pixels`` and the decode budget (images whose structure implies excessive decoding work, or whose
+decoding runs past ``DEFAULT_MAX_DECODE_S`` seconds, raise :class:`DecodeBudgetError`; ``screen`` records the
+reason and goes on with the other files).
 """
 
 from __future__ import annotations
@@ -12,12 +15,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.preprocess import DEFAULT_MAX_PIXELS, ImageReadError, decode_image
+from ..data.preprocess import (
+    DEFAULT_MAX_DECODE_S,
+    DEFAULT_MAX_PIXELS,
+    DecodeBudgetError,
+    ImageReadError,
+    decode_image,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 NPZ_SUFFIX = ".npz"
-__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "NPZ_SUFFIX", "ImageReadError", "Source", "decode_image",
-           "discover"]
+__all__ = ["DEFAULT_MAX_DECODE_S", "DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "NPZ_SUFFIX", "DecodeBudgetError",
+           "ImageReadError", "Source", "decode_image", "discover"]
 
 @dataclass
 class Source:

@@ -233,12 +233,48 @@ def file_thumbnail(rec: dict[str, Any], max_pixels: int = DEFAULT_MAX_PIXELS) ->
     return thumbnail_png(pack.images[int(rec["index"])].numpy())
 
 
+def printable(text: str, encoding: str | None = "utf-8") -> str:
+    """``text`` made writable in ``encoding`` without losing information.
+
+    A file name that is not valid UTF-8 reaches Python with each undecodable byte as a lone surrogate
+    (``surrogateescape``); here each such byte becomes the four characters ``\\xHH`` (``b"\\xff\\xfe.png"`` →
+    ``\\xff\\xfe.png``), and any other character the stream's encoding cannot hold becomes its backslash escape
+    (``\\xe9``, ``\\u20ac``). Text that is already writable is returned unchanged.
+
+    >>> printable(b"\\xff\\xfe.png".decode("utf-8", "surrogateescape"))
+    '\\\\xff\\\\xfe.png'
+    """
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # surrogates that are not escaped bytes
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    else:
+        text = raw.decode("utf-8", "backslashreplace")
+    enc = encoding or "utf-8"
+    try:
+        text.encode(enc)
+    except UnicodeEncodeError:
+        text = text.encode(enc, "backslashreplace").decode(enc)
+    except LookupError:  # an unknown codec name: leave the text to the stream
+        pass
+    return text
+
+
+def serializable_record(rec: dict[str, Any], encoding: str | None = "utf-8") -> dict[str, Any]:
+    """A copy of a record whose strings (path, error, class name) are :func:`printable` in ``encoding``."""
+    return {k: printable(v, encoding) if isinstance(v, str) else v for k, v in rec.items()}
+
+
 def screen_to_file(screener: Screener, paths: list[str], out: Any, fmt: str = "csv", *, batch_size: int = 256,
                    progress: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
                    review: Any | None = None) -> dict[str, int]:
     """Screen ``paths`` and write one CSV row or JSON line per record to the text stream ``out``;
     returns the counts ``{"ok", "out", "error"}``. JSON lines are standard JSON (no NaN). ``review``: a
-    :class:`l2ood.report.review.ReviewCollector` that also receives every record (for ``--html``)."""
+    :class:`l2ood.report.review.ReviewCollector` that also receives every record (for ``--html``).
+
+    Every string is written through :func:`printable` for the stream's encoding: a file name that is not valid
+    UTF-8 (possible on Linux) is written with its undecodable bytes as ``\\xHH``, never a crash (JSON lines are
+    ASCII, as before)."""
     import csv
     import json
 
@@ -250,16 +286,18 @@ def screen_to_file(screener: Screener, paths: list[str], out: Any, fmt: str = "c
     writer = csv.DictWriter(out, fieldnames=RECORD_FIELDS) if fmt == "csv" else None
     if writer:
         writer.writeheader()
+    encoding = getattr(out, "encoding", None) or "utf-8"
     for rec in screener.screen(paths, batch_size=batch_size, progress=progress, max_pixels=max_pixels):
         if rec["status"] == "ok":
             counts["ok"] += 1
             counts["out"] += rec["verdict"] == "out"
         else:
             counts["error"] += 1
+        shown = serializable_record(rec, encoding)
         if writer:
-            writer.writerow(rec)
+            writer.writerow(shown)
         else:
-            out.write(json.dumps(rec, allow_nan=False) + "\n")
-        if review is not None:
-            review.add(rec, lambda rec=rec: file_thumbnail(rec, max_pixels))
+            out.write(json.dumps(shown, allow_nan=False) + "\n")
+        if review is not None:  # the page shows the printable name; the thumbnail reads the real file
+            review.add(serializable_record(rec), lambda rec=rec: file_thumbnail(rec, max_pixels))
     return counts
