@@ -41,6 +41,21 @@ def write_idx_dataset(folder: Path, n_train: int, n_test: int, style: str, seed:
         write_idx(folder / f"{split}-labels-idx1-ubyte{ext}", y)
 
 
+def tiny_run(root: Path, *, n_train: int = 300, n_test: int = 80, width: int = 2, holdout: int = 60, epochs: int = 1,
+             calibrate: bool = False) -> Path:
+    """Train a tiny L2 run on a generated Fashion-MNIST stand-in in ``root/data`` (and calibrate it); returns the run
+    folder ``root/run``. The data root is ``root/data``."""
+    from l2ood.cli import main
+
+    write_idx_dataset(root / "data" / "fashion-mnist", n_train, n_test, "bars", seed=10)
+    args = ["--data-root", str(root / "data"), "--no-progress", "--precision", "fp32"]
+    assert main(["train", "--epochs", str(epochs), "--width", str(width), "--holdout", str(holdout),
+                 "--out", str(root / "run"), *args]) == 0
+    if calibrate:
+        assert main(["calibrate", str(root / "run"), *args]) == 0
+    return root / "run"
+
+
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data root holding generated ``fashion-mnist/`` (gz) and ``mnist/`` (raw) IDX files."""

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from l2ood.cli import main
 from l2ood.columns import Column, CombinedColumn, parse_spec, report_columns
 from l2ood.detectors import Extraction, Head
 from l2ood.errors import ConfigError
@@ -68,14 +67,10 @@ def test_raw_columns_fit_and_score_on_the_raw_logits() -> None:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from conftest import write_idx_dataset
+    from conftest import tiny_run
 
-    root = tmp_path_factory.mktemp("coldata")
-    write_idx_dataset(root / "fashion-mnist", 400, 100, "bars", seed=10, gz=True)
-    run = root.parent / "colrun"
-    assert main(["train", "--data-root", str(root), "--epochs", "1", "--width", "4", "--batch-size", "64",
-                 "--holdout", "100", "--out", str(run), *FP32]) == 0
-    return run, root
+    root = tmp_path_factory.mktemp("columns")
+    return tiny_run(root, n_train=400, n_test=100, width=4, holdout=100), root / "data"
 
 
 def test_fit_or_load_fits_once_then_loads_the_same_statistics(run_dir: tuple[Path, Path],

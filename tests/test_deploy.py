@@ -33,13 +33,10 @@ TOKEN = "s3cret-token-0123456789"
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.conftest import make_pattern_images, write_idx_dataset
+    from tests.conftest import make_pattern_images, tiny_run
 
     root = tmp_path_factory.mktemp("deploy")
-    write_idx_dataset(root / "data" / "fashion-mnist", 400, 100, "bars", seed=10)
-    assert main(["train", "--data-root", str(root / "data"), "--epochs", "2", "--width", "4", "--holdout", "100",
-                 "--out", str(root / "run"), "--no-progress", "--precision", "fp32"]) == 0
-    assert main(["calibrate", str(root / "run"), "--data-root", str(root / "data"), "--no-progress"]) == 0
+    tiny_run(root, n_train=400, n_test=100, width=4, holdout=100, epochs=2, calibrate=True)
     imgs = root / "imgs"
     imgs.mkdir()
     x, _ = make_pattern_images(12, seed=99)  # ID-like

@@ -26,14 +26,10 @@ FP32 = ["--precision", "fp32", "--device", "cpu", "--no-progress"]
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from conftest import write_idx_dataset
+    from conftest import tiny_run
 
-    root = tmp_path_factory.mktemp("fcdata")
-    write_idx_dataset(root / "fashion-mnist", 300, 80, "bars", seed=10, gz=True)
-    run = root.parent / "fcrun"
-    assert main(["train", "--data-root", str(root), "--epochs", "1", "--width", "2", "--holdout", "60",
-                 "--out", str(run), *FP32]) == 0
-    return run, root
+    root = tmp_path_factory.mktemp("failclosed")
+    return tiny_run(root), root / "data"
 
 
 def _copy(trained: tuple[Path, Path], dest: Path) -> Path:

@@ -38,14 +38,9 @@ LIMIT = 64 * 1024
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small trained and calibrated run."""
-    from tests.conftest import write_idx_dataset
+    from tests.conftest import tiny_run
 
-    root = tmp_path_factory.mktemp("limits")
-    write_idx_dataset(root / "data" / "fashion-mnist", 300, 60, "bars", seed=10)
-    assert main(["train", "--data-root", str(root / "data"), "--epochs", "1", "--width", "2", "--holdout", "60",
-                 "--out", str(root / "run"), "--no-progress", "--precision", "fp32"]) == 0
-    assert main(["calibrate", str(root / "run"), "--data-root", str(root / "data"), "--no-progress"]) == 0
-    return root / "run"
+    return tiny_run(tmp_path_factory.mktemp("limits"), n_test=60, calibrate=True)
 
 
 def _png(a: np.ndarray) -> bytes:

@@ -98,27 +98,29 @@ def check_apart(val_ood: ImageSource, test_sets: Iterable[ImageSource], val_id: 
         raise ConfigError(f"the ID validation images '{val_id.name}' are the ID test images")
     v = val_ood.item_digests()
     for ref, what in ((id_test, "ID test images"), (val_id, "ID validation images")):
-        if ref.name == val_ood.name:
-            raise ConfigError(f"the validation OoD set '{val_ood.name}' is the run's {what}: in-distribution images "
-                              "cannot stand for OoD ones; pass another --val-ood")
-        if v is not None and ref.shape == val_ood.shape:
-            shared = len(v & (ref.item_digests() or set()))
-            if shared:
-                raise ConfigError(f"the validation OoD set '{val_ood.name}' shares {shared} image(s) with the "
-                                  f"{what}: in-distribution images cannot stand for OoD ones")
+        _refuse_overlap(val_ood, v, ref, f"the validation OoD set '{val_ood.name}' is the run's {what}: "
+                        "in-distribution images cannot stand for OoD ones; pass another --val-ood",
+                        f"with the {what}: in-distribution images cannot stand for OoD ones")
     for t in test_sets:
-        if t.name == val_ood.name:
-            raise ConfigError(f"the validation OoD set '{val_ood.name}' is also a test OoD set: hyper-parameters "
-                              "chosen on a test set would inflate its results; pass another --val-ood")
-        if v is not None and t.shape == val_ood.shape:
-            shared = len(v & (t.item_digests() or set()))
-            if shared:
-                raise ConfigError(f"the validation OoD set '{val_ood.name}' shares {shared} image(s) with the "
-                                  f"test OoD set '{t.name}': keep validation and test images apart")
+        _refuse_overlap(val_ood, v, t, f"the validation OoD set '{val_ood.name}' is also a test OoD set: "
+                        "hyper-parameters chosen on a test set would inflate its results; pass another --val-ood",
+                        f"with the test OoD set '{t.name}': keep validation and test images apart")
     if val_id.shape == id_test.shape:
         shared = len((val_id.item_digests() or set()) & (id_test.item_digests() or set()))
         if shared:
             raise ConfigError(f"the ID validation images share {shared} image(s) with the ID test images")
+
+
+def _refuse_overlap(val_ood: ImageSource, digests: set[str] | None, ref: ImageSource, same_name: str,
+                    shared_with: str) -> None:
+    """Refuse ``val_ood`` when it has ``ref``'s name (``same_name``) or shares an image with it (pixel SHA-1 of sets
+    in memory; ``digests`` are ``val_ood``'s)."""
+    if ref.name == val_ood.name:
+        raise ConfigError(same_name)
+    if digests is not None and ref.shape == val_ood.shape:
+        shared = len(digests & (ref.item_digests() or set()))
+        if shared:
+            raise ConfigError(f"the validation OoD set '{val_ood.name}' shares {shared} image(s) {shared_with}")
 
 
 def summary(selections: Mapping[str, Selection], val_id: Any, val_ood: Any) -> dict[str, Any]:
