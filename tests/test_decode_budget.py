@@ -15,6 +15,7 @@ import struct
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -370,3 +371,32 @@ def test_mutated_containers_give_a_reason_never_a_crash(data: st.DataObject) -> 
     else:
         assert a.dtype == np.uint8 and (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3))
 
+
+
+def test_screen_passes_its_decode_budget_to_every_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """`l2ood screen --max-decode-s S` decodes every file with that budget (and the review page's thumbnails too)."""
+    from tests.conftest import tiny_run
+
+    import l2ood.screen.screener as screener_mod
+    from l2ood.cli import main
+
+    run = tiny_run(tmp_path, calibrate=True)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((20, 20), 80 * i, np.uint8)).save(imgs / f"{i}.png")
+    seen: list[float | None] = []
+    real = screener_mod.decode_image
+
+    def spy(source: Any, max_pixels: int = 0, max_decode_s: float | None = None) -> np.ndarray:
+        seen.append(max_decode_s)
+        return real(source, max_pixels, max_decode_s)
+
+    monkeypatch.setattr(screener_mod, "decode_image", spy)
+    assert main(["screen", str(run), str(imgs), "--max-decode-s", "3.5", "--html", str(tmp_path / "r.html"),
+                 "--no-progress"]) in (0, 1)
+    assert len(seen) >= 3 and set(seen) == {3.5}
+    with pytest.raises(SystemExit) as e:  # must be > 0: an argparse error, exit 2
+        main(["screen", str(run), str(imgs), "--max-decode-s", "0", "--no-progress"])
+    assert e.value.code == 2 and "max-decode-s" in capsys.readouterr().err

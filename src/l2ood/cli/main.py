@@ -331,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=_positive_int, default=256)
     s.add_argument("--max-pixels", type=_positive_int, default=40_000_000,
                    help="refuse images with more pixels (decompression-bomb guard)")
+    s.add_argument("--max-decode-s", type=_positive_float, default=10.0,
+                   help="seconds one image may take to decode (decode budget: slower ones are error records)")
     _add_runtime(s, data=False)
 
     sv = sub.add_parser("serve", help="HTTP screening service (FastAPI + uvicorn) for a calibrated run",
@@ -557,7 +559,8 @@ def cmd_screen(args: argparse.Namespace) -> int:
     out = sys.stdout if args.output == "-" else open(args.output, "w", newline="")
     try:
         counts = screen_to_file(scr, args.paths, out, args.format, batch_size=args.batch_size,
-                                progress=not args.no_progress, max_pixels=args.max_pixels, review=review)
+                                progress=not args.no_progress, max_pixels=args.max_pixels,
+                                max_decode_s=args.max_decode_s, review=review)
     finally:
         if out is not sys.stdout:
             out.close()

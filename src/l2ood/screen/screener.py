@@ -29,7 +29,7 @@ from ..detectors import DETECTORS
 from ..errors import ConfigError, L2oodError, RunError
 from ..metrics.conformal import Calibration
 from ..run import Run
-from .images import DEFAULT_MAX_PIXELS, ImageReadError, decode_image, discover
+from .images import DEFAULT_MAX_DECODE_S, DEFAULT_MAX_PIXELS, ImageReadError, decode_image, discover
 
 
 class NotCalibratedError(L2oodError):
@@ -169,9 +169,11 @@ class Screener:
         return recs
 
     def screen(self, paths: Iterable[str | Path], *, batch_size: int = 256, progress: bool = False,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[dict[str, Any]]:
+               max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_decode_s: float | None = DEFAULT_MAX_DECODE_S) -> Iterator[dict[str, Any]]:
         """Yield one record per image (``status`` "ok") or per unreadable input (``status`` "error"),
-        in input order (folders sorted by name)."""
+        in input order (folders sorted by name). An image whose decoding would take longer than ``max_decode_s``
+        seconds (the decode budget, :func:`l2ood.data.preprocess.decode_image`) is an error record."""
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         # each image is reduced to the model's input size as soon as it is decoded: memory O(batch · C·H·W)
@@ -195,7 +197,8 @@ class Screener:
                             n_images = 0
             else:
                 try:
-                    pending.append((src.path, None, self.to_model_format(decode_image(src.path, max_pixels))[0]))
+                    pending.append((src.path, None, self.to_model_format(
+                        decode_image(src.path, max_pixels, max_decode_s))[0]))
                     n_images += 1
                 except (ImageReadError, DataError) as e:
                     pending.append((src.path, None, str(e)))
@@ -223,12 +226,13 @@ RECORD_FIELDS = ("path", "index", "status", "score", "p_value", "verdict", "pred
                  "confidence", "error")
 
 
-def file_thumbnail(rec: dict[str, Any], max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes | None:
+def file_thumbnail(rec: dict[str, Any], max_pixels: int = DEFAULT_MAX_PIXELS,
+                   max_decode_s: float | None = DEFAULT_MAX_DECODE_S) -> bytes | None:
     """A PNG thumbnail of a screened input, read again from its file (or npz pack)."""
     from ..report.review import thumbnail_png
 
     if rec.get("index") is None:
-        return thumbnail_png(decode_image(str(rec["path"]), max_pixels))
+        return thumbnail_png(decode_image(str(rec["path"]), max_pixels, max_decode_s))
     pack = load_npz(str(rec["path"]), max_pixels=max_pixels)
     return thumbnail_png(pack.images[int(rec["index"])].numpy())
 
@@ -267,7 +271,7 @@ def serializable_record(rec: dict[str, Any], encoding: str | None = "utf-8") -> 
 
 def screen_to_file(screener: Screener, paths: list[str], out: Any, fmt: str = "csv", *, batch_size: int = 256,
                    progress: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
-                   review: Any | None = None) -> dict[str, int]:
+                   max_decode_s: float | None = DEFAULT_MAX_DECODE_S, review: Any | None = None) -> dict[str, int]:
     """Screen ``paths`` and write one CSV row or JSON line per record to the text stream ``out``;
     returns the counts ``{"ok", "out", "error"}``. JSON lines are standard JSON (no NaN). ``review``: a
     :class:`l2ood.report.review.ReviewCollector` that also receives every record (for ``--html``).
@@ -287,7 +291,8 @@ def screen_to_file(screener: Screener, paths: list[str], out: Any, fmt: str = "c
     if writer:
         writer.writeheader()
     encoding = getattr(out, "encoding", None) or "utf-8"
-    for rec in screener.screen(paths, batch_size=batch_size, progress=progress, max_pixels=max_pixels):
+    for rec in screener.screen(paths, batch_size=batch_size, progress=progress, max_pixels=max_pixels,
+                               max_decode_s=max_decode_s):
         if rec["status"] == "ok":
             counts["ok"] += 1
             counts["out"] += rec["verdict"] == "out"
@@ -299,5 +304,5 @@ def screen_to_file(screener: Screener, paths: list[str], out: Any, fmt: str = "c
         else:
             out.write(json.dumps(shown, allow_nan=False) + "\n")
         if review is not None:  # the page shows the printable name; the thumbnail reads the real file
-            review.add(serializable_record(rec), lambda rec=rec: file_thumbnail(rec, max_pixels))
+            review.add(serializable_record(rec), lambda rec=rec: file_thumbnail(rec, max_pixels, max_decode_s))
     return counts
