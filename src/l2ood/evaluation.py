@@ -193,9 +193,8 @@ def _calibrate(combos: list[CombinedColumn], feats: _Features, cols: list[Column
 def _samples(ds: Images, ext: Extraction) -> dict[str, Any]:
     info: dict[str, Any] = {"labels": None if ext.labels is None else ext.labels.numpy(),
                             "predictions": ext.logits.argmax(1).numpy() if len(ext) else np.empty(0, np.int64)}
-    describe = getattr(ds, "describe_item", None)
-    if describe is not None and len(ds) == len(ext):
-        info["paths"] = [describe(i) for i in range(len(ds))]
+    if ds.streamed and len(ds) == len(ext):  # files on disk have paths (the per-sample table's "path")
+        info["paths"] = [ds.describe_item(i) for i in range(len(ds))]
     return info
 
 

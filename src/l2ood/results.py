@@ -194,7 +194,7 @@ def upgrade(obj: Any, where: str) -> dict[str, Any]:
         name = f"{obj['arch']}-{obj.get('variant', '?')}-seed{obj.get('seed', '?')}"
         return {"schema": SCHEMA, "runs": {name: res}, "bench": cell, "upgraded_from": "0.2"}
     if obj and all(_is_record(v) for v in obj.values()):  # nested by label: `l2ood evaluate`
-        runs = {k: {kk: vv for kk, vv in v.items()} for k, v in obj.items()}
+        runs = {k: dict(v) for k, v in obj.items()}
         commands = {v.get("command") for v in runs.values()}
         return {"schema": SCHEMA, "runs": runs, "command": commands.pop() if len(commands) == 1 else None,
                 "upgraded_from": "0.2"}
@@ -221,12 +221,13 @@ def read_results(path: str | Path) -> ResultsFile:
 def write_results(path: str | Path, results: ResultsFile) -> Path:
     """Validate and write ``results`` to ``path`` atomically (strict JSON, indent 1)."""
     path = Path(path)
+    obj = results.to_json()
     try:
-        ResultsFile.model_validate(results.to_json())
+        ResultsFile.model_validate(obj)
     except ValidationError as e:
         raise ResultsError(_errors(e, str(path))) from None
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, (jsonio.dumps(results.to_json(), indent=1) + "\n").encode())
+    atomic_write_bytes(path, (jsonio.dumps(obj, indent=1) + "\n").encode())
     return path
 
 

@@ -125,14 +125,14 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> tuple[Path
     """Run (or resume) the whole matrix; returns the CSV and markdown paths."""
     plan = _plan(spec)
     cells = spec.out / "cells"
-    for a, seed, v, key in plan.cells:  # cells of other settings are refused before anything is loaded or written
-        _cell_done(cells / f"{a}-{v}-seed{seed}.json", key)
-    text = jsonio.dumps({"benchmark": spec.benchmark, "definition": plan.bdef, "recipe": spec.recipe,
-                         "hyper": plan.recipe, "archs": spec.archs, "variants": spec.variants, "seeds": spec.seeds,
-                         "detectors": spec.detectors, "n_ood": spec.n_ood, "n_id": spec.n_id,
-                         "combined": spec.combined, "code_version": code_version()}, indent=2)
+    # each cell file read once: cells of other settings are refused before anything is loaded or written
+    done = [_cell_done(cells / f"{a}-{v}-seed{seed}.json", key) for a, seed, v, key in plan.cells]
     cells.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(spec.out / "spec.json", text.encode())
+    jsonio.write(spec.out / "spec.json", {"benchmark": spec.benchmark, "definition": plan.bdef, "recipe": spec.recipe,
+                                          "hyper": plan.recipe, "archs": spec.archs, "variants": spec.variants,
+                                          "seeds": spec.seeds, "detectors": spec.detectors, "n_ood": spec.n_ood,
+                                          "n_id": spec.n_id, "combined": spec.combined,
+                                          "code_version": code_version()}, indent=2)
     posthoc = bool(plan.recipe.get("pretrained"))
     path = "prefer-stream" if plan.bdef.get("stream") else "memory"  # streamed where the definition says so
     ch = int(plan.bdef["channels"])
@@ -144,10 +144,10 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> tuple[Path
     groups = {ds.name: g for ds, (_, g) in zip(ood_sets, plan.ood, strict=True)}
     log(f"bench {spec.benchmark}: ID {train_set.name} ({len(train_set)} train / {len(id_test)} test), "
         f"OoD {', '.join(f'{d.name} ({groups[d.name]}, {len(d)})' for d in ood_sets)}")
-    for arch, seed, variant, key in plan.cells:
+    for (arch, seed, variant, key), finished in zip(plan.cells, done, strict=True):
         cell = cells / f"{arch}-{variant}-seed{seed}.json"
         key.groups = groups
-        if _cell_done(cell, key):
+        if finished:
             log(f"cell {arch}/{variant}/seed{seed}: done")
             continue
         run_dir = spec.out / arch / variant / f"seed{seed}"
