@@ -29,53 +29,8 @@ from .columns import Column
 from .detectors import DETECTORS, Extraction, Head
 from .errors import ConfigError
 from .metrics import OODMetrics, ood_metrics
-from .models.classifier import Output
+from .models.imported import HookedClassifier
 from .runtime import Runtime, resolve_runtime
-
-
-class HookedClassifier(nn.Module):
-    """A user's classifier seen through l2ood's interface: ``features(x)`` = the head's input ``z``,
-    ``logits_from_features(z)`` = the head applied to ``z``, ``fc`` = the head (``head="ce"``: plain logits)."""
-
-    head: str = "ce"
-    tau: float = 1.0
-
-    def __init__(self, model: nn.Module, head: str | nn.Linear) -> None:
-        super().__init__()
-        self.model = model
-        fc = model.get_submodule(head) if isinstance(head, str) else head
-        if not isinstance(fc, nn.Linear):
-            raise ConfigError(f"the head must be an nn.Linear (got {type(fc).__name__}); name the model's last "
-                              "linear layer, e.g. 'fc', 'head' or 'classifier.1'")
-        self.fc = fc
-        self._z: Tensor | None = None
-        fc.register_forward_hook(self._capture)
-
-    def _capture(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:  # noqa: ARG002
-        self._z = inputs[0]  # (the forward-hook signature; only the head's input is kept)
-
-    def _run(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        self._z = None
-        out = self.model(x)
-        if self._z is None:
-            raise ConfigError("the named head was not called in the model's forward pass")
-        logits = out if isinstance(out, Tensor) else out[0]
-        return self._z.flatten(1), logits
-
-    def features(self, x: Tensor) -> Tensor:
-        return self._run(x)[0].float()
-
-    def logits_from_features(self, z: Tensor, variant: str = "trained",  # noqa: ARG002
-                             norm: Tensor | None = None) -> Tensor:  # noqa: ARG002
-        """The head on ``z``: plain logits (a "ce" head has no normalized variant)."""
-        return self.fc(z.to(self.fc.weight.dtype)).float()
-
-    def forward(self, x: Tensor) -> Output:
-        z, logits = self._run(x)
-        z = z.float()
-        if logits.shape[-1] != self.fc.out_features or logits.ndim != 2:
-            raise ConfigError("the model's output is not the named head's output (the logits)")
-        return Output(logits.float(), z, z.norm(dim=1))
 
 
 def _batches(data: Any, batch_size: int) -> Iterable[tuple[Tensor, Tensor | None]]:

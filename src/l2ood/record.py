@@ -204,6 +204,26 @@ class FittedDetectorRecord(_Model):
 
 
 _FittedKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9_+.-]{1,64}(:raw)?$")]
+_Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class ImportRecord(_Model):
+    """Where an imported classifier (one l2ood did not train; ``l2ood import``) came from.
+
+    ``source`` is the architecture name (``torchvision:NAME``, ``timm:NAME``, an l2ood architecture) or the
+    factory (``factory:package.module:function``; its keyword arguments are in the model config);
+    ``weights_file`` / ``weights_file_sha256`` the file the weights were read from (``None``: the weights the
+    factory built); ``factory_sha256`` the factory module's source file at import; ``head_layer`` the
+    classifier head and ``head_found`` whether l2ood found it (else the user named it)."""
+
+    kind: Literal["imported"] = "imported"
+    source: Annotated[str, Field(min_length=1, max_length=512)]
+    weights_file: Annotated[str, Field(max_length=8192)] | None = None
+    weights_file_sha256: _Digest | None = None
+    factory_sha256: _Digest | None = None
+    head_layer: Annotated[str, Field(max_length=512)] | None = None
+    head_found: bool = False
+    preset: Annotated[str, Field(max_length=64)] | None = None  # the named preprocessing it was imported with
 
 
 class RunRecord(_Model):
@@ -223,6 +243,7 @@ class RunRecord(_Model):
     recipe: Annotated[str, Field(max_length=128)] | None = None
     upgraded_from: Annotated[str, Field(max_length=64)] | None = None
     detectors: Annotated[dict[_FittedKey, FittedDetectorRecord], Field(max_length=1000)] = {}
+    imported: ImportRecord | None = None  # set for a classifier l2ood did not train (`l2ood import`)
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
 
@@ -272,6 +293,8 @@ class RunRecord(_Model):
                 cal.pop("weights_sha256", None)
         if not d.get("detectors"):
             d.pop("detectors", None)
+        if d.get("imported") is None:
+            d.pop("imported", None)
         return d
 
     @property

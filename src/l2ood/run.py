@@ -31,7 +31,7 @@ from .data import DataError, load_source
 from .data.preprocess import Preprocessing
 from .data.source import ImageSource
 from .detectors import Extraction, Head, forward_batch
-from .errors import RunError
+from .errors import ConfigError, RunError
 from .metrics.conformal import Calibration
 from .models import Classifier, ModelConfig
 from .models.config import TrainConfig
@@ -56,8 +56,10 @@ class Run:
     """
 
     def __init__(self, record: RunRecord, path: str | Path | None = None, *, model: Classifier | None = None,
-                 device: str = "auto", precision: str = "auto", data_root: str | Path | None = None) -> None:
+                 device: str = "auto", precision: str = "auto", data_root: str | Path | None = None,
+                 trust_code: bool | None = None) -> None:
         self.record = record
+        self._trust_code = trust_code
         self.path = Path(path) if path is not None else None
         self._model = model
         self._device, self._precision = device, precision
@@ -68,8 +70,11 @@ class Run:
     # -------------------------------------------------------------------------------------------- loading
     @classmethod
     def load(cls, path: str | Path, *, device: str = "auto", precision: str = "auto",
-             data_root: str | Path | None = None, verify_weights: bool = True) -> Run:
-        """Load a run folder (or its ``model.safetensors``); pickle files are refused."""
+             data_root: str | Path | None = None, verify_weights: bool = True, trust_code: bool | None = None) -> Run:
+        """Load a run folder (or its ``model.safetensors``); pickle files are refused.
+
+        A run imported from code (``l2ood import --factory``) is loaded only when ``trust_code`` is true (``None``:
+        the environment variable ``L2OOD_TRUST_CODE=1``), since rebuilding its network runs that code."""
         path = Path(path)
         refuse_pickle(path)
         run_dir = path.parent if path.is_file() else path
@@ -85,7 +90,8 @@ class Run:
             if file_sha256(run_dir / WEIGHTS) != record.weights_sha256:
                 raise RunError(f"{run_dir / WEIGHTS}: the weights differ from those recorded in {META} "
                                "(replaced after training, or a write was interrupted); retrain or restore them")
-        return cls(record, run_dir, device=device, precision=precision, data_root=data_root)
+        _check_code(record, run_dir, trust_code)
+        return cls(record, run_dir, device=device, precision=precision, data_root=data_root, trust_code=trust_code)
 
     @classmethod
     def from_model(cls, model: Classifier, config: ModelConfig, *, device: str = "auto",
@@ -119,30 +125,16 @@ class Run:
         backbone's feature size; inputs are normalized with ``mean``/``std`` (default ImageNet's) and
         files are read at ``image_size`` through ``fit`` (default: shorter side 256/224, centre crop).
         ``width`` applies to l2ood's own architectures only."""
-        import torch
-
         from .data.stream import IMAGENET_MEAN, IMAGENET_STD
-        from .models import build_model
-        from .models.adapters import load_backbone_weights, read_weights_file
+        from .models.adapters import read_weights_file
+        from .models.pretrained import classifier_from_tensors
 
-        tensors = read_weights_file(weights)
         cfg = ModelConfig(arch=arch, width=width, head="ce", num_classes=2, image_size=image_size,
                           mean=list(mean or IMAGENET_MEAN), std=list(std or IMAGENET_STD))
-        probe = build_model(cfg)
-        left = load_backbone_weights(probe.backbone, tensors, f"{weights}")
-        dim = probe.fc.in_features
-        heads = [k for k in left if k.endswith("weight") and tensors[k].ndim == 2 and tensors[k].shape[1] == dim
-                 and k[: -len("weight")] + "bias" in tensors]
-        if len(heads) != 1:
-            raise RunError(f"{weights}: expected one classifier head (a C×{dim} weight with its bias) besides the "
-                           f"backbone, found {len(heads)}: {heads[:4]}")
-        w, b = tensors[heads[0]], tensors[heads[0][: -len("weight")] + "bias"]
-        cfg.num_classes = int(w.shape[0])
-        model = build_model(cfg)
-        load_backbone_weights(model.backbone, tensors, f"{weights}")
-        with torch.no_grad():
-            model.fc.weight.copy_(w)
-            model.fc.bias.copy_(b)
+        try:
+            model, cfg, _ = classifier_from_tensors(cfg, read_weights_file(weights), f"{weights}")
+        except ConfigError as e:
+            raise RunError(str(e)) from None
         return cls.from_model(model.eval(), cfg, device=device, precision=precision, fit=fit)
 
     # -------------------------------------------------------------------------------------------- model
@@ -166,7 +158,7 @@ class Run:
         if m is None:
             if self.path is None:
                 raise RunError("an in-memory run has no weights file")
-            m = load_weights(self.path, self.config)
+            m = load_weights(self.path, self.config, trust_code=self._trust_code)
         return self.runtime.prepare(m).eval()
 
     @property
@@ -323,6 +315,25 @@ class Run:
     def __repr__(self) -> str:
         m = self.config
         return f"Run({self.path or 'in memory'}: {m.arch} w{m.width} {m.head}, {m.num_classes} classes)"
+
+
+def _check_code(record: RunRecord, run_dir: Path, trust_code: bool | None) -> None:
+    """Refuse a run built by code the caller has not said it trusts; warn when that code changed since import."""
+    from .models.imported import FACTORY_PREFIX, TRUST_ENV, factory_sha256, trusted
+
+    arch = record.model.arch
+    if not arch.startswith(FACTORY_PREFIX):
+        return
+    code = arch[len(FACTORY_PREFIX):]
+    if not trusted(trust_code):
+        raise RunError(f"{run_dir}: this run's network is built by code ({code}, imported with `l2ood import`); "
+                       "loading it runs that code. Do so only if you trust it: pass --trust-code (Python: "
+                       f"trust_code=True), or set {TRUST_ENV}=1")
+    was = record.imported.factory_sha256 if record.imported else None
+    now = factory_sha256(arch)
+    if was is not None and now != was:
+        warnings.warn(f"{run_dir}: the source of {code} changed since the run was imported (SHA-256 "
+                      f"{was[:12]}… then, {(now or 'none')[:12]}… now); its weights still have to fit", stacklevel=3)
 
 
 def run_of(obj: Run | str | Path, **kw: Any) -> Run:

@@ -1,4 +1,5 @@
-"""The ``l2ood`` command line: ``train``, ``evaluate``, ``demo``, ``calibrate``, ``screen``, ``analyze``, ``bench``.
+"""The ``l2ood`` command line: ``train``, ``import``, ``evaluate``, ``demo``, ``calibrate``, ``screen``, ``serve``,
+``export``, ``analyze``, ``bench``.
 
 This module only parses arguments and calls library functions. Exit status: 0 success; 1 (``screen``
 only) some input could not be read; 2 an error a user can fix (missing data, bad arguments, a run that
@@ -21,6 +22,7 @@ from typing import Any
 from ..data import DATASETS, PARAMETRIC
 from ..data.source import DATA_PATHS, STREAM_BUDGET_GIB, STREAM_MIN_SIDE
 from ..data.source import ImageSource as Images
+from ..data.transforms import FITS, PRESETS
 from ..errors import ConfigError, L2oodError
 from ..models import ARCHITECTURES, HEAD_MODES, ModelConfig, _known_arch
 from ..models.config import DEFAULT_CHECKPOINT_STEPS
@@ -113,8 +115,8 @@ _HELP = {
     "seeds": "comma-separated seeds, one model per seed",
     "detectors": "comma-separated detectors or 'all'",
     "compile": "torch.compile the model",
-    "runs": "run folders written by `l2ood train`",
-    "run": "a run folder written by `l2ood train`",
+    "runs": "run folders written by `l2ood train` or `l2ood import`",
+    "run": "a run folder written by `l2ood train` or `l2ood import`",
     "format": "output format",
     "precision": "auto: bf16 autocast + channels_last where supported, else fp32",
 }
@@ -122,6 +124,12 @@ _HELP = {
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows every option's default and keeps descriptions as written."""
+
+
+def _add_trust(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-code", action="store_true",
+                   help="load runs imported from code (`l2ood import --factory`): rebuilding their network runs "
+                        "that code, so only for code you trust (also: L2OOD_TRUST_CODE=1)")
 
 
 def _finish_help(parser: argparse.ArgumentParser) -> None:
@@ -376,6 +384,50 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--verify-n", type=_nonneg_int, default=512,
                     help="images of the run's ID test set to compare with PyTorch (0: skip; default 512)")
     ex.add_argument("--data-root", default=None, help="data root for the verification images")
+
+    im = sub.add_parser(
+        "import", help="make a run folder for a classifier l2ood did not train (then calibrate, screen, serve ...)",
+        description="Writes RUN/model.safetensors and RUN/model.json for your own classifier, so that every "
+                    "command works on it as on a trained run. Either a torchvision/timm/l2ood architecture by "
+                    "name plus a weights file with its head (--arch), or any nn.Module built by your code "
+                    "(--factory package.module:function, --kwargs JSON; loading such a run later needs --trust-code, "
+                    "because it runs that code). Weights: safetensors, or a torch checkpoint read with "
+                    "weights_only=True (no code is unpickled). The input is a named preset whose fields can be "
+                    "overridden. --data names the ID training data (detectors such as knn or mahalanobis are fit "
+                    "on it; --holdout N images of it are kept apart for `l2ood calibrate`).\n\n"
+                    "example:\n  l2ood import --arch torchvision:resnet18 --weights resnet18.safetensors "
+                    "--preprocessing imagenet --data imagefolder:train/ --holdout 1000 --out runs/rn18")
+    what = im.add_mutually_exclusive_group(required=True)
+    what.add_argument("--arch", metavar="NAME", help="torchvision:NAME, timm:NAME or an l2ood architecture")
+    what.add_argument("--factory", metavar="MODULE:FUNCTION",
+                      help="function returning your nn.Module, e.g. mypkg.nets:build (importable from here)")
+    im.add_argument("--out", required=True, metavar="DIR", help="the run folder to write")
+    im.add_argument("--weights", metavar="FILE", default=None,
+                    help="weights file (.safetensors, or a torch checkpoint); with --factory, omit it to keep the "
+                         "weights the factory builds")
+    im.add_argument("--kwargs", default=None, metavar="JSON", help="the factory's keyword arguments, a JSON object")
+    im.add_argument("--head", default=None, metavar="LAYER",
+                    help="--factory: the name of the network's last linear layer (found when left out)")
+    im.add_argument("--preprocessing", default="imagenet", metavar="PRESET",
+                    help="named input config: " + "; ".join(f"{k}: {v.about}" for k, v in PRESETS.items()))
+    im.add_argument("--image-size", default=None, metavar="N|HxW", help="input size (overrides the preset's)")
+    im.add_argument("--channels", type=int, choices=(1, 3), default=3, help="input channels")
+    im.add_argument("--fit", default=None, choices=FITS, help="how files reach the input size (overrides the preset)")
+    im.add_argument("--mean", default=None, metavar="M[,M,M]", help="per-channel input mean on [0, 1]")
+    im.add_argument("--std", default=None, metavar="S[,S,S]", help="per-channel input std on [0, 1]")
+    im.add_argument("--class-names", default=None, metavar="FILE|A,B,...",
+                    help="class names: a text file with one per line, or a comma-separated list")
+    im.add_argument("--data", default=None, metavar="SPEC", help="ID training data (fits detectors; see `train`)")
+    im.add_argument("--holdout", type=_nonneg_int, default=0, metavar="N",
+                    help="images of --data kept apart for calibration")
+    im.add_argument("--test-data", default=None, metavar="SPEC",
+                    help="ID test data (default: --data's test split, else the holdout)")
+    im.add_argument("--data-root", default=None, help="folder holding data sets")
+    im.add_argument("--data-path", default="memory", choices=DATA_PATHS,
+                    help="memory: decode --data once; stream: read it batch by batch from disk")
+    im.add_argument("--overwrite", action="store_true", help="replace a run folder l2ood wrote at --out")
+    for sp in (e, c, s, sv, ex):
+        _add_trust(sp)
     _finish_help(ap)
     for sp in sub.choices.values():
         _finish_help(sp)
@@ -624,6 +676,59 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _floats(v: str | None, what: str) -> list[float] | None:
+    if v is None:
+        return None
+    try:
+        return [float(x) for x in v.split(",")]
+    except ValueError:
+        raise ConfigError(f"{what}: expected comma-separated numbers, got {v!r}") from None
+
+
+def _size(v: str | None) -> tuple[int, int] | None:
+    if v is None:
+        return None
+    parts = v.lower().split("x")
+    try:
+        h, w = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else (0, 0)
+    except ValueError:
+        h = w = 0
+    if h < 1 or w < 1:
+        raise ConfigError(f"--image-size: expected N or HxW (positive integers), got {v!r}")
+    return h, w
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from ..importing import import_classifier
+
+    kwargs = None
+    if args.kwargs is not None:
+        try:
+            kwargs = json.loads(args.kwargs)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--kwargs: not JSON ({e})") from None
+        if not isinstance(kwargs, dict):
+            raise ConfigError("--kwargs: expected a JSON object of keyword arguments")
+        if args.arch:
+            raise ConfigError("--kwargs goes with --factory (an architecture name takes none)")
+    names = None
+    if args.class_names:
+        p = Path(args.class_names)
+        names = ([ln.strip() for ln in p.read_text().splitlines() if ln.strip()] if p.is_file()
+                 else [n.strip() for n in args.class_names.split(",")])
+    t0 = time.perf_counter()
+    run = import_classifier(args.out, weights=args.weights, arch=args.arch, factory=args.factory,
+                            factory_kwargs=kwargs, head=args.head, preprocessing=args.preprocessing,
+                            channels=args.channels, image_size=_size(args.image_size), fit=args.fit,
+                            mean=_floats(args.mean, "--mean"), std=_floats(args.std, "--std"), class_names=names,
+                            data=args.data, holdout=args.holdout, test_data=args.test_data, data_root=args.data_root,
+                            data_path=args.data_path, overwrite=args.overwrite, log=_log)
+    print(f"wrote {Path(args.out) / WEIGHTS} and {Path(args.out) / META} ({time.perf_counter() - t0:.0f} s); "
+          f"next: l2ood calibrate {args.out}" + (" --trust-code" if args.factory else ""))
+    del run
+    return 0
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from ..analysis.report import analyze
 
@@ -691,7 +796,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo, "calibrate": cmd_calibrate,
                 "screen": cmd_screen, "analyze": cmd_analyze, "bench": cmd_bench, "serve": cmd_serve,
-                "export": cmd_export}
+                "export": cmd_export, "import": cmd_import}
+    if getattr(args, "trust_code", False):
+        import os
+
+        from ..models.imported import TRUST_ENV
+
+        os.environ[TRUST_ENV] = "1"  # every run this process loads (and its workers) may run its factory's code
     try:
         return handlers[args.command](args)
     except L2oodError as e:

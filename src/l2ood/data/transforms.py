@@ -44,6 +44,31 @@ FIT_CONFIGS: dict[str, Fit] = {f.name: f for f in (Fit("resize", "stretch"), Fit
 FITS = tuple(FIT_CONFIGS)
 
 
+@dataclass(frozen=True)
+class Preset:
+    """A named input config for a classifier l2ood did not train (``l2ood import --preprocessing NAME``): input
+    size, named fit and the per-channel normalization on the [0, 1] scale, as the model was trained with."""
+
+    name: str
+    size: tuple[int, int]
+    fit: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    about: str
+
+
+#: ``imagenet``: torchvision's and timm's ImageNet evaluation view (shorter side 256, centre crop 224, ImageNet
+#: mean/std); ``cifar``: 32×32 stretched, CIFAR-10's mean/std; ``unit``: 32×32 stretched, no normalization (the
+#: network takes [0, 1] images). Every field can be overridden at import (size, fit, mean, std).
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset("imagenet", (224, 224), "imagenet", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+           "ImageNet evaluation view: resize 256, centre crop 224, ImageNet mean/std"),
+    Preset("cifar", (32, 32), "resize", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+           "32x32, CIFAR-10 mean/std"),
+    Preset("unit", (32, 32), "resize", (0.0,), (1.0,), "32x32, images on [0, 1], no normalization"),
+)}
+
+
 def fit_config(name: str) -> Fit:
     """The named fit (:data:`FIT_CONFIGS`); a clear error for an unknown name."""
     if name not in FIT_CONFIGS:

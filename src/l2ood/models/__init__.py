@@ -9,18 +9,29 @@ from .classifier import Classifier, Output
 from .config import ARCHITECTURES, ModelConfig, _known_arch
 from .densenet import densenet100
 from .heads import DEFAULT_TAU, HEAD_MODES, HeadMode, head_logits, is_normalized
+from .imported import FACTORY_PREFIX, HookedClassifier, call_factory
 from .mobilenetv2 import mobilenetv2
 from .resnet import ResNet, resnet18, resnet34, resnet50
 from .vgg import vgg16_bn
 from .wideresnet import wrn28_10
 
-__all__ = ["ARCHITECTURES", "DEFAULT_TAU", "HEAD_MODES", "Classifier", "HeadMode", "ModelConfig", "Output",
-           "ResNet", "build_model", "densenet100", "head_logits", "is_normalized", "mobilenetv2", "resnet18",
+__all__ = ["ARCHITECTURES", "DEFAULT_TAU", "HEAD_MODES", "Classifier", "HeadMode", "HookedClassifier", "ModelConfig",
+           "Output", "ResNet", "build_model", "densenet100", "head_logits", "is_normalized", "mobilenetv2", "resnet18",
            "resnet34", "resnet50", "vgg16_bn", "wrn28_10"]
 
 
-def build_model(cfg: ModelConfig) -> Classifier:
-    """Build the classifier described by ``cfg`` (random initialization)."""
+def build_model(cfg: ModelConfig, *, trust_code: bool | None = None) -> Classifier:
+    """Build the classifier described by ``cfg`` (random initialization).
+
+    An imported network (``arch = "factory:package.module:function"``) is built by calling that function with
+    ``cfg.factory_kwargs`` and wrapped in a :class:`~l2ood.models.imported.HookedClassifier` around
+    ``cfg.head_layer``: this runs the user's code, so it is refused unless ``trust_code`` (``None``: the
+    environment variable ``L2OOD_TRUST_CODE=1``) says that code is trusted."""
+    if cfg.arch.startswith(FACTORY_PREFIX):
+        if cfg.head_layer is None:
+            raise ConfigError(f"{cfg.arch}: an imported network needs its head layer's name (head_layer)")
+        net = call_factory(cfg.arch, cfg.factory_kwargs, trust_code=trust_code)
+        return HookedClassifier(net, cfg.head_layer, mean=cfg.mean, std=cfg.std)  # type: ignore[return-value]
     try:
         _known_arch(cfg.arch)
     except ValueError as e:

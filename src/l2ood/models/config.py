@@ -40,12 +40,15 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 
 ADAPTER_PREFIXES = ("timm:", "torchvision:")  # any backbone of those libraries: timm:NAME, torchvision:NAME
 _ADAPTER_NAME = re.compile(r"^(timm|torchvision):[A-Za-z0-9_.\-]{1,128}$")
+# an imported network built by the user's code (l2ood.models.imported): factory:package.module:function
+_FACTORY_NAME = re.compile(r"^factory:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _known_arch(v: str) -> str:
-    if v not in ARCHITECTURES and not _ADAPTER_NAME.match(v):
-        raise ValueError(f"unknown architecture '{v}'; known: {', '.join(ARCHITECTURES)}, or timm:NAME / "
-                         "torchvision:NAME for any backbone of those libraries")
+    if v not in ARCHITECTURES and not _ADAPTER_NAME.match(v) and not (len(v) <= 512 and _FACTORY_NAME.match(v)):
+        raise ValueError(f"unknown architecture '{v}'; known: {', '.join(ARCHITECTURES)}, timm:NAME / "
+                         "torchvision:NAME for any backbone of those libraries, or factory:package.module:function "
+                         "for an imported network")
     return v
 
 
@@ -76,6 +79,10 @@ class ModelConfig:
                    AfterValidator(finite_list)] = field(default_factory=lambda: [1.0])
     class_names: Annotated[list[Annotated[str, Field(max_length=1024)]], Field(max_length=MAX_CLASSES)] | None = None
     tau: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None  # t2fnorm/logitnorm temperature
+    # imported networks (arch factory:...): the head layer's name in the user's module and the factory's JSON
+    # keyword arguments (l2ood.models.imported)
+    head_layer: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    factory_kwargs: Annotated[dict[Annotated[str, Field(max_length=128)], Any], Field(max_length=256)] | None = None
 
     def validate(self) -> None:
         """Check types and ranges (raises :class:`~l2ood.errors.ConfigError` naming each bad field)."""
@@ -88,6 +95,9 @@ class ModelConfig:
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         d["image_size"] = list(self.image_size)
+        for k in ("head_layer", "factory_kwargs"):  # imported networks only: other configs read as before
+            if d[k] is None:
+                del d[k]
         return d
 
     @classmethod

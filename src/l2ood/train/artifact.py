@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from ..errors import RunError
+from ..errors import ConfigError, RunError
 from ..models import Classifier, ModelConfig, build_model
 from ..runfolder import META, WEIGHTS, atomic_save_safetensors
 
@@ -47,8 +47,10 @@ def save_weights(run_dir: str | Path, model: Classifier) -> Path:
     return run_dir / WEIGHTS
 
 
-def load_weights(run_dir: str | Path, cfg: ModelConfig) -> Classifier:
-    """Build the model of ``cfg`` and load ``RUN/model.safetensors`` into it (checked shapes first)."""
+def load_weights(run_dir: str | Path, cfg: ModelConfig, *, trust_code: bool | None = None) -> Classifier:
+    """Build the model of ``cfg`` and load ``RUN/model.safetensors`` into it (checked shapes first).
+
+    A run imported from code is rebuilt only when that code is trusted (see :func:`l2ood.models.build_model`)."""
     path = Path(run_dir) / WEIGHTS
     if not path.is_file():
         raise RunError(f"{path}: missing (a run folder holds {WEIGHTS} and {META})")
@@ -59,7 +61,9 @@ def load_weights(run_dir: str | Path, cfg: ModelConfig) -> Classifier:
         raise RunError(f"{path}: not a readable safetensors file ({e})") from None
     try:
         with torch.device("meta"):
-            skeleton = build_model(cfg)
+            skeleton = build_model(cfg, trust_code=trust_code)
+    except ConfigError as e:
+        raise RunError(f"{path.parent / META}: {e}") from None
     except Exception as e:
         raise RunError(f"{path.parent / META}: cannot build the model it describes ({e})") from None
     expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
@@ -71,7 +75,7 @@ def load_weights(run_dir: str | Path, cfg: ModelConfig) -> Classifier:
                        + "; ".join(x for x in (f"missing {missing}" if missing else "",
                                                f"unexpected {extra}" if extra else "",
                                                f"other shapes for {wrong}" if wrong else "") if x) + ")")
-    model = build_model(cfg)
+    model = build_model(cfg, trust_code=trust_code)
     try:
         model.load_state_dict(load_file(str(path)))
     except Exception as e:
