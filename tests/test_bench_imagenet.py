@@ -88,6 +88,18 @@ def test_imagenet_posthoc_bench_of_a_pretrained_classifier(openood_root: Path, t
     cell = json.loads((tmp_path / "b" / "cells" / "resnet18-ce-seed0.json").read_text())
     assert cell["bench"]["train_seconds"] == 0.0
     assert set(cell["runs"]["resnet18-ce-seed0"]["detectors"]) == {"feature_norm", "msp", "mahalanobis"}
+    # the same classifier imported as a run folder (`l2ood import`) gives the same cell, number for number
+    imp = subprocess.run([sys.executable, "-m", "l2ood", "import", "--arch", "resnet18", "--width", "4", "--weights",
+                          str(tmp_path / "pre.safetensors"), "--preprocessing", "imagenet", "--image-size", "40",
+                          "--out", str(tmp_path / "imported")], capture_output=True, text=True)
+    assert imp.returncode == 0, imp.stderr
+    p2 = _bench(openood_root, tmp_path / "d", "--recipe", "pretrained-resnet50", "--archs", "resnet18", "--width", "4",
+                "--variants", "ce", "--pretrained", str(tmp_path / "imported"), "--n-fit", "20")
+    assert p2.returncode == 0, p2.stderr[-3000:]
+    assert "imported in" in p2.stderr
+    cell2 = json.loads((tmp_path / "d" / "cells" / "resnet18-ce-seed0.json").read_text())
+    assert cell2["runs"]["resnet18-ce-seed0"]["ood"] == cell["runs"]["resnet18-ce-seed0"]["ood"]
+    assert cell2["bench"]["hyper"]["pretrained"].startswith(str(tmp_path / "imported") + "@")
     missing = _bench(openood_root, tmp_path / "c", "--recipe", "pretrained-resnet50", "--archs", "resnet18",
                      "--variants", "ce")
     assert missing.returncode == 2 and "--pretrained FILE" in missing.stderr

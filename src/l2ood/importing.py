@@ -134,14 +134,15 @@ def import_classifier(out: str | Path, *, weights: str | Path | None = None, arc
                       mean: list[float] | None = None, std: list[float] | None = None,
                       class_names: list[str] | None = None, data: str | None = None, holdout: int = 0,
                       test_data: str | None = None, data_root: str | Path | None = None, data_path: str = "memory",
-                      model: nn.Module | None = None, overwrite: bool = False,
+                      width: int = 64, model: nn.Module | None = None, overwrite: bool = False,
                       trust_code: bool | None = True, log: Log = None) -> Run:
     """Write a run folder at ``out`` for a classifier l2ood did not train (see the module doc); returns it loaded.
 
     Args:
         weights: safetensors or a ``weights_only`` torch checkpoint; required with ``arch``; with ``factory``,
             ``None`` keeps the weights the factory built.
-        arch: ``torchvision:NAME``, ``timm:NAME`` or an l2ood architecture; the head is found among the tensors.
+        arch: ``torchvision:NAME``, ``timm:NAME`` or an l2ood architecture (of ``width``); the head is found among
+            the tensors.
         factory: ``package.module:function`` returning the ``nn.Module``; ``factory_kwargs`` its JSON keyword
             arguments (recorded).
         head: the head layer's name in the factory's module (default: found).
@@ -175,8 +176,10 @@ def import_classifier(out: str | Path, *, weights: str | Path | None = None, arc
     net: Classifier | HookedClassifier
     if arch is not None:
         assert weights is not None
-        cfg = ModelConfig(arch=arch, head="ce", num_classes=2, in_channels=inp.channels, image_size=inp.size,
-                          mean=inp.mean, std=inp.std)
+        if width != 64 and arch.startswith(ADAPTER_PREFIXES):
+            raise ConfigError(f"--width applies to l2ood's own architectures, not to {arch}")
+        cfg = ModelConfig(arch=arch, width=width, head="ce", num_classes=2, in_channels=inp.channels,
+                          image_size=inp.size, mean=inp.mean, std=inp.std)
         net, cfg, head_name = classifier_from_tensors(cfg, read_weights_file(weights), f"{weights}")
         source = arch
     else:

@@ -35,6 +35,7 @@ from ..evaluation import EvalResult, evaluate
 from ..models import ARCHITECTURES, HEAD_MODES, ModelConfig, _known_arch
 from ..pipeline import train_and_evaluate
 from ..provenance import code_version, code_version_line
+from ..record import read_record
 from ..results import BenchCell, ResultsFile, read_results, write_results
 from ..run import Run
 from ..runfolder import META, atomic_write_bytes
@@ -112,6 +113,8 @@ def _plan(spec: BenchSpec) -> _Plan:
     size = (int(side), int(side)) if side else (int(bdef["size"][0]), int(bdef["size"][1]))
     wanted = [*spec.detectors, *(f"combine:{c}" for c in spec.combined)]
     hyper = {**recipe, "n_ood": spec.n_ood, "n_id": spec.n_id, "n_fit": spec.n_fit, "pretrained": spec.pretrained}
+    if recipe.get("pretrained") and spec.pretrained and Path(spec.pretrained).is_dir():  # an imported run folder
+        hyper["pretrained"] = f"{spec.pretrained}@{read_record(spec.pretrained).weights_sha256}"
     # seed-major: an interrupted matrix leaves every variant with the same finished seeds (paired comparisons)
     cells = [(a, seed, v, BenchCell(arch=a, variant=v, seed=seed, requested=wanted, groups={},
                                     benchmark=spec.benchmark, recipe=spec.recipe, hyper=hyper))
@@ -206,10 +209,14 @@ def _posthoc_cell(spec: BenchSpec, arch: str, variant: str, width: int, size: tu
     if variant != "ce":
         raise ConfigError(f"a pretrained classifier is evaluated as it was trained: use --variants ce (got {variant})")
     assert spec.pretrained is not None
-    run = Run.from_pretrained(arch, spec.pretrained, width=width, image_size=size, device=spec.device,
-                              precision=spec.precision, fit=fit_set.view)
-    log(f"post-hoc: {arch} from {spec.pretrained} ({run.config.num_classes} classes), detectors fitted on "
-        f"{len(fit_set)} training images")
+    if Path(spec.pretrained).is_dir():  # a run folder written by `l2ood import` (or `l2ood train`)
+        run = Run.load(spec.pretrained, device=spec.device, precision=spec.precision)
+        what = f"{run.config.arch} imported in {spec.pretrained}"
+    else:
+        run = Run.from_pretrained(arch, spec.pretrained, width=width, image_size=size, device=spec.device,
+                                  precision=spec.precision, fit=fit_set.view)
+        what = f"{arch} from {spec.pretrained}"
+    log(f"post-hoc: {what} ({run.config.num_classes} classes), detectors fitted on {len(fit_set)} training images")
     return evaluate(run, id_test, ood_sets, spec.detectors, fit_set=fit_set, progress=spec.progress,
                     batch_size=256, combined=spec.combined, combine_crossfit=bool(spec.combined))
 

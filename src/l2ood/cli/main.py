@@ -258,9 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--n-id", type=_positive_int, default=None, help="seeded subset of the ID test set")
     bn.add_argument("--image-size", type=_positive_int, default=None, metavar="PX",
                     help="override the benchmark's input size (e.g. a quick imagenet200 run at 64 px)")
-    bn.add_argument("--pretrained", default=None, metavar="FILE",
+    bn.add_argument("--pretrained", default=None, metavar="FILE|RUN",
                     help="weights file: fine-tune every cell's backbone from it; with a pretrained-* recipe, the "
-                         "classifier (head included) evaluated without training")
+                         "classifier (head included) evaluated without training: a weights file, or a run folder "
+                         "written by `l2ood import`")
     bn.add_argument("--n-fit", type=_positive_int, default=None,
                     help="pretrained-* recipes: seeded subset of training images for fitted detectors")
     bn.add_argument("--workers", type=_nonneg_int, default=None, help="streamed benchmarks: DataLoader workers")
@@ -402,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--factory", metavar="MODULE:FUNCTION",
                       help="function returning your nn.Module, e.g. mypkg.nets:build (importable from here)")
     im.add_argument("--out", required=True, metavar="DIR", help="the run folder to write")
+    im.add_argument("--width", type=_positive_int, default=64, help="--arch of l2ood's own architectures: width")
     im.add_argument("--weights", metavar="FILE", default=None,
                     help="weights file (.safetensors, or a torch checkpoint); with --factory, omit it to keep the "
                          "weights the factory builds")
@@ -426,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--data-path", default="memory", choices=DATA_PATHS,
                     help="memory: decode --data once; stream: read it batch by batch from disk")
     im.add_argument("--overwrite", action="store_true", help="replace a run folder l2ood wrote at --out")
-    for sp in (e, c, s, sv, ex):
+    for sp in (e, c, s, sv, ex, bn):
         _add_trust(sp)
     _finish_help(ap)
     for sp in sub.choices.values():
@@ -722,7 +724,7 @@ def cmd_import(args: argparse.Namespace) -> int:
                             channels=args.channels, image_size=_size(args.image_size), fit=args.fit,
                             mean=_floats(args.mean, "--mean"), std=_floats(args.std, "--std"), class_names=names,
                             data=args.data, holdout=args.holdout, test_data=args.test_data, data_root=args.data_root,
-                            data_path=args.data_path, overwrite=args.overwrite, log=_log)
+                            data_path=args.data_path, width=args.width, overwrite=args.overwrite, log=_log)
     print(f"wrote {Path(args.out) / WEIGHTS} and {Path(args.out) / META} ({time.perf_counter() - t0:.0f} s); "
           f"next: l2ood calibrate {args.out}" + (" --trust-code" if args.factory else ""))
     del run

@@ -149,6 +149,19 @@ def read_weights_file(path: str | Path) -> dict[str, Tensor]:
     return {str(k): v for k, v in obj.items()}
 
 
+def renamed_for(backbone: nn.Module, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``tensors`` with the usual wrapper prefixes (``module.``, ``model.``, ``backbone.``, …) stripped, up to three
+    times, until some names are the backbone's own (a timm/torchvision backbone: its inner network's)."""
+    target = backbone.body if isinstance(backbone, PooledBackbone) else backbone
+    own = target.state_dict().keys()
+    names = dict(tensors)
+    for _ in range(3):
+        if own & names.keys():
+            break
+        names = {next((k[len(p):] for p in _PREFIXES if k.startswith(p)), k): v for k, v in names.items()}
+    return names
+
+
 def load_backbone_weights(backbone: nn.Module, tensors: dict[str, Tensor], where: str = "weights") -> list[str]:
     """Copy ``tensors`` into ``backbone``: every backbone tensor must be found (after stripping the usual
     prefixes ``module.``, ``model.``, …; a timm/torchvision backbone is matched to its inner network) with
@@ -156,11 +169,7 @@ def load_backbone_weights(backbone: nn.Module, tensors: dict[str, Tensor], where
     returned. Raises :class:`ConfigError` naming what is missing or of another shape."""
     target = backbone.body if isinstance(backbone, PooledBackbone) else backbone
     own = target.state_dict()
-    names = dict(tensors)
-    for _ in range(3):
-        if own.keys() & names.keys():
-            break
-        names = {next((k[len(p):] for p in _PREFIXES if k.startswith(p)), k): v for k, v in names.items()}
+    names = renamed_for(backbone, tensors)
     missing = [k for k in own if k not in names]
     wrong = [f"{k} {tuple(names[k].shape)} vs {tuple(own[k].shape)}" for k in own
              if k in names and tuple(names[k].shape) != tuple(own[k].shape)]

@@ -76,7 +76,7 @@ class HookedClassifier(nn.Module):
 
     @property
     def fc(self) -> nn.Linear:
-        return self._fc  # type: ignore[no-any-return]
+        return self._fc  # type: ignore[return-value]
 
     def _capture(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:  # noqa: ARG002
         self._z = inputs[0]  # (the forward-hook signature; only the head's input is kept)
@@ -126,7 +126,8 @@ def find_head(model: nn.Module, example: Tensor) -> str:
     if not isinstance(logits, Tensor):
         raise ConfigError(f"the model's output is a {type(out).__name__}, not a tensor of logits")
     for name, o in reversed(calls):
-        if isinstance(o, Tensor) and o.shape == logits.shape and torch.equal(o, logits):
+        if o is logits or (isinstance(o, Tensor) and o.shape == logits.shape
+                           and torch.equal(torch.nan_to_num(o), torch.nan_to_num(logits))):
             return name
     raise ConfigError("found no linear layer whose output is the model's output (the logits); name the head "
                       "layer (--head NAME), and make sure the model returns that layer's output unchanged")

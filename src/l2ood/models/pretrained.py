@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from . import Classifier, ModelConfig, build_model
-from .adapters import load_backbone_weights
+from .adapters import load_backbone_weights, renamed_for
 
 
 def head_tensors(tensors: dict[str, Tensor], left: list[str], dim: int, where: str) -> tuple[str, Tensor, Tensor]:
@@ -32,6 +32,7 @@ def classifier_from_tensors(cfg: ModelConfig, tensors: dict[str, Tensor], where:
     Returns the model (eval mode), the config with the head's class count, and the head's name in ``tensors``."""
     cfg = replace(cfg, head="ce", num_classes=2)
     probe = build_model(cfg)
+    tensors = renamed_for(probe.backbone, tensors)
     left = load_backbone_weights(probe.backbone, tensors, where)
     name, w, b = head_tensors(tensors, left, probe.fc.in_features, where)
     cfg = replace(cfg, num_classes=int(w.shape[0]))
