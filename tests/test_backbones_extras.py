@@ -107,3 +107,45 @@ def test_rrc_box_matches_torchvision_distribution() -> None:
     our_aspect = np.array([cw / ch for _, _, cw, ch in ours])
     assert ks_2samp(tv_area, our_area).pvalue > 0.01
     assert ks_2samp(tv_aspect, our_aspect).pvalue > 0.01
+
+
+@pytest.mark.parametrize("arch", ["torchvision:resnet18", "timm:test_resnet"])
+def test_import_a_pretrained_classifier_with_its_head(arch: str, photos: Path, tmp_path: Path) -> None:
+    """`l2ood import --arch NAME --weights FILE`: the library's own classifier, head included, becomes a run whose
+    logits and z are the library network's, and which calibrates and screens like a trained run."""
+    if arch.startswith("torchvision:"):
+        tvm = pytest.importorskip("torchvision.models")
+        ref = tvm.resnet18(num_classes=3)
+    else:
+        timm = pytest.importorskip("timm")
+        ref = timm.create_model("test_resnet", num_classes=3)
+    torch.manual_seed(0)
+    with torch.no_grad():  # a head that is not the initial one: loading it must show
+        ref.fc.weight.normal_()
+    ref.eval()
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    run_dir = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "l2ood", "import", "--arch", arch, "--weights",
+                        str(tmp_path / "w.safetensors"), "--preprocessing", "imagenet", "--image-size", "64",
+                        "--data", f"imagefolder:{photos / 'train'}", "--holdout", "20", "--out", str(run_dir)],
+                       capture_output=True, text=True, env={**os.environ, "L2OOD_CACHE": str(tmp_path / "c")})
+    assert p.returncode == 0, p.stderr
+    run = Run.load(run_dir, device="cpu", precision="fp32")
+    assert run.record.imported is not None and run.record.imported.head_layer == "fc"
+    x = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        want = ref((x.float() / 255 - mean) / std)
+    torch.testing.assert_close(run.forward_batch(x).logits, want, rtol=1e-4, atol=1e-4)
+    env = {**os.environ, "L2OOD_CACHE": str(tmp_path / "c")}
+    cal = subprocess.run([sys.executable, "-m", "l2ood", "calibrate", str(run_dir), "--detector", "mahalanobis",
+                          "--alpha", "0.2", "--precision", "fp32", "--no-progress"], capture_output=True, text=True,
+                         env=env)
+    assert cal.returncode == 0, cal.stderr
+    scr = subprocess.run([sys.executable, "-m", "l2ood", "screen", str(run_dir), str(photos / "test"),
+                          "--format", "jsonl", "--precision", "fp32", "--no-progress"], capture_output=True, text=True,
+                         env=env)
+    assert scr.returncode == 0, scr.stderr
+    recs = [json.loads(line) for line in scr.stdout.splitlines()]
+    assert len(recs) == 24 and all(r["status"] == "ok" and r["verdict"] in ("in", "out") for r in recs)
