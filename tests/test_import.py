@@ -295,3 +295,18 @@ def test_false_alarms_of_an_imported_screen_stay_within_the_conformal_bound(impo
     exact = np.floor(alpha * (n_cal + 1)) / (n_cal + 1)  # = 0.1
     # the splits share one pool of 300 images, so the estimate varies more than a binomial: 0.01 tolerance
     assert abs(rate - exact) < 0.01, rate
+
+
+def test_import_refuses_an_existing_run_and_overwrite_replaces_it_whole(user: dict[str, Path], tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert _import(user, out) == 0
+    (out / "detectors").mkdir()
+    (out / "detectors" / "knn.safetensors").write_bytes(b"statistics of the old weights")
+    (out / "notes.txt").write_text("the user's own file")
+    capsys.readouterr()
+    assert _import(user, out) == 2 and "already holds" in capsys.readouterr().err
+    (out / "notes.txt").unlink()
+    assert _import(user, out, "--overwrite") == 0
+    assert not (out / "detectors").exists()  # nothing of the replaced run is kept
+    assert json.loads((out / "model.json").read_text())["calibrations"] == {}

@@ -49,7 +49,7 @@ from .record import (
     write_record,
 )
 from .run import Run
-from .runfolder import check_target, run_lock
+from .runfolder import check_target, remove_owned, run_lock
 from .train.artifact import save_weights
 
 Log = Callable[[str], None] | None
@@ -209,6 +209,8 @@ def import_classifier(out: str | Path, *, weights: str | Path | None = None, arc
                           factory_sha256=factory_sha256(source) if factory is not None else None,
                           head_layer=head_name, head_found=head_found, preset=inp.preset)
     with run_lock(out, "l2ood import"):
+        if overwrite and out.is_dir():
+            remove_owned(out)  # a run replaced as a whole: no calibration, fitted file or cache of the old weights
         path = save_weights(out, net)  # type: ignore[arg-type]
         rec = new_record(cfg, TrainConfig(epochs=1, seed=0), drec, weights_sha256=file_sha256(path), history=[],
                          runtime="imported", fit=inp.fit)
