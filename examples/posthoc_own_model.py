@@ -4,7 +4,10 @@
 
 Name your network's last linear layer: l2ood reads the penultimate features z as that layer's input (a forward
 hook) and its weights, so every detector works — ‖z‖ (feature_norm), energy, KNN, Mahalanobis, ViM, ODIN (with
-the model in the loop) — with no change to your model (`l2ood.posthoc.PostHoc`).
+the model in the loop) — with no change to your model (`l2ood.posthoc.PostHoc`). Given the model's input config
+(`PostHoc(..., preprocessing="cifar")`), l2ood's image sets work too, `ph.evaluate_benchmark(NAME)` gives the
+`l2ood bench` near/far table, and `ph.save` + `ph.calibrate` make a deployable screen
+(examples/screen_own_classifier.py).
 """
 
 from __future__ import annotations

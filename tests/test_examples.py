@@ -118,3 +118,10 @@ def test_readme_posthoc_block_runs() -> None:
     exec(compile(block, "README.md", "exec"), ns)
     res = ns["ph"].evaluate(ns["test_images"], {"noise": ns["noise_images"]})  # type: ignore[attr-defined]
     assert set(res["noise"]) == {"feature_norm", "energy", "knn", "mahalanobis", "odin"}
+
+
+def test_example_screen_own_classifier(tmp_path: Path) -> None:
+    out = _run_example("screen_own_classifier.py", tmp_path)
+    assert "calibrated: OoD when mahalanobis <" in out
+    verdicts = dict(re.findall(r"^(photo_\d|odd_\d)\.png\s+(in|out)\s+score", out, re.M))
+    assert len(verdicts) == 10 and all(v == "out" for k, v in verdicts.items() if k.startswith("odd"))

@@ -182,7 +182,7 @@ def test_an_architecture_by_name_from_a_wrapped_torch_checkpoint(tmp_path: Path)
     (["--kwargs", '{"classes": 5}'], "of another shape"),
     (["--factory", "usernet:broken", "--kwargs", "{}", "--weights", ""], "not finite"),
     (["--image-size", "0"], "--image-size"),
-    (["--mean", "0.1,0.2"], "mean and std need 1 or 3 values"),
+    (["--mean", "0.1,0.2"], "mean and std need 1 or 3 values each"),
     (["--preprocessing", "imagenet1k"], "unknown preprocessing preset"),
     (["--holdout", "5"], "--holdout needs --data"),
 ])
@@ -310,3 +310,10 @@ def test_import_refuses_an_existing_run_and_overwrite_replaces_it_whole(user: di
     assert _import(user, out, "--overwrite") == 0
     assert not (out / "detectors").exists()  # nothing of the replaced run is kept
     assert json.loads((out / "model.json").read_text())["calibrations"] == {}
+
+
+def test_a_gray_input_takes_the_presets_luma_statistics() -> None:
+    g = InputConfig.of("cifar", channels=1)
+    assert g.channels == 1 and g.mean == pytest.approx([0.299 * 0.4914 + 0.587 * 0.4822 + 0.114 * 0.4465])
+    with pytest.raises(ConfigError, match="need 1 value each"):
+        InputConfig.of("cifar", channels=1, mean=[0.1, 0.2, 0.3])

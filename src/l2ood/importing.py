@@ -79,13 +79,18 @@ class InputConfig:
         fit = fit or (p.fit if p is not None else "resize")
         if fit not in FITS:
             raise ConfigError(f"fit must be one of {FITS}, got {fit!r}")
-        m = list(mean if mean is not None else p.mean)  # type: ignore[union-attr]
-        s = list(std if std is not None else p.std)  # type: ignore[union-attr]
         if channels not in (1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {channels}")
+        m = list(mean if mean is not None else p.mean)  # type: ignore[union-attr]
+        s = list(std if std is not None else p.std)  # type: ignore[union-attr]
+        if channels == 1 and mean is None and len(m) == 3:  # an RGB preset for gray input: its luma-weighted mean
+            m = [0.299 * m[0] + 0.587 * m[1] + 0.114 * m[2]]
+        if channels == 1 and std is None and len(s) == 3:
+            s = [0.299 * s[0] + 0.587 * s[1] + 0.114 * s[2]]
         m, s = (m * channels if len(m) == 1 else m), (s * channels if len(s) == 1 else s)
         if len(m) != channels or len(s) != channels:
-            raise ConfigError(f"mean and std need 1 or {channels} values each (got {len(m)} and {len(s)})")
+            raise ConfigError(f"mean and std need {'1 value' if channels == 1 else '1 or 3 values'} each for "
+                              f"{channels}-channel input (got {len(m)} and {len(s)})")
         if any(v <= 0 for v in s):
             raise ConfigError(f"std values must be > 0, got {s}")
         return cls(channels, (int(size[0]), int(size[1])), fit, m, s, preset)

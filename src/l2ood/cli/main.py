@@ -371,10 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, ...")
     sv.add_argument("--precision", default="auto", choices=PRECISIONS)
 
-    ex = sub.add_parser("export", help="export a run as an ONNX model (logits + ||z||, metadata inside)",
+    ex = sub.add_parser("export", help="export a run and its calibrated screen as an ONNX model",
                         description="Writes an ONNX model with input 'images' (float32 N×C×H×W on [0, 1] in the "
-                                    "model's format) and outputs 'logits' and 'feature_norm'; the preprocessing, "
-                                    "class names, calibration and provenance are in its metadata. Verified with "
+                                    "model's format) and outputs 'logits', 'z', 'feature_norm', 'score' and, when the "
+                                    "run has the calibration, 'p_value' and 'verdict' (the detector the calibration "
+                                    "names; ODIN/RankFeat and Cauchy combinations cannot be exported); the "
+                                    "preprocessing, class names, calibration and provenance are in its metadata. "
+                                    "Verified with "
                                     "onnxruntime against PyTorch on --verify-n images of the run's ID test set "
                                     "before it is written (non-finite outputs never pass); the write is atomic, so "
                                     "a failed export leaves a previous file at the destination as it was.")
@@ -671,7 +674,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     path, v = export_verified(run, out, calibration=args.calibration, images=imgs)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     if v is not None:
-        print(f"verified on {int(v['n'])} images of {where}: max |feature_norm diff| {v['max_abs_score_diff']:.3g} "
+        print(f"verified on {int(v['n'])} images of {where}: max |score diff| {v['max_abs_score_diff']:.3g} "
               f"(relative {v['max_rel_score_diff']:.3g}), max |logit diff| {v['max_abs_logit_diff']:.3g}, same class "
               f"{100 * v['same_class']:.2f} %" + (f", same verdict {100 * v['same_verdict']:.2f} %"
                                                   if "same_verdict" in v else ""))
