@@ -121,6 +121,7 @@ def write_files(cifar: Path, ood: str, n: int, folder: Path) -> list[str]:
 
 def _agree(ref: dict[str, dict[str, Any]], got: dict[str, dict[str, Any]]) -> dict[str, Any]:
     keys = sorted(ref)
+    assert set(keys) == set(got), "both sides must screen the same files"
     s_ref = np.array([ref[k]["score"] for k in keys])
     s_got = np.array([got[k]["score"] for k in keys])
     rel = np.abs(s_ref - s_got) / np.maximum(np.abs(s_ref), 1e-12)
@@ -142,7 +143,7 @@ def service_records(run_dir: Path, files: list[str], calibration: str) -> tuple[
         t0 = time.perf_counter()
         for f in files:
             r = c.post("/v1/screen", content=Path(f).read_bytes())
-            recs[Path(f).name] = r.json()
+            recs[f] = r.json()
         dt = time.perf_counter() - t0
     return recs, dt / len(files)
 
@@ -153,15 +154,14 @@ def onnx_records(model_path: Path, files: list[str]) -> tuple[dict[str, dict[str
     sys.path.insert(0, str(ROOT / "examples"))
     import onnx_screen_client as client  # type: ignore[import-not-found]
 
-    screen = client.OnnxScreen(str(model_path))
+    screen = client.ScreenModel(str(model_path))
     recs: dict[str, dict[str, Any]] = {}
     t0 = time.perf_counter()
     for f in files:
-        recs[Path(f).name] = screen.screen([f])[0]
+        recs[f] = screen.screen([f], batch_size=1)[0]
     one = (time.perf_counter() - t0) / len(files)
     t0 = time.perf_counter()
-    for s in range(0, len(files), 64):
-        screen.screen(files[s : s + 64])
+    screen.screen(files, batch_size=64)
     batch = (time.perf_counter() - t0) / len(files)
     return recs, {"onnx_batch1_ms": 1000 * one, "onnx_batch64_ms": 1000 * batch}
 
@@ -207,6 +207,8 @@ def main() -> None:
     ap.add_argument("--holdout", type=int, default=2000)
     ap.add_argument("--n-files", type=int, default=200, help="ID files screened (and as many OoD files)")
     ap.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
+    ap.add_argument("--reuse-weights", action="store_true",
+                    help="usernet: keep WORK/usernet.safetensors (and its training figures in --json) if present")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "IMPORT.md")
     ap.add_argument("--json", type=Path, default=ROOT / "docs" / "results" / "import_screen.json")
     args = ap.parse_args()
@@ -224,7 +226,11 @@ def main() -> None:
     data = ["--data", f"imagefolder:{args.cifar10 / 'train'}", "--holdout", str(args.holdout), "--test-data",
             f"imagefolder:{args.cifar10 / 'test'}", "--out", str(run_dir), "--overwrite"]
     if args.model == "usernet":
-        res["training"] = train_usernet(args.cifar10, work / "usernet.safetensors", args.epochs)
+        old = json.loads(args.json.read_text()).get("usernet", {}) if args.json.is_file() else {}
+        if args.reuse_weights and (work / "usernet.safetensors").is_file() and "training" in old:
+            res["training"] = old["training"]
+        else:
+            res["training"] = train_usernet(args.cifar10, work / "usernet.safetensors", args.epochs)
         _, dt = _l2ood("import", "--factory", "_usernet:build", "--kwargs", '{"classes": 10, "width": 32}',
                        "--weights", str(work / "usernet.safetensors"), "--preprocessing", "cifar", *data, env=env)
         detector = "knn"
@@ -254,15 +260,15 @@ def main() -> None:
     os.environ["L2OOD_TRUST_CODE"] = "1"
     scr = Screener.from_run(run_dir, device="cpu", precision="fp32")
     t0 = time.perf_counter()
-    py = {Path(r["path"]).name: r for r in scr.screen(files)}
+    py = {r["path"]: r for r in scr.screen(files)}
     res["python_all_in_one_ms"] = 1000 * (time.perf_counter() - t0) / len(files)
     t0 = time.perf_counter()
     for f in files[:100]:
-        scr.screen([f])
+        list(scr.screen([f]))
     res["python_one_per_call_ms"] = 1000 * (time.perf_counter() - t0) / 100
     p, _ = _l2ood("screen", str(run_dir), *files, "--format", "jsonl", "--precision", "fp32", "--no-progress",
                   *trust, env=env)
-    cli = {Path(r["path"]).name: r for r in map(json.loads, p.stdout.splitlines())}
+    cli = {r["path"]: r for r in map(json.loads, p.stdout.splitlines())}
     svc, svc_s = service_records(run_dir, files, "default")
     res["service_one_per_request_ms"] = 1000 * svc_s
     _, dt = _l2ood("export", str(run_dir), "-o", str(work / "screen.onnx"), "--verify-n", "256", *trust, env=env)

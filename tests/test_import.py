@@ -317,3 +317,42 @@ def test_a_gray_input_takes_the_presets_luma_statistics() -> None:
     assert g.channels == 1 and g.mean == pytest.approx([0.299 * 0.4914 + 0.587 * 0.4822 + 0.114 * 0.4465])
     with pytest.raises(ConfigError, match="need 1 value each"):
         InputConfig.of("cifar", channels=1, mean=[0.1, 0.2, 0.3])
+
+
+def test_an_imported_runs_screen_exports_to_onnx(imported: Path, user: dict[str, Path], tmp_path: Path) -> None:
+    """The KNN screen of a factory-built run as one ONNX model: onnxruntime's verdicts are the Python screen's."""
+    ort = pytest.importorskip("onnxruntime")
+    if Run.load(imported, trust_code=True).calibration("knn") is None:
+        assert main(["calibrate", str(imported), "--detector", "knn", "--alpha", "0.1", "--name", "knn",
+                     "--data-root", str(user["data"]), "--no-progress", "--precision", "fp32", "--trust-code"]) == 0
+    out = tmp_path / "screen.onnx"
+    assert main(["export", str(imported), "-o", str(out), "--calibration", "knn", "--verify-n", "64",
+                 "--data-root", str(user["data"]), "--trust-code"]) == 0
+    run = Run.load(imported, device="cpu", precision="fp32", trust_code=True)
+    scr = Screener.from_run(run, calibration="knn")
+    test, _ = run.id_test()
+    x = next(iter(run.image_batches(test, batch_size=40)))
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"images": x.float().div(255).numpy()}),
+                   strict=True))
+    want = scr.score(x)
+    # KNN scores are small differences of cosine similarities: compared on the scale of their spread, as the
+    # export's own verification does (l2ood.deploy.export.SCORE_RTOL)
+    np.testing.assert_allclose(got["score"], want.scores, rtol=0, atol=1e-3 * float(np.ptp(want.scores)))
+    assert [bool(v) for v in got["verdict"]] == [bool(v) for v in want.is_ood]
+
+
+def test_a_cropping_fit_is_applied_once_when_files_are_screened(user: dict[str, Path], tmp_path: Path) -> None:
+    """Regression: with the ``imagenet`` fit (shorter side, then a centre crop of 0.875), screened files were fitted
+    twice (cropped again after being brought to the input size). The score of a file is the score of the file
+    brought to the model's input once."""
+    from l2ood.data.preprocess import decode_image
+
+    assert _import(user, tmp_path / "run", "--fit", "imagenet") == 0
+    run = Run.load(tmp_path / "run", device="cpu", precision="fp32", trust_code=True)
+    assert run.preprocessing.fit == "imagenet"
+    files = [str(p) for p in sorted(user["imgs"].glob("*.png"))]  # 36×30 images: resized, then cropped
+    got = [r["score"] for r in Screener(run).screen(files)]
+    once = torch.cat([run.preprocessing(decode_image(f)) for f in files])
+    want = run.forward_batch(once).features.norm(dim=1).double().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6)

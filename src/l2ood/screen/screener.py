@@ -109,8 +109,17 @@ class Screener:
     @torch.no_grad()
     def score(self, images: Tensor) -> ScreenOutput:
         """Score a batch: uint8 (any size/channels, converted) or float [0, 1] in the model format."""
+        return self._score(self.to_model_format(images) if images.dtype == torch.uint8 else images)
+
+    @torch.no_grad()
+    def _score(self, images: Tensor) -> ScreenOutput:
+        """Score a batch already in the model's format: uint8, or float on [0, 1] (never fitted again: a fit that
+        crops, such as ``imagenet``, would crop an already cropped image a second time)."""
         if images.dtype == torch.uint8:
-            x = self.to_model_format(images)
+            if tuple(images.shape[1:]) != (self.channels, *self.size):
+                raise ConfigError(f"images in the model's format are (N, {self.channels}, {self.size[0]}, "
+                                  f"{self.size[1]}); got {tuple(images.shape)}")
+            x = images
         else:
             x = images.float()
             if tuple(x.shape[1:]) != (self.channels, *self.size):
@@ -143,7 +152,7 @@ class Screener:
         model's format) are scored together in one forward pass, strings become error records. A non-finite
         score becomes an error record (fail closed). Used by :meth:`screen` and the HTTP service's batcher."""
         ok = [i for i, (_, _, a) in enumerate(items) if not isinstance(a, str)]
-        out = self.score(torch.stack([items[i][2] for i in ok])) if ok else None  # type: ignore[misc]
+        out = self._score(torch.stack([items[i][2] for i in ok])) if ok else None  # type: ignore[misc]
         row = {i: j for j, i in enumerate(ok)}
         recs = []
         for i, (path, index, a) in enumerate(items):
