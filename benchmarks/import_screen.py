@@ -292,8 +292,8 @@ def section(r: dict[str, Any], begin: str, end: str) -> str:
     what = ("a user's own CNN (benchmarks/_usernet.py, trained here with a plain PyTorch loop, "
             f"{r['training']['epochs']} epochs, {r['training']['train_s']} s), imported with --factory, KNN screen"
             if r["model"] == "usernet" else
-            "torchvision's ResNet18 (seeded random weights made here, so its accuracy and AUROC mean nothing: it measures "
-            "agreement, the bound and latency), imported with --arch at 64 px, energy screen")
+            "torchvision's ResNet18 (seeded random weights made here, so its accuracy and AUROC mean nothing: "
+            "it measures agreement, the bound and latency), imported with --arch at 64 px, energy screen")
     rows = "\n".join(f"| {k} | {v['n']} | {v['max_rel_score_diff']:.2e} | {v['max_abs_p_diff']:.2e} | "
                      f"{100 * v['same_verdict']:.1f} % |" for k, v in ag.items())
     auroc = ", ".join(f"{d} {100 * a:.1f}" for d, a in r["auroc"].items())
