@@ -19,25 +19,12 @@ from pathlib import Path
 import torch
 from _data import gratings, noise, write_folder
 from PIL import Image
+from posthoc_own_model import MyNet  # your model: features, then a linear classifier
 from torch import nn
 
 from l2ood.data import load_dataset
 from l2ood.posthoc import PostHoc
 from l2ood.screen import Screener
-
-
-class MyNet(nn.Module):
-    """Your model: any feature extractor followed by a linear classifier, taking [0, 1] RGB images."""
-
-    def __init__(self, classes: int = 3) -> None:
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                      nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                                      nn.Flatten())
-        self.classifier = nn.Linear(32, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
 
 
 def build(classes: int = 3) -> nn.Module:
