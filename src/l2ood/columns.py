@@ -243,10 +243,15 @@ class Column:
     # ---------------------------------------------------------------------------------------- scoring
     def score(self, ext: Extraction, head: Head) -> np.ndarray:
         """Scores (float64, higher = ID) of a forward pass ``ext`` made with the run's trained head ``head``."""
+        return self.score_tensor(ext, head).numpy()
+
+    def score_tensor(self, ext: Extraction, head: Head) -> Tensor:
+        """:meth:`score` as a float64 tensor, in torch only (the detector's own ``score`` in the column's logit
+        variant), so that it can be traced (the ONNX export of a screen, :mod:`l2ood.deploy.onnx_screen`)."""
         if isinstance(self.detector, InputDetector):
             raise ConfigError(f"detector '{self.key}' scores images with the model: use score_images")
         h = self.head(head)
-        return self.detector.score(ext.with_head(h) if self.variant == "raw" else ext, h).double().numpy()
+        return self.detector.score(ext.with_head(h) if self.variant == "raw" else ext, h).double()
 
     def score_images(self, model: Classifier, runtime: Runtime, images: Tensor) -> np.ndarray:
         """Scores (float64) of a batch of images in the model's format, running the model (ODIN, RankFeat)."""

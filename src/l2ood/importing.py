@@ -200,26 +200,30 @@ def import_classifier(out: str | Path, *, weights: str | Path | None = None, arc
                           image_size=inp.size, mean=inp.mean, std=inp.std, head_layer=head_name,
                           factory_kwargs=dict(factory_kwargs or {}))
         source = spec
-    k = _check_network(net.cpu().float(), inp, source)
-    if k != cfg.num_classes:
-        raise ConfigError(f"{source}: the network outputs {k} logits but its head has {cfg.num_classes} classes")
-    if class_names is not None:
-        if len(class_names) != k:
-            raise ConfigError(f"{len(class_names)} class names for a head of {k} classes")
-        cfg.class_names = list(class_names)
-    cfg.validate()
-    drec = _data_record(data, holdout, test_data, data_root, data_path, inp, log)
-    origin = ImportRecord(source=source, weights_file=str(Path(weights).absolute()) if weights else None,
-                          weights_file_sha256=file_sha256(Path(weights)) if weights else None,
-                          factory_sha256=factory_sha256(source) if factory is not None else None,
-                          head_layer=head_name, head_found=head_found, preset=inp.preset)
-    with run_lock(out, "l2ood import"):
-        if overwrite and out.is_dir():
-            remove_owned(out)  # a run replaced as a whole: no calibration, fitted file or cache of the old weights
-        path = save_weights(out, net)  # type: ignore[arg-type]
-        rec = new_record(cfg, TrainConfig(epochs=1, seed=0), drec, weights_sha256=file_sha256(path), history=[],
-                         runtime="imported", fit=inp.fit)
-        write_record(out, rec.model_copy(update={"imported": origin, "train_seconds": None}))
+    try:
+        k = _check_network(net.cpu().float(), inp, source)
+        if k != cfg.num_classes:
+            raise ConfigError(f"{source}: the network outputs {k} logits but its head has {cfg.num_classes} classes")
+        if class_names is not None:
+            if len(class_names) != k:
+                raise ConfigError(f"{len(class_names)} class names for a head of {k} classes")
+            cfg.class_names = list(class_names)
+        cfg.validate()
+        drec = _data_record(data, holdout, test_data, data_root, data_path, inp, log)
+        origin = ImportRecord(source=source, weights_file=str(Path(weights).absolute()) if weights else None,
+                              weights_file_sha256=file_sha256(Path(weights)) if weights else None,
+                              factory_sha256=factory_sha256(source) if factory is not None else None,
+                              head_layer=head_name, head_found=head_found, preset=inp.preset)
+        with run_lock(out, "l2ood import"):
+            if overwrite and out.is_dir():
+                remove_owned(out)  # replaced as a whole: no calibration, fitted file or cache of the old weights
+            path = save_weights(out, net)  # type: ignore[arg-type]
+            rec = new_record(cfg, TrainConfig(epochs=1, seed=0), drec, weights_sha256=file_sha256(path), history=[],
+                             runtime="imported", fit=inp.fit)
+            write_record(out, rec.model_copy(update={"imported": origin, "train_seconds": None}))
+    finally:
+        if isinstance(net, HookedClassifier) and model is not None:  # the caller's own module keeps no hook
+            net.release()  # of this import's wrapper
     if log:
         log(f"imported {source} ({k} classes, head {head_name!r}{' found' if head_found else ''}) into {out}")
     return Run.load(out, trust_code=True if factory is not None and trust_code is not False else trust_code,

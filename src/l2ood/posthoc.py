@@ -164,15 +164,14 @@ class BenchmarkTable:
 
 def _benchmark_sets(name: str, data_root: str | Path | None) -> tuple[dict[str, Any], str, str, list[tuple[str, str]]]:
     """``(definition, training spec, ID test spec, [(OoD spec, group)])`` of a benchmark of
-    :data:`l2ood.bench.BENCHMARKS`, ``{root}`` filled by :func:`l2ood.bench.resolve` (as ``l2ood bench`` does)."""
-    from .bench import BENCHMARKS, resolve
+    :data:`l2ood.bench.BENCHMARKS` (:func:`l2ood.bench.definitions.benchmark_specs`, as ``l2ood bench`` reads it)."""
+    from .bench import BENCHMARKS
+    from .bench.definitions import benchmark_specs
 
     if name not in BENCHMARKS:
         raise ConfigError(f"unknown benchmark '{name}'; known: {', '.join(BENCHMARKS)}")
     bdef = BENCHMARKS[name]
-    root = None if data_root is None else str(data_root)
-    return (bdef, resolve(bdef.get("train", bdef["id"]), root), resolve(bdef["id"], root),
-            [(resolve(nm, root), g) for g, names in bdef["ood"].items() for nm in names])
+    return (bdef, *benchmark_specs(bdef, None if data_root is None else str(data_root)))
 
 
 class PostHoc:
@@ -450,7 +449,6 @@ class PostHoc:
                     save_file(tensors, str(weights))
                     import_classifier(run_dir, arch=arch, weights=weights, **common)
         finally:
-            self._release_other_hooks()
             self.net.to(self.rt.device).eval()  # the import checks the network on the CPU
         run_dir = Path(run_dir)
         self._saved.add(run_dir.resolve())
@@ -463,21 +461,18 @@ class PostHoc:
     def _check_factory(self, factory: str, kwargs: dict[str, Any] | None, head: str, inp: InputConfig) -> None:
         """Build the factory's network, load this network's weights into it (strict) and compare the logits on a
         probe batch: the run must be rebuilt as this network."""
+        from .models.adapters import load_backbone_weights
         from .models.imported import call_factory
 
         net = call_factory(factory, kwargs, trust_code=True, where=f"factory {factory}")
-        own, mine = net.state_dict(), self.net.model.state_dict()
-        missing = [k for k in own if k not in mine]
-        extra = [k for k in mine if k not in own]
-        wrong = [f"{k} {tuple(own[k].shape)} vs {tuple(mine[k].shape)}" for k in own
-                 if k in mine and own[k].shape != mine[k].shape]
-        if missing or extra or wrong:
-            raise ConfigError(f"factory {factory}{f' ({kwargs})' if kwargs else ''} builds another network: "
-                              f"{len(missing)} of its tensors missing from this model (e.g. {missing[:3]}), "
-                              f"{len(extra)} of this model's it lacks (e.g. {extra[:3]}), {len(wrong)} of another "
-                              f"shape (e.g. {wrong[:2]}); give the factory and keyword arguments that build this "
-                              "network")
-        net.load_state_dict(mine, strict=True)
+        what = f"factory {factory}{f' ({kwargs})' if kwargs else ''} builds another network"
+        fix = "give the factory and keyword arguments that build this network"
+        try:  # the loader `l2ood import` uses for a factory's weights: every tensor found, of the same shape
+            extra = load_backbone_weights(net, dict(self.net.model.state_dict()), f"factory {factory}")
+        except ConfigError as e:
+            raise ConfigError(f"{what} ({e}); {fix}") from None
+        if extra:
+            raise ConfigError(f"{what}: {len(extra)} of this model's tensors it lacks (e.g. {extra[:3]}); {fix}")
         rebuilt = HookedClassifier(net.to(self.rt.device), head, mean=inp.mean, std=inp.std).eval()
         self._compare(rebuilt, f"factory {factory}")
 
@@ -500,16 +495,6 @@ class PostHoc:
             self._compare(run.model, where)
         except ConfigError as e:
             raise ConfigError(f"{e}; the run folder {where} does not reproduce this model: delete it") from None
-
-    def _release_other_hooks(self) -> None:
-        """Remove the forward hooks that other :class:`HookedClassifier` wrappers (the import's) left on the head."""
-        fc = self.net.fc
-        for k, h in list(fc._forward_hooks.items()):
-            owner = getattr(h, "__self__", None)
-            if isinstance(owner, HookedClassifier) and owner is not self.net:
-                del fc._forward_hooks[k]
-                for extra in ("_forward_hooks_with_kwargs", "_forward_hooks_always_called"):
-                    getattr(fc, extra, {}).pop(k, None)
 
     def _record_fits(self, run: Run) -> None:
         """Save the detectors fitted by :meth:`fit` with ``run`` (:mod:`l2ood.detectors.store`) and record them

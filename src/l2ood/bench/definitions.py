@@ -94,6 +94,13 @@ OPENOOD_CIFAR10_RESNET18 = {
 }
 
 
+def benchmark_specs(bdef: dict[str, Any], root: str | None) -> tuple[str, str, list[tuple[str, str]]]:
+    """``(training spec, ID test spec, [(OoD spec, group)])`` of a benchmark definition, ``{root}`` filled
+    (:func:`resolve`); the training spec is the ID set's unless the definition names another."""
+    return (resolve(bdef.get("train", bdef["id"]), root), resolve(bdef["id"], root),
+            [(resolve(nm, root), g) for g, names in bdef["ood"].items() for nm in names])
+
+
 def resolve(name: str, root: str | None) -> str:
     """Fill ``{root}`` in a data-set name (error if the name needs a root and none was given)."""
     if "{root}" in name:

@@ -40,7 +40,7 @@ from ..results import BenchCell, ResultsFile, read_results, write_results
 from ..run import Run
 from ..runfolder import META, atomic_write_bytes
 from ..train import TrainConfig
-from .definitions import BENCHMARKS, RECIPES, resolve
+from .definitions import BENCHMARKS, RECIPES, benchmark_specs
 
 
 @dataclass
@@ -119,9 +119,7 @@ def _plan(spec: BenchSpec) -> _Plan:
     cells = [(a, seed, v, BenchCell(arch=a, variant=v, seed=seed, requested=wanted, groups={},
                                     benchmark=spec.benchmark, recipe=spec.recipe, hyper=hyper))
              for a in spec.archs for seed in spec.seeds for v in spec.variants]
-    return _Plan(bdef, recipe, wanted, size, resolve(bdef.get("train", bdef["id"]), spec.data_root),
-                 resolve(bdef["id"], spec.data_root),
-                 [(resolve(nm, spec.data_root), g) for g, names in bdef["ood"].items() for nm in names], cells)
+    return _Plan(bdef, recipe, wanted, size, *benchmark_specs(bdef, spec.data_root), cells)
 
 
 def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> tuple[Path, Path]:

@@ -10,8 +10,8 @@ joined here (:func:`compose`)::
 
 **The score** is the detector's own code: :class:`ScreenHead` builds an
 :class:`~l2ood.detectors.Extraction` from ``(z, logits)`` and calls the column's ``Detector.score`` with its
-fitted statistics, in the column's logit variant (:func:`column_score`, what :meth:`l2ood.columns.Column.score`
-does), then takes it to float64 as l2ood does. Detectors process rows in chunks with Python loops over
+fitted statistics, in the column's logit variant, as float64 (:meth:`l2ood.columns.Column.score_tensor`, which
+:meth:`l2ood.columns.Column.score` returns as numpy). Detectors process rows in chunks with Python loops over
 ``len(x)``, which ``torch.export`` can only trace for a fixed number of rows; so the head is traced for ``B``
 rows (:data:`SCORE_BLOCK`) and ONNX's ``Scan`` repeats it over the blocks. Every detector scores each row on its
 own (no batch statistics), so the padding rows change no other row's score; they are discarded.
@@ -115,13 +115,6 @@ def screen_columns(run: Run, cal: Calibration, name: str = "default") -> list[Co
     return cols
 
 
-def column_score(col: Column, ext: Extraction, head: Head) -> Tensor:
-    """The column's score of a forward pass in torch, float64: :meth:`l2ood.columns.Column.score` without the
-    conversion to numpy (the detector's own ``score`` in the column's logit variant)."""
-    h = col.head(head)
-    return col.detector.score(ext.with_head(h) if col.variant == "raw" else ext, h).double()
-
-
 def conformal_counts(cal_sorted: Tensor, s: Tensor) -> Tensor:
     """``#{i : cal_i ≤ s}`` for each entry of ``s`` (int64), by binary search over ``cal_sorted`` (ascending,
     length ``n ≥ 1``): ``bit_length(n)`` halvings of ``[lo, hi)``, each a gather and two selects, so it traces to
@@ -188,7 +181,7 @@ class ScreenHead(nn.Module):
 
     def forward(self, z: Tensor, logits: Tensor) -> tuple[Tensor, ...]:
         ext = Extraction(z, logits)
-        members = [column_score(c, ext, self.run_head) for c in self.columns]
+        members = [c.score_tensor(ext, self.run_head) for c in self.columns]
         cal = self.cal
         if cal.is_combined:
             assert cal.alpha is not None

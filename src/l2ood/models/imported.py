@@ -72,7 +72,12 @@ class HookedClassifier(nn.Module):
         self.register_buffer("input_mean", torch.tensor(mean or [0.0] * c).view(1, -1, 1, 1))
         self.register_buffer("input_std", torch.tensor(std or [1.0] * c).view(1, -1, 1, 1))
         self._z: Tensor | None = None
-        fc.register_forward_hook(self._capture)
+        self._hook = fc.register_forward_hook(self._capture)
+
+    def release(self) -> None:
+        """Remove this wrapper's forward hook from the head (a wrapper around a module that lives on, e.g. the
+        caller's own network after an import, lets go of it so that only the caller's own wrappers remain)."""
+        self._hook.remove()
 
     @property
     def fc(self) -> nn.Linear:
