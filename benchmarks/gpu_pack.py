@@ -1,28 +1,29 @@
-"""Pack ../shared/data into a few lossless files small enough to carry to the lent GPU, and unpack them there.
+"""Pack the data folder (DATA/) into a few lossless files that are easy to copy to a GPU machine, and unpack them.
 
-The device machine receives the git working tree plus the ignored paths named in ``carry`` (64 MiB per
-call in all); ``../shared/data`` beside the checkout does not travel. Raw, the data are 236 MB on disk
-(55 MB of CIFAR-10 JPEG bytes in 60 000 files, 51 MB of npz packs). Packed, losslessly:
+DATA/ is the folder laid out as in docs/RESULTS-gpu.md ("Data layout"); ``pack`` reads it from ``--src``
+(default: the environment variable ``L2OOD_DATA``). Raw, the data are 236 MB on disk (55 MB of CIFAR-10 JPEG
+bytes in 60 000 files, 51 MB of npz packs). Packed, losslessly, into ``gpu_data/`` (ignored by git):
 
 * ``cifar10_jpeg.npz``: the 60 000 JPEG files' bytes, concatenated, plus offsets and relative paths,
   zlib-compressed by ``numpy.savez_compressed``. Every 32×32 JPEG of the copy starts with the same
-  ~610 header bytes (quantization and Huffman tables), which deflate removes: ≈ 18 MB. The files are
-  re-created byte for byte on the device (SHA-256 checked), so the data set there is the same
-  ``imagefolder:`` tree and goes through l2ood's own reader and Pillow decode: still "CIFAR-10 (JPEG copy)".
+  ~610 header bytes (quantization and Huffman tables), which deflate removes: ≈ 18 MB. ``unpack`` re-creates
+  the files byte for byte (SHA-256 checked), so the data set is the same ``imagefolder:`` tree and goes through
+  l2ood's own reader and Pillow decode: still "CIFAR-10 (JPEG copy)".
 * ``ood.npz``: every array of every ``*.npz`` pack, each xz-compressed (``lzma``, standard library);
   gray images stored as RGB (MNIST, Fashion-MNIST, scikit-image textures: R = G = B exactly) keep one
-  channel and are re-expanded exactly. ≈ 38 MB (Tiny-ImageNet alone ≈ 24 MB). On the device each pack
-  is re-written as an npz with identical arrays (SHA-256 of every array checked), read by l2ood's npz reader.
-* ``manifest.json``: digests, sizes and the layout; ``SOURCES.md`` copied.
-* ``wheels/``: pydantic and its dependencies for the device's Python 3.12 (the device image has no
-  pydantic; l2ood's configs need it). Downloaded once here with ``pip download`` (``--no-wheels`` skips).
+  channel and are re-expanded exactly. ≈ 38 MB (Tiny-ImageNet alone ≈ 24 MB). ``unpack`` re-writes each pack
+  as an npz with identical arrays (SHA-256 of every array checked), read by l2ood's npz reader.
+* ``manifest.json``: digests, sizes and the layout; ``SOURCES.md`` copied when DATA/ has one.
+* ``wheels/``: pydantic and its dependencies for Python 3.12, for a GPU machine without network access whose
+  Python lacks pydantic (``gpu_paper.sh`` installs them only then). Downloaded once with ``pip download``;
+  ``--no-wheels`` skips them (not needed after ``pip install -e .``).
 
-Nothing is dropped. ``pack`` refuses to finish when the packed files plus the working tree that travels
-exceed the carry limit.
+Nothing is dropped. ``--max-mib N`` (off by default) makes ``pack`` refuse to finish when the packed files plus
+the git working tree exceed N MiB, for copying both to a machine with a transfer limit; ``size`` reports them.
 
-    python benchmarks/gpu_pack.py pack                       # ../shared/data -> gpu_data/ (ignored)
-    python benchmarks/gpu_pack.py unpack gpu_data /tmp/l2ood-data   # on the device (or here, to test)
-    python benchmarks/gpu_pack.py size                       # what would travel, in MiB
+    python benchmarks/gpu_pack.py pack --src DATA --no-wheels   # DATA/ -> gpu_data/
+    python benchmarks/gpu_pack.py unpack gpu_data /tmp/l2ood-data  # gpu_paper.sh does this (or here, to test)
+    python benchmarks/gpu_pack.py size [--max-mib N]           # working tree + gpu_data, in MiB
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import hashlib
 import io
 import json
 import lzma
+import os
 import shutil
 import subprocess
 import sys
@@ -41,7 +43,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-CARRY_LIMIT = 64 * 1024**2  # bytes per device call: working tree + carried paths
 PACK_VERSION = 1
 WHEELS = ["pydantic==2.14.4", "pydantic_core==2.50.5", "annotated-types==0.8.0", "typing-inspection==0.4.5",
           "typing_extensions==4.16.0"]
@@ -118,7 +119,7 @@ def pack(src: Path, dst: Path, wheels: bool = True) -> dict:
 
 
 def ensure_excluded(names: tuple[str, ...] = ("/gpu_data/", "/gpu_tiny/")) -> None:
-    """List the packed folder in .git/info/exclude (never committed; it travels only when carried)."""
+    """List the packed folder in .git/info/exclude (never committed)."""
     git_dir = ROOT / ".git"
     if not git_dir.is_dir():
         return
@@ -142,7 +143,7 @@ def _download_wheels(folder: Path) -> None:
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"pip download failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}\n"
-                         "rerun with network access, or pass --no-wheels and carry the wheels another way")
+                         "rerun with network access, or pass --no-wheels (pydantic then comes from `pip install -e .`)")
 
 
 def unpack(src: Path, dst: Path, verify: bool = True) -> dict:
@@ -197,7 +198,7 @@ def unpack(src: Path, dst: Path, verify: bool = True) -> dict:
 
 
 def tree_bytes() -> int:
-    """Bytes of the working tree that travels: tracked files plus untracked files git does not ignore."""
+    """Bytes of the working tree: tracked files plus untracked files git does not ignore."""
     out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                          capture_output=True, check=True).stdout
     total = 0
@@ -212,45 +213,58 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
 
 
-def size_report(dst: Path) -> dict:
+def size_report(dst: Path, max_mib: float | None = None) -> dict:
+    """Working tree + packed folder, in bytes; ``fits`` compares them with ``max_mib`` (None: no limit)."""
     tree, packed = tree_bytes(), folder_bytes(dst)
     files = {p.relative_to(dst).as_posix(): p.stat().st_size for p in sorted(dst.rglob("*")) if p.is_file()}
-    return {"tree_bytes": tree, "packed_bytes": packed, "total_bytes": tree + packed, "limit_bytes": CARRY_LIMIT,
-            "fits": tree + packed < CARRY_LIMIT, "files": files}
+    limit = None if max_mib is None else int(max_mib * 2**20)
+    return {"tree_bytes": tree, "packed_bytes": packed, "total_bytes": tree + packed, "limit_bytes": limit,
+            "fits": limit is None or tree + packed < limit, "files": files}
+
+
+def _default_src() -> str | None:
+    return os.environ.get("L2OOD_DATA") or None
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("pack", help="../shared/data -> gpu_data/")
-    p.add_argument("--src", default=str(ROOT.parent / "shared" / "data"))
+    p = sub.add_parser("pack", help="DATA/ -> gpu_data/")
+    p.add_argument("--src", default=_default_src(),
+                   help="the data folder DATA/ (default: $L2OOD_DATA; required when that is unset)")
     p.add_argument("--dst", default=str(ROOT / "gpu_data"))
     p.add_argument("--no-wheels", action="store_true", help="do not download the pydantic wheels")
-    p.add_argument("--no-size-check", action="store_true", help="skip the carry-limit check (tests)")
-    u = sub.add_parser("unpack", help="gpu_data/ -> a data root like ../shared/data")
+    p.add_argument("--max-mib", type=float, default=None, metavar="N",
+                   help="fail when the working tree plus the packed files exceed N MiB (default: no check)")
+    # no size check is the default now; the flag is still accepted so that older command lines keep working
+    p.add_argument("--no-size-check", action="store_true", help=argparse.SUPPRESS)
+    u = sub.add_parser("unpack", help="gpu_data/ -> a data folder laid out like DATA/")
     u.add_argument("src")
     u.add_argument("dst")
     u.add_argument("--no-verify", action="store_true")
-    s = sub.add_parser("size", help="what would travel to the device, in MiB")
+    s = sub.add_parser("size", help="the working tree plus gpu_data/, in MiB")
     s.add_argument("--dst", default=str(ROOT / "gpu_data"))
+    s.add_argument("--max-mib", type=float, default=None, metavar="N", help="exit 1 when the total exceeds N MiB")
     args = ap.parse_args()
     if args.cmd == "pack":
+        if not args.src:
+            p.error("no data folder: pass --src DATA or set L2OOD_DATA (layout: docs/RESULTS-gpu.md, 'Data layout')")
         if Path(args.dst).resolve().parent == ROOT:
             ensure_excluded()
         m = pack(Path(args.src), Path(args.dst), wheels=not args.no_wheels)
         print(json.dumps({k: v for k, v in m.items() if k != "npz"}, indent=1))
-        if not args.no_size_check:
-            rep = size_report(Path(args.dst))
+        if args.max_mib is not None:
+            rep = size_report(Path(args.dst), args.max_mib)
             mib = {k: round(v / 2**20, 2) for k, v in rep["files"].items()}
             print(json.dumps(mib, indent=1))
-            print(f"travels: tree {rep['tree_bytes'] / 2**20:.1f} MiB + gpu_data {rep['packed_bytes'] / 2**20:.1f} MiB"
-                  f" = {rep['total_bytes'] / 2**20:.1f} MiB of {CARRY_LIMIT / 2**20:.0f} MiB")
+            print(f"tree {rep['tree_bytes'] / 2**20:.1f} MiB + packed {rep['packed_bytes'] / 2**20:.1f} MiB"
+                  f" = {rep['total_bytes'] / 2**20:.1f} MiB of at most {args.max_mib:g} MiB")
             if not rep["fits"]:
-                raise SystemExit("too large to carry in one call")
+                raise SystemExit(f"working tree + {args.dst} exceed --max-mib {args.max_mib:g}")
     elif args.cmd == "unpack":
         print(json.dumps(unpack(Path(args.src), Path(args.dst), verify=not args.no_verify)))
     else:
-        rep = size_report(Path(args.dst))
+        rep = size_report(Path(args.dst), args.max_mib)
         print(json.dumps({k.replace("_bytes", "_mib"): (round(v / 2**20, 2) if isinstance(v, int)
                                                          and not isinstance(v, bool) else v)
                           for k, v in rep.items() if k != "files"}, indent=1))

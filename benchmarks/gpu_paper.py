@@ -1,36 +1,37 @@
-"""Issue 15 driver: the paper's CIFAR-10 ResNet18 table on one lent GPU, inside one device call.
+"""Issue 15 driver: the paper's CIFAR-10 ResNet18 table on one GPU, in one run of ``gpu_paper.sh``.
 
 The orchestrator (``run``) trains every requested cell (training variant × seed) with the
 ``paper-resnet18`` recipe (full-width ResNet18, 60 epochs, batch 128, SGD 0.1 cosine, wd 5e-4, crop+flip)
 on the ``cifar10-local`` benchmark of l2ood (CIFAR-10 (JPEG copy) → near Tiny-ImageNet, far MNIST,
-Fashion-MNIST, DTD-10, scikit-image textures: every OoD set of ../shared/data), tracks the ‖z‖ AUROC every
-5 epochs (``--track every=5``), then evaluates every detector. Each cell is one child process (``cell``)
-running l2ood's own API: ``pipeline.train_run`` (with the tracker, data resident on the GPU, bf16 +
+Fashion-MNIST, DTD-10, scikit-image textures: every OoD set of the data layout in docs/RESULTS-gpu.md), tracks
+the ‖z‖ AUROC every 5 epochs (``--track every=5``), then evaluates every detector. Each cell is one child process
+(``cell``) running l2ood's own API: ``pipeline.train_run`` (with the tracker, data resident on the GPU, bf16 +
 channels_last) then ``pipeline.train_and_evaluate`` (every detector from one cached forward pass per data
 set). Cells run concurrently on the one GPU: at batch 128 a single full-width ResNet18 is launch-bound
-(4.42 s/epoch at batch 128 vs 1.14 s at 512 on the H200, docs/PERFORMANCE.md), so parallel processes fill
+(4.42 s/epoch at batch 128 vs 1.14 s at 512 on an H200, docs/PERFORMANCE.md), so parallel processes fill
 the idle GPU.
 
 Concurrency, measured in flight (no separate probe): all cells start together (``--parallel``, default 4);
-every epoch's wall time is logged with the number of cells training at that moment (K). When a required
-cell (default ce and l2, seed 0) is projected to miss the deadline (its wall time per epoch over the last
-epochs × the epochs left + the evaluation estimate), the lowest-priority optional cells are paused
-(SIGSTOP) — as many as an optimistic estimate (epoch time ∝ K) says are needed — and continued (SIGCONT)
+every epoch's wall time is logged with the number of cells training at that moment (K). With a time limit
+(``--budget-s``), when a required cell (default ce and l2, seed 0) is projected to miss it (its wall time per
+epoch over the last epochs × the epochs left + the evaluation estimate), the lowest-priority optional cells are
+paused (SIGSTOP) — as many as an optimistic estimate (epoch time ∝ K) says are needed — and continued (SIGCONT)
 once no required cell is training any more. The timeline (median epoch time per K, ``concurrency`` in the
-bundle) is the measurement that decides the next session's ``--parallel``.
+bundle) is the measurement that decides the next run's ``--parallel``.
 
-Safety: the whole call stops itself at ``--budget-s`` after the shell script started (``--t0``): running
-cells are killed (each has a checkpoint at its last epoch end and is resumed by the next call if the
-machine is still warm: the run folders live in ``/tmp/l2ood-gpu-runs``), the finished cells are
-aggregated, and the raw bundle is written to ``--out`` as 4 files (``paper_raw.json``, ``results.csv``,
-``results.md``, ``log.txt``; a progress copy of the first and last every 30 s). Evaluation runs in two
-phases (a core set of detectors, then all others) so a late kill keeps the core results.
+Time limit and resuming: by default the run has no time limit (``--budget-s 0``; the tiny smoke test stops after
+300 s). With ``--budget-s`` the run stops itself that long after the shell script started (``--t0``): running
+cells are killed (each has a checkpoint at its last epoch end), the finished cells are aggregated, and the raw
+bundle is written to ``--out`` as 4 files (``paper_raw.json``, ``results.csv``, ``results.md``, ``log.txt``; a
+progress copy of the first and last every 30 s). Re-running the same command on the same ``--runs`` folder
+resumes every unfinished cell from its checkpoint and keeps the finished ones. Evaluation runs in two phases (a
+core set of detectors, then all others) so a late stop keeps the core results.
 
     python benchmarks/gpu_paper.py run --data-root /tmp/l2ood-data --out $OUT          # on the GPU
     python benchmarks/gpu_paper.py run --tiny --data-root DATA --out /tmp/o --runs /tmp/r  # CPU smoke test
 
-``benchmarks/gpu_paper.sh`` is the device entry point; ``benchmarks/gpu_report.py`` turns the bundle into
-docs/results/gpu/ and docs/RESULTS-gpu.md.
+``benchmarks/gpu_paper.sh`` is the entry point (it unpacks ``gpu_data/`` first); ``benchmarks/gpu_report.py``
+turns the bundle into docs/results/gpu/ and docs/RESULTS-gpu.md.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import math
 import os
 import platform
 import signal
@@ -62,8 +64,9 @@ CORE = ("feature_norm", "msp", "maxlogit", "energy", "knn", "mahalanobis", "vim"
 SINGLE_EPOCH_S = 4.42  # H200, full-width ResNet18, batch 128, one process alone (docs/results/gpu/gpu_b128.json)
 RAW_FILES = ("paper_raw.json", "results.csv", "results.md", "log.txt")
 # eval_s: the core detectors' evaluation time assumed until one cell has measured it (the rest may be cut)
+# budget_s: the default time limit in seconds (0: none)
 FULL = {"track": "every=5,n_train=5000,n_test=10000,n_ood=10000", "n_train": None, "n_id": None, "n_ood": None,
-        "parallel": 4, "eval_s": 60.0, "budget_s": 400.0}
+        "parallel": 4, "eval_s": 60.0, "budget_s": 0.0}
 TINY = {"width": 4, "epochs": 1, "track": "every=1,n_train=100,n_test=100,n_ood=50", "n_train": 300, "n_id": 200,
         "n_ood": 100, "parallel": 2, "eval_s": 10.0, "budget_s": 300.0}
 
@@ -180,7 +183,7 @@ def cell_main(args: argparse.Namespace) -> int:
     cell_path = runs / "cells" / f"{name}.json"
     merged: ResultsRecord | None = None
     requested: list[str] = []
-    if cell_path.is_file():  # an earlier call evaluated some detectors of this (finished) run: keep them
+    if cell_path.is_file():  # an earlier invocation evaluated some detectors of this (finished) run: keep them
         with contextlib.suppress(ResultsError):
             old = read_results(cell_path)
             if old.bench is not None:
@@ -300,7 +303,7 @@ def _gpu_info() -> dict[str, Any]:
 
 
 def src_digest() -> str:
-    """SHA-256 over src/l2ood/**/*.py and benchmarks/gpu_*.py (the device copy has no .git)."""
+    """SHA-256 over src/l2ood/**/*.py and benchmarks/gpu_*.py (a copy of the tree may have no .git)."""
     h = hashlib.sha256()
     files = sorted([*(ROOT / "src" / "l2ood").rglob("*.py"), *(ROOT / "benchmarks").glob("gpu_*.py")])
     for p in files:
@@ -345,7 +348,10 @@ class Orchestrator:
         self.t0 = float(args.t0) if args.t0 else time.time()
         self.preset = TINY if args.tiny else FULL
         self.budget = float(args.budget_s if args.budget_s is not None else self.preset["budget_s"])
-        self.deadline = self.t0 + self.budget - float(args.reserve_s)
+        if not math.isfinite(self.budget) or self.budget < 0:
+            raise SystemExit(f"--budget-s {self.budget}: give seconds > 0, or 0 for no time limit")
+        # no time limit (budget 0): no deadline, so nothing is stopped, paused or kept from starting
+        self.deadline = self.t0 + self.budget - float(args.reserve_s) if self.budget > 0 else math.inf
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.runs = Path(args.runs)
@@ -423,13 +429,15 @@ class Orchestrator:
         self.parallel = int(args.parallel or self.preset["parallel"])
         self.threads = max(1, (os.cpu_count() or 2) // max(1, min(self.parallel, len(self.cells))))
         self.log(f"cells {[c.name + ('*' if c.required else '') for c in self.cells]} (* required), parallel "
-                 f"{self.parallel}, {self.threads} CPU threads each, budget {self.budget:.0f} s (stop at "
-                 f"+{self.deadline - self.t0:.0f} s), device {device}, {self.env.get('gpu', 'no GPU')}, "
+                 f"{self.parallel}, {self.threads} CPU threads each, "
+                 + (f"budget {self.budget:.0f} s (stop at +{self.deadline - self.t0:.0f} s)" if self.budget > 0
+                    else "no time limit")
+                 + f", device {device}, {self.env.get('gpu', 'no GPU')}, "
                  f"torch {self.env['torch']}")
         for c in self.cells:
             if c.complete(self.det_list):
                 c.state = "skipped"
-                self.log(f"{c.name}: already complete in {self.runs} (finished by an earlier call)")
+                self.log(f"{c.name}: already complete in {self.runs} (finished by an earlier run)")
         return 0
 
     # -- processes
@@ -589,7 +597,7 @@ class Orchestrator:
                 "concurrency": _tiny_free(concurrency_table(self.cells), bool(self.args.tiny)), "cells": cells}
 
     def snapshot(self) -> None:
-        """A progress copy of the raw bundle in --out (what comes back if the call is cut off)."""
+        """A progress copy of the raw bundle in --out (what is left if the run is cut off)."""
         with contextlib.suppress(OSError, ValueError):
             tmp = self.out / "paper_raw.json.tmp"
             tmp.write_text(json.dumps({**self.raw(), "snapshot": True}, default=str))
@@ -625,7 +633,7 @@ def run_main(args: argparse.Namespace) -> int:
     def on_term(signum: int, _frame: Any) -> None:
         raise SystemExit(128 + signum)
 
-    signal.signal(signal.SIGTERM, on_term)  # `timeout` or the device's limit: still stop the cells, write the bundle
+    signal.signal(signal.SIGTERM, on_term)  # `timeout`, a job scheduler: still stop the cells, write the bundle
     orch = Orchestrator(args)
     rc = orch.prepare()
     if rc:
@@ -646,7 +654,8 @@ def run_main(args: argparse.Namespace) -> int:
 
 
 def _print_summary(raw: dict[str, Any]) -> None:
-    print(f"\n== gpu_paper: {raw['wall_s']:.0f} s of {raw['budget_s']:.0f} s, "
+    limit = f"of {raw['budget_s']:.0f} s" if raw["budget_s"] > 0 else "(no time limit)"
+    print(f"\n== gpu_paper: {raw['wall_s']:.0f} s {limit}, "
           f"{raw['env'].get('gpu', 'cpu')}, torch {raw['env']['torch']} ==")
     print(f"{'cell':28s} {'state':9s} {'epochs':>7s} {'train s':>8s} {'ID acc':>7s} {'fn near':>8s} {'fn far':>8s}")
     for c in raw["cells"]:
@@ -673,20 +682,23 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="orchestrate the cells within the budget and write the raw bundle")
-    r.add_argument("--data-root", required=True, help="a data root laid out like ../shared/data")
-    r.add_argument("--out", required=True, help="folder for the raw bundle ($OUT on the device)")
-    r.add_argument("--runs", default="/tmp/l2ood-gpu-runs", help="run folders (kept between warm calls)")
+    r.add_argument("--data-root", required=True,
+                   help="the data folder (DATA/, laid out as in docs/RESULTS-gpu.md, 'Data layout')")
+    r.add_argument("--out", required=True, help="folder for the raw bundle ($OUT of gpu_paper.sh)")
+    r.add_argument("--runs", default="/tmp/l2ood-gpu-runs",
+                   help="run folders with per-epoch checkpoints (rerun with the same folder to resume)")
     r.add_argument("--variants", default="ce,l2,logitnorm,t2fnorm")
     r.add_argument("--seeds", default="0")
     r.add_argument("--required", default="ce:0,l2:0", help="cells that optional ones are paused for")
     r.add_argument("--detectors", default="all")
     r.add_argument("--core", default=None, help="detectors of the first evaluation phase (default: the CORE list)")
     r.add_argument("--parallel", type=int, default=None, help="cells at once (default 4, tiny 2)")
-    r.add_argument("--budget-s", type=float, default=None, help="stop everything this long after --t0")
+    r.add_argument("--budget-s", type=float, default=None,
+                   help="stop everything this many seconds after --t0; 0: no time limit (default; tiny: 300)")
     r.add_argument("--reserve-s", type=float, default=8.0, help="kept back for aggregation and the bundle")
     r.add_argument("--min-start-s", type=float, default=60.0, help="start no cell later than this before the stop")
     r.add_argument("--eval-s", type=float, default=None, help="evaluation time estimate until one is measured")
-    r.add_argument("--t0", default=None, help="epoch seconds the call started (the shell passes its start)")
+    r.add_argument("--t0", default=None, help="epoch seconds the run started (the shell passes its start)")
     r.add_argument("--tiny", action="store_true", help="CPU smoke test: width 4, 1 epoch, a few hundred images")
     r.add_argument("--epochs", type=int, default=None)
     r.add_argument("--width", type=int, default=None)

@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
-# Issue 15 — the paper's CIFAR-10 / ResNet18 table on one lent GPU, as ONE device call (see docs/RESULTS-gpu.md).
+# Issue 15 — the paper's CIFAR-10 / ResNet18 table on any machine with one CUDA GPU (runbook: docs/RESULTS-gpu.md).
 #
-#   prepare here (CPU):  python benchmarks/gpu_pack.py pack      # ../shared/data -> gpu_data/ (≈ 56 MiB, ignored)
-#   on the device:       run(command="GIT_COMMIT=<sha> bash benchmarks/gpu_paper.sh", carry=["gpu_data"], timeout_s=430)
-#   at once after it (machine warm for 30 s; resumes unfinished cells):
-#                        run(command="GIT_COMMIT=<sha> BUDGET_S=<budget_left_s - 60> bash benchmarks/gpu_paper.sh",
-#                            carry=["gpu_data"], timeout_s=<that + 30>)
-#   back here:           python benchmarks/gpu_report.py --add <files_at> --tag call1
+#   once:     python benchmarks/gpu_pack.py pack --src DATA --no-wheels   # DATA/ -> gpu_data/ (≈ 56 MiB, ignored)
+#   the run:  GIT_COMMIT=$(git rev-parse HEAD) RUNS=runs/gpu-paper/cells OUT=runs/gpu-paper/out \
+#                 bash benchmarks/gpu_paper.sh
+#   report:   python benchmarks/gpu_report.py --add runs/gpu-paper/out --tag run1
 #
-# Steps: pydantic from gpu_data/wheels when the image lacks it; unpack gpu_data/ into a data root laid out
-# like ../shared/data (files checked by SHA-256); then benchmarks/gpu_paper.py trains CE, L2, LogitNorm and
-# T2FNorm (seed 0) concurrently with the paper-resnet18 recipe, tracks ||z|| AUROC every 5 epochs, evaluates
-# every detector, and stops itself BUDGET_S seconds after this script started. Raw results land in $OUT
-# (paper_raw.json, results.csv, results.md, log.txt, nvidia-smi.txt).
+# Resumable: every cell checkpoints each epoch into its folder under RUNS; if the run stops early (BUDGET_S
+# reached, killed, machine restarted), re-run the same command: unfinished cells resume from their last
+# checkpoint, finished cells are kept, and the new bundle in OUT holds every cell.
 #
-# Environment (defaults in brackets): BUDGET_S [400; tiny 300] VARIANTS [ce,l2,logitnorm,t2fnorm] SEEDS [0]
-# REQUIRED [ce:0,l2:0] PARALLEL [4; tiny 2] DETECTORS [all] CORE [first-phase detectors] RUNS [/tmp/l2ood-gpu-runs; tiny /tmp/l2ood-gpu-tiny-runs] DATA_DIR [/tmp/l2ood-data]
-# PACK [gpu_data] PYTHON [python3] TINY [unset; 1 = CPU smoke test: width 4, 1 epoch, a few hundred images]
+# Steps: pydantic from gpu_data/wheels when the Python lacks it; unpack gpu_data/ into DATA_DIR, laid out as
+# DATA/ (files checked by SHA-256; skipped when already unpacked); then benchmarks/gpu_paper.py trains CE, L2,
+# LogitNorm and T2FNorm (seed 0) concurrently with the paper-resnet18 recipe, tracks ||z|| AUROC every 5 epochs
+# and evaluates every detector. Raw results land in $OUT (paper_raw.json, results.csv, results.md, log.txt,
+# nvidia-smi.txt).
+#
+# Environment (defaults in brackets): BUDGET_S [0 = no time limit; tiny 300] if > 0, the run stops itself this many
+# seconds after this script started (cells still training stop at their last checkpoint; rerun to resume)
+# VARIANTS [ce,l2,logitnorm,t2fnorm] SEEDS [0] REQUIRED [ce:0,l2:0] PARALLEL [4; tiny 2] DETECTORS [all]
+# CORE [first-phase detectors] RUNS [/tmp/l2ood-gpu-runs; tiny /tmp/l2ood-gpu-tiny-runs; keep it on a disk that
+# survives a restart] DATA_DIR [/tmp/l2ood-data] PACK [gpu_data] PYTHON [python3]
+# TINY [unset; 1 = CPU smoke test: width 4, 1 epoch, a few hundred images]
 set -u -o pipefail
 T0=$(date +%s.%N)
 cd "$(dirname "$0")/.." || exit 2
@@ -25,7 +30,7 @@ PY=${PYTHON:-python3}
 PACK=${PACK:-gpu_data}
 DATA_DIR=${DATA_DIR:-/tmp/l2ood-data}
 TINY=${TINY:-}
-# run folders outside the tree (kept while the machine stays warm, so a second call resumes them)
+# run folders with per-epoch checkpoints (the same RUNS resumes unfinished cells)
 if [ -n "$TINY" ]; then RUNS=${RUNS:-/tmp/l2ood-gpu-tiny-runs}; else RUNS=${RUNS:-/tmp/l2ood-gpu-runs}; fi
 mkdir -p "$OUT"
 export PYTHONPATH=src PYTHONUNBUFFERED=1 MPLBACKEND=Agg
@@ -38,7 +43,7 @@ export GPU_PAPER_COMMAND="${GPU_PAPER_COMMAND}bash benchmarks/gpu_paper.sh"
 
 HAS_PYDANTIC="import pydantic, sys; sys.exit(tuple(map(int, pydantic.VERSION.split('.')[:2])) < (2, 5))"
 if ! $PY -c "$HAS_PYDANTIC" 2>/dev/null; then
-  if ! PYTHONPATH=/tmp/site $PY -c "$HAS_PYDANTIC" 2>/dev/null; then  # not yet installed by an earlier call
+  if ! PYTHONPATH=/tmp/site $PY -c "$HAS_PYDANTIC" 2>/dev/null; then  # not yet installed by an earlier run
     echo "pydantic >= 2.5 missing: installing $PACK/wheels/*.whl into /tmp/site"
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
       "$PACK"/wheels/*.whl || { echo "wheel install failed"; exit 3; }

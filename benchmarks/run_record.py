@@ -1,16 +1,20 @@
 """What the run record costs: reading + validating model.json, rebuilding and fingerprint-checking the exact
 training images, and the cached forward pass (first call vs cache hit).
 
-    python benchmarks/run_record.py [--data ../shared/data] [--out docs/PERFORMANCE.md]
+    python benchmarks/run_record.py --data DATA [--out docs/PERFORMANCE.md]
 
 Trains one throw-away width-4 ResNet18 for one epoch on CIFAR-10 (JPEG copy) minus a 5 000-image holdout so
 that the run records a real 45 000-image data spec, calibrates it on the holdout (5 000 scores in the record),
 then times each step (median of repeats). Writes a section of docs/PERFORMANCE.md between markers.
+
+DATA is the data folder holding ``cifar10-jpeg/{train,test}/<class>/NNNN.jpg`` (docs/PERFORMANCE.md, "Data
+layout"); ``--data`` defaults to the environment variable ``L2OOD_DATA``. The page shows it as ``DATA``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import tempfile
@@ -55,9 +59,13 @@ def _cpu() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--data", default=os.environ.get("L2OOD_DATA") or None,
+                    help="the data folder DATA/ with cifar10-jpeg/{train,test} (default: $L2OOD_DATA)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "PERFORMANCE.md"))
     args = ap.parse_args()
+    if not args.data:
+        ap.error("no data folder: pass --data DATA or set L2OOD_DATA (the layout is in docs/PERFORMANCE.md, "
+                 "'Data layout')")
     spec = f"imagefolder:{args.data}/cifar10-jpeg/train"
     t0 = time.perf_counter()
     train_set, _ = training_data(spec, holdout=5000)
@@ -94,8 +102,9 @@ def main() -> None:
         BEGIN,
         "## Run record overhead (cpu)",
         "",
-        f"`python benchmarks/run_record.py` on {_cpu()} (2 cores, {torch.get_num_threads()} torch threads), "
-        f"{code_version_line()}; medians of repeats. CIFAR-10 (JPEG copy) from ../shared/data.",
+        f"`python benchmarks/run_record.py --data DATA` on {_cpu()} (2 cores, {torch.get_num_threads()} torch "
+        f"threads), {code_version_line()}; medians of repeats. CIFAR-10 (JPEG copy) from `DATA/cifar10-jpeg` "
+        "(see Data layout).",
         "",
         "| step | time |",
         "|---|---|",

@@ -2,6 +2,8 @@
 
     python examples/calibrate_and_screen.py RUN PHOTOS/ --out screen_out/
     python examples/calibrate_and_screen.py --small          # trains a tiny run on generated data first, ~25 s
+
+Extra: none, l2ood alone (``pip install l2ood``).
 """
 
 from __future__ import annotations
@@ -12,11 +14,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _data import gratings, noise, write_folder
-from PIL import Image
+from _extras import need
 
-from l2ood.report.review import ReviewCollector
-from l2ood.screen import Screener, calibrate_run, screen_to_file
+need(None)
+
+from _data import gratings, noise, write_folder  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from l2ood.report.review import ReviewCollector  # noqa: E402
+from l2ood.screen import Screener, calibrate_run, screen_to_file  # noqa: E402
 
 
 def main() -> None:

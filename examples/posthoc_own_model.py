@@ -8,17 +8,23 @@ the model in the loop) — with no change to your model (`l2ood.posthoc.PostHoc`
 (`PostHoc(..., preprocessing="cifar")`), l2ood's image sets work too, `ph.evaluate_benchmark(NAME)` gives the
 `l2ood bench` near/far table, and `ph.save` + `ph.calibrate` make a deployable screen
 (examples/screen_own_classifier.py).
+
+Extra: none, l2ood alone (``pip install l2ood``).
 """
 
 from __future__ import annotations
 
 import argparse
 
-import torch
-from _data import gratings, noise
-from torch import nn
+from _extras import need
 
-from l2ood.posthoc import PostHoc
+need(None)
+
+import torch  # noqa: E402
+from _data import gratings, noise  # noqa: E402
+from torch import nn  # noqa: E402
+
+from l2ood.posthoc import PostHoc  # noqa: E402
 
 
 class MyNet(nn.Module):

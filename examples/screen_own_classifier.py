@@ -8,6 +8,8 @@
 input config, through `l2ood.importing.import_classifier`), `PostHoc.calibrate` picks the threshold on held-out
 images of your ID data (as `l2ood calibrate` does), and the run then screens files in Python or with the command
 line (`l2ood screen/serve/export RUN ... --trust-code`, with this folder on PYTHONPATH for the factory).
+
+Extra: none, l2ood alone (``pip install l2ood``).
 """
 
 from __future__ import annotations
@@ -16,15 +18,19 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import torch
-from _data import gratings, noise, write_folder
-from PIL import Image
-from posthoc_own_model import MyNet  # your model: features, then a linear classifier
-from torch import nn
+from _extras import need
 
-from l2ood.data import load_dataset
-from l2ood.posthoc import PostHoc
-from l2ood.screen import Screener
+need(None)
+
+import torch  # noqa: E402
+from _data import gratings, noise, write_folder  # noqa: E402
+from PIL import Image  # noqa: E402
+from posthoc_own_model import MyNet  # noqa: E402 — your model: features, then a linear classifier
+from torch import nn  # noqa: E402
+
+from l2ood.data import load_dataset  # noqa: E402
+from l2ood.posthoc import PostHoc  # noqa: E402
+from l2ood.screen import Screener  # noqa: E402
 
 
 def build(classes: int = 3) -> nn.Module:

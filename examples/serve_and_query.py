@@ -4,6 +4,8 @@
     python examples/serve_and_query.py --small          # trains + calibrates a tiny run on generated data, ~30 s
 
 In production run `l2ood serve RUN --host 0.0.0.0` with L2OOD_SERVE_TOKEN set, behind HTTPS.
+
+Extra: ``serve`` plus the HTTP client httpx (``pip install 'l2ood[serve]' httpx``).
 """
 
 from __future__ import annotations
@@ -19,13 +21,17 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
-import uvicorn
-from _data import gratings, noise, write_folder
-from PIL import Image
+from _extras import need
 
-from l2ood.deploy.service import ServeConfig, create_app
-from l2ood.screen import Screener
+need("serve", "fastapi", "uvicorn", "multipart", "httpx", pip="pip install 'l2ood[serve]' httpx")
+
+import httpx  # noqa: E402
+import uvicorn  # noqa: E402
+from _data import gratings, noise, write_folder  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from l2ood.deploy.service import ServeConfig, create_app  # noqa: E402
+from l2ood.screen import Screener  # noqa: E402
 
 
 def _png(a: object) -> bytes:

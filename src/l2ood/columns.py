@@ -214,7 +214,7 @@ class Column:
             raise ConfigError("an in-memory run has no folder for fitted detectors: fit the column in memory")
         if sha256 is None:
             raise RunError(f"detector '{self.key}' needs fitted statistics but the calibration names no fitted "
-                           f"file; run `l2ood calibrate {run.path} --detector {self.key}` again")
+                           f"file; run `l2ood calibrate {run.path} --detectors {self.key}` again")
         path = run.path / fitted_file(self.key)
         det, info = load_fitted(path, sha256=sha256, weights_sha256=run.record.weights_sha256)
         if info.detector != self.name or info.variant != self.variant:

@@ -165,12 +165,9 @@ class BenchmarkTable:
 def _benchmark_sets(name: str, data_root: str | Path | None) -> tuple[dict[str, Any], str, str, list[tuple[str, str]]]:
     """``(definition, training spec, ID test spec, [(OoD spec, group)])`` of a benchmark of
     :data:`l2ood.bench.BENCHMARKS` (:func:`l2ood.bench.definitions.benchmark_specs`, as ``l2ood bench`` reads it)."""
-    from .bench import BENCHMARKS
-    from .bench.definitions import benchmark_specs
+    from .bench.definitions import benchmark_specs, get_benchmark
 
-    if name not in BENCHMARKS:
-        raise ConfigError(f"unknown benchmark '{name}'; known: {', '.join(BENCHMARKS)}")
-    bdef = BENCHMARKS[name]
+    bdef = get_benchmark(name)
     return (bdef, *benchmark_specs(bdef, None if data_root is None else str(data_root)))
 
 

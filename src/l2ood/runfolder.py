@@ -36,7 +36,6 @@ and safetensors), so every layer of l2ood can use it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -323,6 +322,33 @@ _HELD: set[int] = set()  # descriptors of the run locks this process holds
 _DEPTH: dict[tuple[int, str], int] = {}  # (thread, resolved run folder) → nested blocks under a shared holder
 
 
+try:  # POSIX: an advisory lock that dies with its holder
+    import fcntl as _fcntl
+except ImportError:  # Windows: a byte-range lock on the lock file (not exercised by l2ood's tests, which run on POSIX)
+    _fcntl = None  # type: ignore[assignment]
+
+
+def _try_lock(fd: int) -> None:
+    """Take the exclusive lock on ``fd`` without waiting; :class:`BlockingIOError` when another process holds it."""
+    if _fcntl is not None:
+        _fcntl.flock(fd, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
+        return
+    import msvcrt
+
+    try:
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+    except OSError as e:
+        raise BlockingIOError(str(e)) from None
+
+
+def _write_at_start(fd: int, data: bytes) -> None:
+    if hasattr(os, "pwrite"):
+        os.pwrite(fd, data, 0)
+    else:
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, data)
+
+
 def _drop_inherited_locks() -> None:
     """In a forked child (e.g. a DataLoader worker): close the copies of the parent's lock descriptors, so
     the lock dies with its holder — a worker outliving a killed trainer must not keep the folder locked."""
@@ -362,7 +388,7 @@ def run_lock(run_dir: str | Path, what: str = "", wait: float = 0.0, shared: boo
         deadline = time.monotonic() + max(0.0, wait)
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _try_lock(fd)
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
@@ -377,7 +403,7 @@ def run_lock(run_dir: str | Path, what: str = "", wait: float = 0.0, shared: boo
                 "command": what or " ".join(sys.argv[:4]), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(info).encode(), 0)
+            _write_at_start(fd, json.dumps(info).encode())
         yield
     finally:
         if locked:

@@ -9,6 +9,7 @@ Benchmark for Out-of-Distribution Detection", 2023).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ..errors import ConfigError
@@ -51,9 +52,9 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
                     "imglist:{root}/benchmark_imglist/imagenet/test_openimage_o.txt@{root}/images_largescale"],
         },
     },
-    # What exists offline on this project's machines (../shared/data, see its SOURCES.md): CIFAR-10 as a
-    # JPEG image-folder tree (lossy copy!), Tiny-ImageNet resized, MNIST, Fashion-MNIST, a DTD subset and
-    # scikit-image textures. No CIFAR-100, SVHN or Places365 here.
+    # The project's own CIFAR-10 benchmark (docs/RESULTS-cifar10.md, "Data layout"): CIFAR-10 as a JPEG
+    # image-folder tree (lossy copy!), Tiny-ImageNet resized, MNIST, Fashion-MNIST, a DTD subset and
+    # scikit-image textures as npz packs under --data-root. Listed only with L2OOD_DEV_BENCHMARKS=1.
     "cifar10-local": {
         "id": "imagefolder:{root}/cifar10-jpeg/test",
         "train": "imagefolder:{root}/cifar10-jpeg/train",
@@ -64,6 +65,32 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
         "note": "CIFAR-10 (JPEG copy): re-encoded at JPEG quality 75; OoD sets come through other pipelines.",
     },
 }
+
+#: benchmarks for the project's own measurements on a fixed file layout: hidden unless $L2OOD_DEV_BENCHMARKS=1
+DEV_BENCHMARKS = frozenset({"cifar10-local"})
+DEV_ENV = "L2OOD_DEV_BENCHMARKS"
+
+
+def dev_benchmarks_enabled() -> bool:
+    """Whether ``$L2OOD_DEV_BENCHMARKS`` is set to 1 (lists and allows the project's own benchmarks)."""
+    return os.environ.get(DEV_ENV, "").strip() in ("1", "true", "yes")
+
+
+def listed_benchmarks() -> list[str]:
+    """The benchmarks ``l2ood bench`` offers: the public ones, plus the project's own with $L2OOD_DEV_BENCHMARKS=1."""
+    return [k for k in BENCHMARKS if k not in DEV_BENCHMARKS or dev_benchmarks_enabled()]
+
+
+def get_benchmark(name: str) -> dict[str, Any]:
+    """The definition of benchmark ``name``; :class:`ConfigError` naming the known ones otherwise."""
+    if name in DEV_BENCHMARKS and not dev_benchmarks_enabled():
+        raise ConfigError(f"'{name}' is the project's own benchmark on a fixed file layout (docs/RESULTS-cifar10.md, "
+                          f"Data layout): set {DEV_ENV}=1 to use it; public benchmarks: "
+                          f"{', '.join(listed_benchmarks())}")
+    if name not in BENCHMARKS:
+        raise ConfigError(f"unknown benchmark '{name}'; known: {', '.join(listed_benchmarks())}")
+    return BENCHMARKS[name]
+
 
 # Training recipes (hyper-parameters only). "paper-*": Haas et al. (TMLR 2024), ResNet18 60 epochs and
 # ResNet50 100 epochs; "openood": the OpenOOD v1.5 CIFAR baseline (100 epochs); "cpu-small": what a

@@ -40,7 +40,7 @@ from ..results import BenchCell, ResultsFile, read_results, write_results
 from ..run import Run
 from ..runfolder import META, atomic_write_bytes
 from ..train import TrainConfig
-from .definitions import BENCHMARKS, RECIPES, benchmark_specs
+from .definitions import RECIPES, benchmark_specs, get_benchmark
 
 
 @dataclass
@@ -100,12 +100,10 @@ class _Plan:
 
 
 def _plan(spec: BenchSpec) -> _Plan:
-    if spec.benchmark not in BENCHMARKS:
-        raise ConfigError(f"unknown benchmark '{spec.benchmark}'; known: {', '.join(BENCHMARKS)}")
+    bdef = get_benchmark(spec.benchmark)
     if spec.recipe not in RECIPES:
         raise ConfigError(f"unknown recipe '{spec.recipe}'; known: {', '.join(RECIPES)}")
     spec.validate()
-    bdef = BENCHMARKS[spec.benchmark]
     recipe = {**RECIPES[spec.recipe], **(spec.overrides or {})}
     if recipe.get("pretrained") and not spec.pretrained:
         raise ConfigError(f"recipe '{spec.recipe}' evaluates a pretrained classifier: pass --pretrained FILE")

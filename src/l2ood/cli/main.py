@@ -1,11 +1,15 @@
-"""The ``l2ood`` command line: ``train``, ``import``, ``evaluate``, ``demo``, ``calibrate``, ``screen``, ``serve``,
-``export``, ``analyze``, ``bench``.
+"""The ``l2ood`` command line: ``train``, ``import``, ``evaluate``, ``demo``, ``bench``, ``analyze``, ``calibrate``,
+``screen``, ``serve``, ``export`` and ``cache``.
 
-This module only parses arguments and calls library functions. Exit status: 0 success; 1 (``screen``
-only) some input could not be read; 2 an error a user can fix (missing data, bad arguments, a run that
-fails validation, a full disk), one message on stderr, never a traceback; 3 an internal error (a bug):
-one line on stderr naming a log file (``$L2OOD_LOG_DIR``, default ``$L2OOD_CACHE/logs``) that holds the
-traceback; 130 interrupted.
+This module only parses arguments and calls library functions. Exit status (:data:`EXIT_STATUS`, also in
+``l2ood --help``): 0 success; 1 (``screen`` only) some input could not be read; 2 an error a user can fix
+(missing data, bad arguments, a run that fails validation, a full disk), one message on stderr, never a
+traceback; 3 an internal error (a bug): one line on stderr naming a log file (``$L2OOD_LOG_DIR``, default
+``$L2OOD_CACHE/logs``) that holds the traceback; 130 interrupted.
+
+Options mean the same in every command: ``--out`` is a folder, ``--output``/``-o`` a file, ``--detectors`` a comma
+list of detectors, ``--combine NAME,NAME`` one combination of detectors, a ``SPEC`` a data set (a registered name,
+``npz:PATH``, ``imagefolder:DIR``, ``imglist:LIST@ROOT``, ``wds:SHARDS``).
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ from ..train import SCHEDULES, TrainConfig
 from ..train.distributed import dist_from_env
 
 DEMO_OOD = "mnist,textures,noise"
+EXIT_STATUS = ("exit status: 0 success; 1 (screen) some input could not be read; 2 an error you can fix (bad "
+               "arguments, missing data, a run that fails validation, a full disk): one message, no traceback; "
+               "3 an internal error (a bug): the message names a log file with the traceback; 130 interrupted")
+DEMO_EPOCHS, DEMO_SUBSET = 5, 20000  # measured: benchmarks/demo_budget.py, docs/PERFORMANCE.md
 
 
 def _positive_int(s: str) -> int:
@@ -65,22 +73,55 @@ def _add_runtime(p: argparse.ArgumentParser, data: bool = True) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def _add_train_args(p: argparse.ArgumentParser, epochs: int, width: int) -> None:
+TRAIN_RECIPE = "cpu-small"  # `train` and `demo` without --recipe
+
+
+def _trainable_recipes() -> list[str]:
+    from ..bench.definitions import RECIPES
+
+    return [k for k, v in RECIPES.items() if not v.get("pretrained")]
+
+
+def _subset(v: str) -> int | None:
+    return None if v == "all" else _positive_int(v)
+
+
+def _pad(v: str) -> int | str:
+    if v == "auto":
+        return v
+    return _nonneg_int(v)
+
+
+def _add_train_args(p: argparse.ArgumentParser, recipe: str = TRAIN_RECIPE) -> None:
+    from ..bench.definitions import RECIPES
+
     trainable = [k for k, v in DATASETS.items() if not v.generated and "train" in v.splits]
     p.add_argument("--dataset", default="fashion-mnist",
                    help=f"ID training data: {', '.join(trainable)} or {', '.join(PARAMETRIC)} (labelled)")
-    p.add_argument("--arch", default="resnet18", type=_arch,
-                   help=f"backbone: {', '.join(ARCHITECTURES)} (CIFAR-style; --width scales them), or any "
-                        "timm:NAME / torchvision:NAME backbone (optional extras l2ood[timm] / l2ood[torchvision])")
-    p.add_argument("--width", type=_positive_int, default=width, help="first-stage channels (64 = standard)")
-    p.add_argument("--epochs", type=_positive_int, default=epochs)
-    p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--lr", type=_positive_float, default=0.1)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--schedule", default="cosine", choices=SCHEDULES)
+    p.add_argument("--recipe", default=recipe, choices=_trainable_recipes(), metavar="NAME",
+                   help="named training recipe, the same as `l2ood bench --recipe` (every field below overrides "
+                        "it): " + "; ".join(f"{k}: {v['arch']} w{v['width']}, {v['epochs']} ep, batch "
+                                            f"{v['batch_size']}, lr {v['lr']}, pad {v['pad']}"
+                                            for k, v in RECIPES.items() if not v.get("pretrained")))
+    p.add_argument("--arch", default=None, type=_arch,
+                   help=f"backbone (default: the recipe's): {', '.join(ARCHITECTURES)} (CIFAR-style; --width scales "
+                        "them), or any timm:NAME / torchvision:NAME backbone (optional extras l2ood[timm] / "
+                        "l2ood[torchvision]; these come at their own width)")
+    p.add_argument("--width", type=_positive_int, default=None,
+                   help="first-stage channels of l2ood's own architectures (64 = standard; default: the recipe's)")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (default: the recipe's)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="images per step (default: the recipe's)")
+    p.add_argument("--lr", type=_positive_float, default=None,
+                   help="peak learning rate, SGD with Nesterov momentum 0.9 (default: the recipe's)")
+    p.add_argument("--weight-decay", type=float, default=None, help="L2 weight decay (default: the recipe's)")
+    p.add_argument("--schedule", default=None, choices=SCHEDULES,
+                   help="learning-rate schedule (default: the recipe's)")
+    p.add_argument("--pad", type=_pad, default="auto", metavar="PX|auto",
+                   help="random-crop padding in pixels; auto: the recipe's padding (stated for 32 px images) scaled "
+                        "to the image side, e.g. 4 px at 28-32 px, 28 px at 224 px")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-subset", type=_positive_int, default=None, metavar="N",
-                   help="train on a seeded subset of N images")
+    p.add_argument("--train-subset", type=_subset, default=None, metavar="N|all",
+                   help="train on a seeded subset of N images (default: all)")
     p.add_argument("--test-data", default=None, metavar="SPEC",
                    help="ID test set for --track and `l2ood evaluate` (default: the data set's test split; "
                         "for npz packs, image lists and class-folder trees without test/, the holdout)")
@@ -92,7 +133,8 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int, width: int) -> None
                         "folders, image lists, wds: tar shards); auto: stream for wds: shards, images of "
                         f"{STREAM_MIN_SIDE}+ px or data over {STREAM_BUDGET_GIB} GiB decoded, else memory")
     p.add_argument("--image-size", type=_positive_int, default=None, metavar="PX",
-                   help="input side in pixels for image folders/lists/shards (default 224 streamed, 32 in memory)")
+                   help="input side in pixels for image folders/lists/shards (without it: 224 streamed, 32 in "
+                        "memory, with a warning)")
     p.add_argument("--workers", type=_nonneg_int, default=None,
                    help="streaming: DataLoader worker processes (default: the usable CPUs, at most 8; 0: none)")
 
@@ -122,8 +164,16 @@ _HELP = {
 }
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows every option's default and keeps descriptions as written."""
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps descriptions as written and shows an option's default once: appended as ``(default: X)`` unless the
+    help already says its default, and never for options without one (None, off switches, empty lists)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (not action.option_strings or "default" in text.lower() or action.default is argparse.SUPPRESS
+                or action.default is None or action.default is False or action.default == []):
+            return text
+        return text + " (default: %(default)s)"
 
 
 def _add_trust(p: argparse.ArgumentParser) -> None:
@@ -132,10 +182,26 @@ def _add_trust(p: argparse.ArgumentParser) -> None:
                         "that code, so only for code you trust (also: L2OOD_TRUST_CODE=1)")
 
 
+# What an option takes, for options that do not name it themselves (one convention across commands).
+_METAVARS = {
+    "dataset": "SPEC", "out": "DIR", "data_root": "DIR", "workers": "N", "checkpoint_every_steps": "N",
+    "track_ood": "SPEC[,SPEC...]", "ood": "SPEC[,SPEC...]", "n_ood": "N", "n_id": "N", "n_val_ood": "N",
+    "n_fit": "N", "batch_size": "N", "epochs": "N", "width": "N", "seed": "N", "lr": "LR", "weight_decay": "WD",
+    "output": "FILE", "detectors": "NAME[,NAME...]", "seeds": "N[,N...]", "archs": "ARCH[,ARCH...]",
+    "variants": "HEAD[,HEAD...]", "tpr": "FRACTION", "alpha": "ALPHA", "threshold": "SCORE", "calibration": "NAME",
+    "name": "NAME", "device": "DEVICE", "host": "ADDRESS", "port": "PORT", "max_pixels": "N",
+    "max_decode_s": "SECONDS", "max_request_mb": "MB", "max_batch_images": "N", "max_in_flight": "N",
+    "body_timeout_s": "SECONDS", "max_batch": "N", "batch_window_ms": "MS", "verify_n": "N", "arch": "ARCH",
+}
+
+
 def _finish_help(parser: argparse.ArgumentParser) -> None:
     for action in parser._actions:
         if action.help is None and action.dest in _HELP:
             action.help = _HELP[action.dest]
+        if (action.metavar is None and action.option_strings and action.choices is None and action.nargs != 0
+                and action.dest in _METAVARS):
+            action.metavar = _METAVARS[action.dest]
     parser.formatter_class = _HelpFormatter
 
 
@@ -151,13 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="l2ood",
         description="OoD screening with L2-normalized features (Haas et al., TMLR 2024). "
-                    "Scores: higher = more in-distribution.",
+                    "Scores: higher = more in-distribution. `l2ood COMMAND --help` for each command.",
+        epilog=EXIT_STATUS,
     )
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train an L2 (or CE) classifier",
                        description="Train a classifier whose head sees z/||z|| (--head l2) or z (--head ce).")
-    _add_train_args(t, epochs=10, width=16)
+    _add_train_args(t)
     t.add_argument("--head", default="l2", choices=HEAD_MODES)
     t.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<head>-w<width>-s<seed>)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
@@ -211,18 +278,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime(e)
 
     d = sub.add_parser("demo", help="train L2 + CE twins (default Fashion-MNIST), evaluate, report",
-                       description="The main job: trains the L2 model and its CE twin on --dataset "
-                                   "(default Fashion-MNIST), "
-                                   f"evaluates against {DEMO_OOD}, prints the table and writes a report. "
-                                   "Measured 338 s on a 2-core AMD EPYC (Zen 4, AVX-512-BF16), about 9 min on a "
-                                   "2-core Intel Xeon; ~2.5x longer in fp32.")
-    _add_train_args(d, epochs=6, width=16)
+                       description="The main job: trains the L2 model and its CE twin on --dataset (default: "
+                                   f"{DEMO_SUBSET} Fashion-MNIST images, {DEMO_EPOCHS} epochs of the "
+                                   f"{TRAIN_RECIPE} recipe), evaluates against {DEMO_OOD}, prints the table, its "
+                                   "wall time and the CPU, and writes a report (docs/PERFORMANCE.md has measured "
+                                   "times).")
+    _add_train_args(d)
+    d.set_defaults(epochs=DEMO_EPOCHS, train_subset=DEMO_SUBSET)
+    for a in d._actions:  # the demo's own defaults, said once
+        if a.dest == "epochs":
+            a.help = f"training epochs (default: {DEMO_EPOCHS})"
+        elif a.dest == "train_subset":
+            a.help = f"train on a seeded subset of N images, or all (default: {DEMO_SUBSET})"
     d.add_argument("--ood", default=DEMO_OOD)
     d.add_argument("--n-ood", type=_positive_int, default=None)
     d.add_argument("--n-id", type=_positive_int, default=None)
     d.add_argument("--out", default=None, help="output folder (default runs/demo-<time>)")
     _add_runtime(d)
-    from ..bench.definitions import BENCHMARKS, RECIPES, VARIANTS
+    from ..bench.definitions import BENCHMARKS, RECIPES, VARIANTS, listed_benchmarks
 
     bn = sub.add_parser(
         "bench", help="benchmark matrix: architecture x training variant x seed -> every detector",
@@ -237,13 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "accepted when 95 % of ID is kept; CSV fpr95).\n\n"
                     "benchmarks: " + "; ".join(f"{k} (ID {v['id'].split('@')[0]}, near "
                                                f"{len(v['ood'].get('near', []))}, far {len(v['ood'].get('far', []))})"
-                                               for k, v in BENCHMARKS.items()) + "\n"
+                                               for k, v in BENCHMARKS.items() if k in listed_benchmarks()) + "\n"
                     "recipes: " + "; ".join(f"{k} ({v['arch']} w{v['width']}, {v['epochs']} ep)"
                                             for k, v in RECIPES.items()) + "\n\n"
                     "example (the paper's CIFAR-10 table on a GPU):\n"
                     "  l2ood bench --benchmark cifar10 --recipe paper-resnet18 --variants ce,l2,logitnorm,t2fnorm "
                     "--seeds 0,1,2 --data-root DATA --out runs/bench-c10")
-    bn.add_argument("--benchmark", default="cifar10", choices=list(BENCHMARKS))
+    bn.add_argument("--benchmark", default="cifar10", choices=listed_benchmarks())
     bn.add_argument("--recipe", default="paper-resnet18", choices=list(RECIPES))
     bn.add_argument("--archs", default=None, help="comma list (default: the recipe's architecture)")
     bn.add_argument("--variants", default=",".join(VARIANTS),
@@ -252,8 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--detectors", default="all")
     bn.add_argument("--width", type=_positive_int, default=None, help="override the recipe's width")
     bn.add_argument("--epochs", type=_positive_int, default=None, help="override the recipe's epochs")
-    bn.add_argument("--batch-size", type=_positive_int, default=None)
-    bn.add_argument("--lr", type=_positive_float, default=None)
+    bn.add_argument("--batch-size", type=_positive_int, default=None, help="override the recipe's batch size")
+    bn.add_argument("--lr", type=_positive_float, default=None, help="override the recipe's peak learning rate")
+    bn.add_argument("--pad", type=_nonneg_int, default=None, metavar="PX",
+                    help="override the recipe's random-crop padding (pixels)")
     bn.add_argument("--n-ood", type=_positive_int, default=None, help="seeded subset size per OoD set")
     bn.add_argument("--n-id", type=_positive_int, default=None, help="seeded subset of the ID test set")
     bn.add_argument("--image-size", type=_positive_int, default=None, metavar="PX",
@@ -287,29 +362,31 @@ def build_parser() -> argparse.ArgumentParser:
                                    "detectors that need ID training statistics (knn, mahalanobis, vim, ...) are "
                                    "fit once on the run's training split and saved as "
                                    "RUN/detectors/<name>.safetensors (recorded in model.json); odin and rankfeat "
-                                   "run the model on every image. Several detectors (--detector a,b, or --combine a,b) "
-                                   "are combined into one conformal p-value by --combine-rule.")
+                                   "run the model on every image. Several detectors (--detectors a,b, or --combine "
+                                   "a,b) are combined into one conformal p-value by --combine-rule.")
     c.add_argument("run", metavar="RUN")
     c.add_argument("--tpr", type=float, default=0.95,
                    help="fraction of ID to accept (default 0.95); a combination without --alpha uses alpha = 1 - tpr")
     c.add_argument("--alpha", type=float, default=None,
                    help="conformal mode: reject when p-value <= alpha; ID rejection rate <= alpha in "
                         "expectation (assumes exchangeable ID data)")
-    c.add_argument("--detector", default="feature_norm", metavar="NAME[,NAME...]",
+    c.add_argument("--detectors", dest="detector", default="feature_norm", metavar="NAME[,NAME...]",
                    help="screening score: any detector of `l2ood evaluate --detectors` (name:raw for W*z+b logits "
                         "of a normalized head), or several comma-separated ones, e.g. feature_norm,knn: each gets a "
                         "conformal p-value on the held-out images and they are combined by --combine-rule "
                         "(always conformal)")
-    c.add_argument("--combine", default=None, metavar="NAME,NAME[,...]",
-                   help="the same as --detector NAME,NAME,... (the spelling of `l2ood evaluate --combine`): "
-                        "combine these detectors' conformal p-values")
+    c.add_argument("--detector", dest="detector", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old name
+    c.add_argument("--combine", action="append", default=[], metavar="NAME,NAME[,...]",
+                   help="the same as --detectors NAME,NAME,... in the spelling of `l2ood evaluate --combine`: "
+                        "combine these detectors' conformal p-values (a calibration stores one screen, so give it "
+                        "once)")
     c.add_argument("--combine-rule", default="bonferroni", choices=("bonferroni", "cauchy"),
                    help="how a combination's p-values are merged: bonferroni = min(1, K * min p_k), ID rejection "
                         "<= alpha under any dependence between detectors; cauchy = Cauchy combination (Liu & Xie "
                         "2020), exact under independence, only asymptotically valid (small alpha) under dependence")
     c.add_argument("--refit", action="store_true",
                    help="fit detectors that need training statistics again instead of reusing RUN/detectors/")
-    c.add_argument("--calibration-data", default=None, metavar="NAME",
+    c.add_argument("--calibration-data", default=None, metavar="SPEC",
                    help="ID data to calibrate on instead of the run's holdout (e.g. npz:PATH; a registered name "
                         "gives its test split); must overlap neither the training nor the evaluation data")
     c.add_argument("--name", default="default",
@@ -325,7 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(digest checked; never refit here); for a combined calibration the score is "
                                    "ln of the unclipped combined p-value. Bad files get an error record; all "
                                    "others are still screened. Exit status: 0 = every input screened, "
-                                   "1 = some input could not be read, 2 = usage error.")
+                                   "1 = some input could not be read (the others are screened), 2 = an error you "
+                                   "can fix (bad arguments, an uncalibrated run), 3 = an internal error (a bug; the "
+                                   "message names the log file), 130 = interrupted.")
     s.add_argument("run", metavar="RUN")
     s.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive), npz packs")
     s.add_argument("--format", choices=("csv", "jsonl"), default="csv")
@@ -433,6 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--overwrite", action="store_true", help="replace a run folder l2ood wrote at --out")
     for sp in (e, c, s, sv, ex, bn):
         _add_trust(sp)
+    from .cache import add_cache_parser
+
+    add_cache_parser(sub)
     _finish_help(ap)
     for sp in sub.choices.values():
         _finish_help(sp)
@@ -443,35 +525,83 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _configs(args: argparse.Namespace, head: str) -> tuple[ModelConfig, TrainConfig]:
-    mcfg = ModelConfig(arch=args.arch, width=args.width, head=head)
-    tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                       schedule=args.schedule, seed=args.seed, device=args.device, precision=args.precision,
+def _external(arch: str) -> bool:
+    return arch.startswith(("timm:", "torchvision:"))
+
+
+def _recipe(args: argparse.Namespace) -> dict[str, Any]:
+    """The training recipe ``args.recipe`` with the options given on the command line laid over it
+    (``pad`` stays ``"auto"`` until the image size is known: :func:`_configs`)."""
+    from ..bench.definitions import RECIPES
+
+    rec = dict(RECIPES[args.recipe])
+    for k in ("arch", "width", "epochs", "batch_size", "lr", "weight_decay", "schedule"):
+        if getattr(args, k, None) is not None:
+            rec[k] = getattr(args, k)
+    if _external(rec["arch"]):
+        if args.width is not None:
+            raise ConfigError(f"--width scales l2ood's own architectures ({', '.join(ARCHITECTURES)}); "
+                              f"{rec['arch']} comes at its own width: drop --width")
+        rec["width"] = ModelConfig.width  # not used by timm/torchvision backbones
+    rec["pad_given"] = args.pad
+    return rec
+
+
+def _run_name(args: argparse.Namespace, head: str) -> str:
+    rec = _recipe(args)
+    w = "" if _external(rec["arch"]) else f"-w{rec['width']}"
+    return f"runs/{args.dataset.replace(':', '_').replace('/', '_')}-{head}{w}-s{args.seed}"
+
+
+def _configs(args: argparse.Namespace, head: str, size: tuple[int, int]) -> tuple[ModelConfig, TrainConfig]:
+    """Model and training configuration of ``args`` (recipe + overrides) for images of ``size``."""
+    from ..bench.definitions import RECIPES
+    from ..data.transforms import scaled_pad
+
+    rec = _recipe(args)
+    pad = scaled_pad(int(RECIPES[args.recipe]["pad"]), size) if rec["pad_given"] == "auto" else int(rec["pad_given"])
+    mcfg = ModelConfig(arch=rec["arch"], width=int(rec["width"]), head=head)
+    tcfg = TrainConfig(epochs=int(rec["epochs"]), batch_size=int(rec["batch_size"]), lr=float(rec["lr"]),
+                       weight_decay=float(rec["weight_decay"]), schedule=str(rec["schedule"]), pad=pad,
+                       seed=args.seed, device=args.device, precision=args.precision,
                        checkpoint_every_steps=getattr(args, "checkpoint_every_steps", DEFAULT_CHECKPOINT_STEPS),
                        sync_bn=getattr(args, "sync_bn", False), compile=getattr(args, "compile", False),
                        init_from=str(Path(args.init_from).absolute()) if getattr(args, "init_from", None) else None,
                        pretrained=str(Path(args.pretrained).absolute()) if getattr(args, "pretrained", None) else None,
-                       workers=getattr(args, "workers", None))
+                       workers=getattr(args, "workers", None), extra={"recipe": args.recipe})
     return mcfg, tcfg
 
 
+PHOTO_PREFIXES = ("imagefolder:", "imglist:", "wds:")
+
+
 def _training_data(args: argparse.Namespace) -> tuple[Images, Images | None]:
+    from ..data.stream import StreamingSet
     from ..pipeline import training_data
 
     size = (args.image_size, args.image_size) if getattr(args, "image_size", None) else None
-    return training_data(args.dataset, holdout=args.holdout, subset=args.train_subset, subset_seed=args.seed,
-                         root=args.data_root, size=size, data_path=getattr(args, "data_path", "memory"))
+    train_set, hold = training_data(args.dataset, holdout=args.holdout, subset=args.train_subset,
+                                    subset_seed=args.seed, root=args.data_root, size=size,
+                                    data_path=getattr(args, "data_path", "memory"))
+    photos = args.dataset.startswith(PHOTO_PREFIXES) or Path(args.dataset).is_dir()
+    if photos and size is None:
+        _, h, w = train_set.shape
+        how = "streamed" if isinstance(train_set, StreamingSet) else "decoded into memory"
+        extra = (f"; {_recipe(args)['arch']} is an ImageNet-style backbone, usually trained at 224 px"
+                 if _external(_recipe(args)["arch"]) else "")
+        _log(f"warning: {args.dataset}: images are {how} at {h}x{w} px because no --image-size was given{extra}; "
+             "pass --image-size PX to choose the input size")
+    return train_set, hold
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..pipeline import train_run
 
-    out = Path(args.out or f"runs/{args.dataset.replace(':', '_').replace('/', '_')}-{args.head}"
-                          f"-w{args.width}-s{args.seed}")
+    out = Path(args.out or _run_name(args, args.head))
     if dist_from_env().is_main:
         check_target(out, args.resume, args.overwrite)  # before any data is loaded
     train_set, hold = _training_data(args)
-    mcfg, tcfg = _configs(args, args.head)
+    mcfg, tcfg = _configs(args, args.head, train_set.shape[1:])
     t0 = time.perf_counter()
     run = train_run(train_set, mcfg, tcfg, out, test_data=args.test_data, holdout=hold, track=args.track,
                     track_ood=args.track_ood, data_root=args.data_root, resume=args.resume, overwrite=args.overwrite,
@@ -539,6 +669,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if (out / "l2" / META).exists() or (out / "ce" / META).exists():
         raise ConfigError(f"{out} already holds a demo; pass another --out")
     refuse_output_files(out, REPORT_FILES, _spec_paths([args.dataset, args.test_data, *args.ood.split(",")]))
+    if "textures" in [s.strip() for s in args.ood.split(",")]:  # before any data is loaded or model trained
+        from ..extras import require
+
+        require("skimage.data", "demo", "the demo's textures OoD set (scikit-image's CC0 photos)")
     t0 = time.perf_counter()
     train_set, hold = _training_data(args)
     id_test, _ = id_test_for(train_set, args.test_data, hold, args.data_root)
@@ -550,7 +684,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     named = []
     for head in ("l2", "ce"):
         _log(f"== {head.upper()} model ==")
-        mcfg, tcfg = _configs(args, head)
+        mcfg, tcfg = _configs(args, head, (h, w))
         _, r = train_and_evaluate(train_set, mcfg, tcfg, out / head, ood_sets=ood_sets,
                                   detectors=list(DEFAULT_DETECTORS), id_test=id_test, test_data=args.test_data,
                                   holdout=hold, data_root=args.data_root, progress=not args.no_progress, log=_log)
@@ -560,7 +694,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..runtime import resolve_runtime
 
     print(f"demo finished in {time.perf_counter() - t0:.0f} s on {cpu_name()} "
-          f"[{resolve_runtime(args.device, args.precision).describe()}]; one seed ({args.seed}), {args.epochs} epochs: "
+          f"[{resolve_runtime(args.device, args.precision).describe()}]; one seed ({args.seed}), {tcfg.epochs} epochs: "
           "expect other numbers on another CPU or seed (docs/RESULTS.md has 3 seeds)")
     print(f"trained runs: {out / 'l2'} (L2) and {out / 'ce'} (CE). Next: l2ood calibrate {out / 'l2'} && "
           f"l2ood screen {out / 'l2'} PHOTOS/ --html review.html")
@@ -572,12 +706,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from ..screen import calibrate_run
 
     detector = args.detector
-    if args.combine is not None:
+    if args.combine:
+        if len(args.combine) > 1:
+            raise ConfigError("a calibration stores one screen: give one --combine NAME,NAME[,...] (store others "
+                              "under other --name values)")
         if args.detector != "feature_norm":
-            raise ConfigError("give the detectors either with --detector or with --combine, not both")
-        if len([d for d in args.combine.split(",") if d.strip()]) < 2:
-            raise ConfigError(f"--combine needs at least two comma-separated detectors, got {args.combine!r}")
-        detector = args.combine
+            raise ConfigError("give the detectors either with --detectors or with --combine, not both")
+        if len([d for d in args.combine[0].split(",") if d.strip()]) < 2:
+            raise ConfigError(f"--combine needs at least two comma-separated detectors, got {args.combine[0]!r}")
+        detector = args.combine[0]
     run = Run.load(args.run, device=args.device, precision=args.precision, data_root=args.data_root)
     cal = calibrate_run(run, tpr=args.tpr, alpha=args.alpha, detector=detector,
                         calibration_data=args.calibration_data, name=args.name, data_root=args.data_root,
@@ -735,6 +872,9 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    from ..extras import require
+
+    require("matplotlib", "report", "l2ood analyze (its figures)")
     from ..analysis.report import analyze
 
     eps = [int(e) for e in args.epochs.split(",")] if args.epochs else None
@@ -756,7 +896,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     over = {k: v for k, v in (("width", args.width), ("epochs", args.epochs), ("batch_size", args.batch_size),
-                              ("lr", args.lr), ("size", args.image_size)) if v is not None}
+                              ("lr", args.lr), ("pad", args.pad), ("size", args.image_size))
+            if v is not None}
     spec = BenchSpec(args.benchmark, args.recipe,
                      args.archs.split(",") if args.archs else [RECIPES[args.recipe]["arch"]],
                      [v.strip() for v in args.variants.split(",") if v.strip()], seeds,
@@ -795,13 +936,19 @@ def _crash_log(command: str, exc: BaseException) -> Path | None:
         return None
 
 
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from .cache import cmd_cache
+
+    return cmd_cache(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``l2ood`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo, "calibrate": cmd_calibrate,
                 "screen": cmd_screen, "analyze": cmd_analyze, "bench": cmd_bench, "serve": cmd_serve,
-                "export": cmd_export, "import": cmd_import}
+                "export": cmd_export, "import": cmd_import, "cache": _cmd_cache}
     if getattr(args, "trust_code", False):
         import os
 

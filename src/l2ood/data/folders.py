@@ -16,7 +16,8 @@ to 8-bit RGB (alpha composited on white), then either
 
 Unreadable images are skipped and counted in one warning. The decoded uint8 arrays are cached in
 ``$L2OOD_CACHE/decoded/`` under a key made of the absolute file paths, their sizes and mtimes, the
-labels, the mode and the target size, so loading the same folder again decodes nothing.
+labels, the mode and the target size, so loading the same folder again decodes nothing. The cache is capped at
+``$L2OOD_DECODED_CACHE_GB`` GiB (default 20, least recently used files go first; :mod:`l2ood.data.cache`).
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from .cache import decoded_cap_bytes, decoded_dir, enforce_cap, touch
 from .errors import DataFormatError, DataNotFoundError
 from .imageset import ImageSet
-from .lookup import cache_dir
 from .preprocess import load_image
 from .transforms import FITS
 
@@ -162,7 +163,7 @@ def _cache_key(files: Sequence[Path], labels: Sequence[int] | None, class_names:
 
 def _cache_path(name: str, key: str) -> Path:
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60] or "images"
-    return cache_dir() / "decoded" / f"{slug}-{key[:32]}.npz"
+    return decoded_dir() / f"{slug}-{key[:32]}.npz"
 
 
 def _read_cache(path: Path, n: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, int, str] | None:
@@ -188,6 +189,8 @@ def _write_cache(path: Path, images: np.ndarray, kept: np.ndarray, skipped: int,
         os.replace(tmp, path)
     except OSError as e:
         warnings.warn(f"could not write the decoded-image cache {path}: {e}", stacklevel=3)
+        return
+    enforce_cap(path.parent, decoded_cap_bytes(), keep=path)
 
 
 def decode_images(
@@ -206,7 +209,8 @@ def decode_images(
 ) -> ImageSet:
     """Decode image files into an :class:`ImageSet` ``(N, 3, H, W)``, through the npz cache.
 
-    ``progress=None`` shows a tqdm bar only on a terminal. Unreadable files are skipped (one warning).
+    ``progress=None`` reports progress only on a terminal (:func:`l2ood.progress.progress`).
+    Unreadable files are skipped (one warning).
     """
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
@@ -217,17 +221,20 @@ def decode_images(
     if labels is not None and len(labels) != len(files):
         raise ConfigError(f"{len(labels)} labels for {len(files)} files")
     key = _cache_key(files, labels, class_names, size, mode)
+    cap = decoded_cap_bytes() if cache else 0
+    cache = cache and cap > 0
     cpath = _cache_path(name, key)
     hit = _read_cache(cpath, len(files), size) if cache else None
     if hit is not None:
         images, kept, skipped, first = hit
+        touch(cpath)  # least recently used files are evicted first
     else:
-        from tqdm.auto import tqdm
+        from ..progress import progress as progress_bar
 
         images = np.empty((len(files), 3, *size), dtype=np.uint8)
         ok = np.zeros(len(files), dtype=bool)
         skipped, first = 0, ""
-        bar = tqdm(files, desc=f"decoding {name}", unit="img", disable=(None if progress is None else not progress))
+        bar = progress_bar(files, desc=f"decoding {name}", unit="img", enabled=progress)
         for i, f in enumerate(bar):
             try:
                 arr = _decode_image(f, size, mode)

@@ -13,9 +13,9 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from ..progress import progress as progress_bar
 from .transforms import convert_format
 
 
@@ -175,8 +175,8 @@ class ImageSet:
     def batches(self, batch_size: int, *, fit: str = "resize", progress: bool = False,  # noqa: ARG002
                 desc: str | None = None) -> Iterator[tuple[Tensor, Tensor | None, list[str]]]:
         """``(uint8 images, labels or None, unreadable items)`` in order, ``batch_size`` at a time."""
-        for s in tqdm(range(0, len(self), batch_size), desc=desc or f"extract {self.name}", disable=not progress,
-                      leave=False, unit="batch"):
+        for s in progress_bar(range(0, len(self), batch_size), desc=desc or f"extract {self.name}", enabled=progress,
+                              leave=False, unit="batch"):
             yield (self.images[s : s + batch_size], None if self.labels is None else self.labels[s : s + batch_size],
                    [])
 

@@ -627,12 +627,12 @@ def sample_stats(ds: StreamingSet, n: int = 512, seed: int = 0, fit: str = "imag
 def extract_views(ds: StreamingSet, *, batch_size: int = 256, fit: str = "imagenet", workers: int | None = None,
                   progress: bool = False, desc: str | None = None) -> Iterator[tuple[Tensor, Tensor, list[str]]]:
     """The evaluation views of every image of ``ds`` in order, batch by batch (with a progress bar)."""
-    from tqdm.auto import tqdm
+    from ..progress import progress as progress_bar
 
     batches = eval_batches(len(ds), batch_size)
     it = loader(ds, batches, workers=workers, fit=fit)
-    yield from tqdm(it, total=len(batches), desc=desc or f"read {ds.name}", disable=not progress, leave=False,
-                    unit="batch")
+    yield from progress_bar(it, total=len(batches), desc=desc or f"read {ds.name}", enabled=progress, leave=False,
+                            unit="batch")
 
 
 def materialize(ds: StreamingSet, fit: str = "resize", workers: int | None = None) -> Any:

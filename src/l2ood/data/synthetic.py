@@ -14,15 +14,15 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..extras import require
 from .imageset import ImageSet
 
 TEXTURE_SOURCES = ("brick", "grass", "gravel")
 
 
 def _texture_photos() -> list[np.ndarray]:
-    import skimage.data
-
-    return [np.asarray(getattr(skimage.data, n)(), dtype=np.uint8) for n in TEXTURE_SOURCES]
+    skdata = require("skimage.data", "demo", "the textures OoD set (scikit-image's CC0 photos)")
+    return [np.asarray(getattr(skdata, n)(), dtype=np.uint8) for n in TEXTURE_SOURCES]
 
 
 def make_textures(
@@ -70,15 +70,15 @@ def write_photo_folder(root: str | Path, n_per_class: int = 50, classes: int = 4
     Class ``k`` holds random crops (a quarter to all of each side) of scikit-image's CC0 photo
     :data:`PHOTO_SOURCES` ``[k]``, resized to ``photo_size`` (H, W) with a random size jitter of ±20 %,
     brightness ×U(0.7, 1.3) and a random mirror, so classes are learnable and no two files are equal."""
-    import skimage.data
     from PIL import Image
 
+    skdata = require("skimage.data", "demo", "a synthetic photo folder (scikit-image's CC0 photos)")
     if not 1 <= classes <= len(PHOTO_SOURCES):
         raise ValueError(f"classes must be in [1, {len(PHOTO_SOURCES)}], got {classes}")
     rng = np.random.default_rng(seed)
     root = Path(root)
     for k, name in enumerate(PHOTO_SOURCES[:classes]):
-        photo = np.asarray(getattr(skimage.data, name)(), dtype=np.uint8)
+        photo = np.asarray(getattr(skdata, name)(), dtype=np.uint8)
         if photo.ndim == 2:
             photo = np.repeat(photo[:, :, None], 3, axis=2)
         photo = photo[:, :, :3]

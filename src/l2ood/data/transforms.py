@@ -142,6 +142,21 @@ def channel_stats(images: Tensor, chunk: int = 8192) -> tuple[list[float], list[
     return mean.tolist(), std.tolist()
 
 
+REFERENCE_SIDE = 32  # recipes state their crop padding for 32 × 32 images (the CIFAR standard: 4 px)
+
+
+def scaled_pad(pad: int, size: tuple[int, int]) -> int:
+    """A recipe's random-crop padding ``pad`` (stated for 32 × 32 images) scaled to images of ``size``:
+    ``round(pad · min(H, W) / 32)``, at least 1 when ``pad > 0``; 0 stays 0.
+
+    >>> scaled_pad(4, (32, 32)), scaled_pad(4, (28, 28)), scaled_pad(4, (224, 224)), scaled_pad(4, (8, 8))
+    (4, 4, 28, 1)
+    """
+    if pad <= 0:
+        return 0
+    return max(1, round(pad * min(size) / REFERENCE_SIDE))
+
+
 def augment_batch(
     x: Tensor, pad: int, hflip: bool, generator: torch.Generator | None = None,
     rows: tuple[int, int] | None = None,

@@ -109,7 +109,7 @@ def screen_columns(run: Run, cal: Calibration, name: str = "default") -> list[Co
                 f"calibration '{name}' uses detector '{c.key}', which cannot be exported to ONNX: {why}, so its "
                 "score is not a function of the features z and the logits. Exportable detectors: "
                 f"{', '.join(exportable_detectors())}. Calibrate one of them under another name "
-                "(l2ood calibrate RUN --detector KEY --name NAME) and export that (--calibration NAME)")
+                "(l2ood calibrate RUN --detectors KEY --name NAME) and export that (--calibration NAME)")
     for c in cols:
         c.load(run, cal.fitted.get(c.key))
     return cols

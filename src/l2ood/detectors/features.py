@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..data import ImageSet
 from ..models import Classifier
 from ..models.heads import LogitVariant, head_logits, is_normalized
+from ..progress import progress as progress_bar
 from ..runfolder import atomic_save_safetensors
 from ..runtime import Runtime
 
@@ -122,8 +122,8 @@ def iter_batches(model: Classifier, data: ImageSet, rt: Runtime, batch_size: int
     For statistics streamed over a large set without keeping all features (memory O(batch·D))."""
     model.eval()
     n = len(data)
-    for s in tqdm(range(0, n, batch_size), desc=desc or f"extract {data.name}", disable=not progress,
-                  leave=False, unit="batch"):
+    for s in progress_bar(range(0, n, batch_size), desc=desc or f"extract {data.name}", enabled=progress,
+                          leave=False, unit="batch"):
         f, lg = forward_batch(model, data.images[s : s + batch_size], rt)
         yield f, lg, None if data.labels is None else data.labels[s : s + batch_size]
 

@@ -13,7 +13,6 @@ The libraries are imported lazily, only when an adapter is called; they are opti
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..extras import require
 
 # Attributes holding the classification head in torchvision models, tried in this order:
 # ViT (heads), Swin (head), ResNet/RegNet/ShuffleNet/GoogLeNet/Inception (fc),
@@ -29,18 +29,8 @@ from ..errors import ConfigError
 _TORCHVISION_HEADS = ("heads", "head", "fc", "classifier")
 
 
-class MissingExtra(ConfigError, ImportError):
-    """An optional dependency (timm, torchvision) that a requested backbone needs is not installed."""
-
-
 def _optional_import(module: str, package: str, caller: str) -> ModuleType:
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise MissingExtra(
-            f"{caller} needs the optional dependency '{package}', which is not installed: "
-            f"pip install {package}  (or: pip install 'l2ood[{package}]')"
-        ) from e
+    return require(module, package, caller)
 
 
 class PooledBackbone(nn.Module):

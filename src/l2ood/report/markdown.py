@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from ..extras import available
 from ..results import ResultsRecord
 from ..runfolder import atomic_write_bytes
-from .plots import norm_histograms, roc_curves
 from .table import markdown_table
 
 Scores = dict[str, dict[str, np.ndarray]]
@@ -17,7 +17,8 @@ Scores = dict[str, dict[str, np.ndarray]]
 
 def write_report(out_dir: str | Path, models: list[tuple[str, ResultsRecord, Scores]],
                  title: str = "l2ood report", command: str | None = None) -> Path:
-    """Write ``report.md`` plus ``norm_hist.png`` and ``roc.png`` into ``out_dir``.
+    """Write ``report.md`` plus ``norm_hist.png`` and ``roc.png`` into ``out_dir`` (the figures need matplotlib,
+    the ``report`` extra; without it the report says so and has the tables only).
 
     ``models`` is a list of ``(label, results, scores)`` as produced by
     :func:`l2ood.evaluation.evaluate`.
@@ -49,12 +50,19 @@ def write_report(out_dir: str | Path, models: list[tuple[str, ResultsRecord, Sco
     lines.append("")
     for lbl, r, _ in models:
         lines += selection_section(lbl, r)
+    if not available("matplotlib"):
+        lines += ["Figures: not drawn, matplotlib is not installed (`pip install 'l2ood[report]'`).", ""]
+        has_norm = plots = False
+    else:
+        from .plots import norm_histograms, roc_curves
+
+        plots = True
     if has_norm:
         norm_histograms(plot_in, out / "norm_hist.png")
         roc_curves(plot_in, out / "roc.png", detectors=["feature_norm"])
         lines += ["## Feature norm ‖z‖ — ID vs OoD", "", "![norm histograms](norm_hist.png)", "",
                   "## ROC curves of the feature norm", "", "![ROC](roc.png)", ""]
-    if any(d != "feature_norm" for _, r, _ in models for d in r.detectors):
+    if plots and any(d != "feature_norm" for _, r, _ in models for d in r.detectors):
         roc_curves(plot_in, out / "roc_all.png")
         lines += ["## ROC curves, all detectors", "", "![ROC all](roc_all.png)", ""]
     path = out / "report.md"

@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..columns import parse_spec
 from ..data import DataError, load_npz
 from ..detectors import DETECTORS
 from ..errors import ConfigError, L2oodError, RunError
 from ..metrics.conformal import Calibration
+from ..progress import progress as progress_bar
 from ..run import Run
 from .images import DEFAULT_MAX_DECODE_S, DEFAULT_MAX_PIXELS, ImageReadError, decode_image, discover
 
@@ -188,7 +188,7 @@ class Screener:
         # each image is reduced to the model's input size as soon as it is decoded: memory O(batch · C·H·W)
         pending: list[tuple[str, int | None, Tensor | str]] = []  # str = error reason
         n_images = 0
-        bar = tqdm(desc="screen", unit="img", disable=not progress)
+        bar = progress_bar(desc="screen", unit="img", enabled=progress)
         for src in discover(list(paths)):
             if src.kind == "error":
                 pending.append((src.path, None, src.error or "unreadable"))

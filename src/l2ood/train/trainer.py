@@ -24,7 +24,6 @@ from typing import Any, cast
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm.auto import tqdm
 
 from .. import jsonio
 from .. import record as run_record
@@ -42,6 +41,7 @@ from ..data.stream import (
 from ..errors import ConfigError, L2oodError
 from ..models import Classifier, ModelConfig, build_model
 from ..models.config import TrainConfig
+from ..progress import progress as progress_bar
 from ..runfolder import (
     CHECKPOINT,
     META,
@@ -381,8 +381,8 @@ def _train(
             first = start_step if epoch == start_epoch else 0
             counters = torch.zeros(3, device=rt.device, dtype=torch.float64)  # loss sum, correct, seen
             t0 = time.perf_counter()
-            bar = tqdm(feeder.epoch(epoch, first), total=steps_per_epoch - first,
-                       desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False, unit="step")
+            bar = progress_bar(feeder.epoch(epoch, first), total=steps_per_epoch - first,
+                               desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=progress, leave=False, unit="step")
             for step, x, y, n_global in bar:
                 for g in opt.param_groups:
                     g["lr"] = lr_at(cfg, global_step, total_steps, steps_per_epoch)
