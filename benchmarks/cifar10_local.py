@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -173,8 +174,9 @@ def render(args: argparse.Namespace, argv: list[str], out: Path, md: Path) -> st
     finished = ", ".join(str(x) for x in seeds)
     n_params = sum(p.numel() for p in build_model(ModelConfig(width=args.width)).parameters())
     desc_nb = desc.replace(f"{hyper.get('epochs', args.epochs)} epochs, ", "")
-    note = (f"Every table in this section comes from the runs above: recipe `{RECIPE}`"
-            + (f" with {flags}" if flags else "") + f" ({desc_nb}), seeds {_seed_list(seeds)}.")
+    note = textwrap.fill(f"Every table in this section comes from the runs above: recipe `{RECIPE}`"
+                         + (f" with {flags}" if flags else "") + f" ({desc_nb}), seeds {_seed_list(seeds)}.",
+                         120, break_long_words=False, break_on_hyphens=False)
     bench = "L2OOD_DEV_BENCHMARKS=1 l2ood bench --benchmark cifar10-local"
     return f"""# Results: CIFAR-10 (JPEG copy) on a 2-core CPU
 

@@ -39,8 +39,11 @@ def _short(spec: str) -> str:
 
 def _expand(spec: str, data: str | None) -> str:
     """``npz:DATA/x.npz`` → ``npz:<data>/x.npz`` (each comma-separated spec)."""
-    return ",".join(re.sub(r"^((?:[A-Za-z0-9_-]+:)?)DATA/", lambda m: f"{m.group(1)}{data}/", part)
-                    if data else part for part in spec.split(","))
+    if not data:
+        return spec
+    root = data.rstrip("/")
+    return ",".join(re.sub(r"^((?:[A-Za-z0-9_-]+:)?)DATA/", lambda m: f"{m.group(1)}{root}/", part)
+                    for part in spec.split(","))
 
 
 def _shown(text: str, data: str | None) -> str:

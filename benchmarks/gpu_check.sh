@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device check run on a lent GPU (one short script): full-width ResNet18 on CIFAR-10-sized data
+# A short GPU check (one script, any CUDA machine): full-width ResNet18 on CIFAR-10-sized data
 # (50 000 random 32×32×3 uint8 images resident on the GPU), bf16 autocast + channels_last:
 # l2ood's trainer vs a bare loop (batch 512 and the paper's 128), torch.compile, scoring.
 # Results land in $OUT/*.json; docs/PERFORMANCE.md is written from them on the CPU machine.

@@ -153,8 +153,7 @@ How long it takes: one full-width ResNet18 epoch at batch 128 took 4.42 s on an 
 checkpoint and the tracking). At batch 128 one process leaves the GPU mostly idle (batch 512 runs 3.9× more images
 per second), so the cells run concurrently; the concurrency table below shows what that gains on your GPU.
 Unpacking writes and checks the 60 000 JPEG files (7 s on a 2-core CPU); each cell then decodes the JPEGs
-(≈ 20 s, in parallel).
-"""
+(≈ 20 s, in parallel)."""
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -5,7 +5,7 @@
 For every finished run of ``benchmarks/fmnist_seeds.py`` (``runs/bench-fmnist/e12-w16/seed<k>/{l2,ce}``) and every
 detector with a search space, the test AUROC with the default hyper-parameters is compared with the test AUROC
 after selection (``l2ood evaluate --val-ood``): ID validation = the run's 5 000-image holdout, validation OoD =
-1 000 seeded images of the DTD subset in ../shared/data (textures of 10 DTD classes, grey-scaled and resized to
+1 000 seeded images of the DTD subset DATA/dtd_partial10.npz (textures of 10 DTD classes, grey-scaled and resized to
 28×28), a source that none of the test sets (MNIST, scikit-image textures, noise) shares. Writes
 docs/RESULTS-selection.md and docs/results/selection-fmnist.json.
 """
