@@ -7,7 +7,10 @@ Each configuration (width, input side, batch size, precision, memory format) tra
 written out here with plain torch, nothing of l2ood is imported — for a few steps in its own subprocess, and the
 exit status is reported: ``ok``, or the signal that killed it. The table names the CPU, its ISA as oneDNN sees it
 (``torch.backends.cpu.get_cpu_capability()``) and whether oneDNN has native bf16 kernels, since the crash was seen
-only where it has (AVX-512-BF16 / AMX); without them bf16 autocast takes other kernels.
+only where it has (AVX-512-BF16 / AMX); without them bf16 autocast takes other kernels. A second table runs single
+convolutions (the minimal reproducer): the crash is the backward pass of a 1×1 convolution with stride 2 and fewer
+than 16 input channels in channels_last format, in fp32 as in bf16 — the shortcut of a CIFAR ResNet narrower than
+width 16. l2ood's guard: :meth:`l2ood.runtime.Runtime.for_model`.
 """
 
 from __future__ import annotations
@@ -78,6 +81,34 @@ CONFIGS = [
 ]
 
 
+#: the minimal reproducer: one convolution's backward pass (no model), in channels_last unless said otherwise
+OP_CHILD = r"""
+import sys, torch
+from torch import nn
+cin, cout, k, stride, side, bs, prec, fmt = (int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]),
+                                             int(sys.argv[5]), int(sys.argv[6]), sys.argv[7], sys.argv[8])
+torch.manual_seed(0)
+mf = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+conv = nn.Conv2d(cin, cout, k, stride, k // 2, bias=False).to(memory_format=mf)
+for _ in range(3):
+    x = torch.rand(bs, cin, side, side).to(memory_format=mf)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16"):
+        y = conv(x)
+    y.float().sum().backward()
+print("ok")
+"""
+
+#: (in channels, out channels, kernel, stride, side, batch, precision, memory format): the ResNet shortcut (1×1,
+#: stride 2) below and at 16 input channels, and its neighbours (stride 1, 3×3, contiguous, a small image)
+OP_CONFIGS = [
+    (8, 16, 1, 2, 128, 32, "fp32", "channels_last"), (8, 16, 1, 2, 128, 32, "bf16", "channels_last"),
+    (4, 8, 1, 2, 128, 32, "fp32", "channels_last"), (15, 32, 1, 2, 128, 32, "fp32", "channels_last"),
+    (16, 32, 1, 2, 128, 32, "fp32", "channels_last"), (8, 16, 1, 1, 128, 32, "fp32", "channels_last"),
+    (8, 16, 3, 2, 128, 32, "fp32", "channels_last"), (8, 16, 1, 2, 128, 32, "fp32", "contiguous"),
+    (8, 16, 1, 2, 32, 32, "fp32", "channels_last"), (8, 16, 1, 2, 48, 32, "fp32", "channels_last"),
+]
+
+
 def outcome(rc: int | None) -> str:
     if rc is None:
         return "timeout"
@@ -116,9 +147,22 @@ def main() -> None:
                      "outcome": outcome(rc), "stderr_tail": tail if rc else ""})
         print(f"width {width:3d}  {side:4d} px  batch {bs:4d}  {prec:5s} {fmt:14s} -> {rows[-1]['outcome']}",
               flush=True)
+    ops = []
+    for cin, cout, k, stride, side, bs, prec, fmt in OP_CONFIGS:
+        try:
+            p = subprocess.run([sys.executable, "-c", OP_CHILD, *map(str, (cin, cout, k, stride, side, bs)), prec,
+                                fmt], capture_output=True, text=True, timeout=args.timeout)
+            rc = p.returncode
+        except subprocess.TimeoutExpired:
+            rc = None
+        ops.append({"in": cin, "out": cout, "kernel": k, "stride": stride, "side": side, "batch": bs,
+                    "precision": prec, "format": fmt, "outcome": outcome(rc)})
+        print(f"conv {cin:3d}->{cout:3d} {k}x{k} stride {stride}  {side:4d} px  batch {bs:3d}  {prec:5s} {fmt:14s} "
+              f"-> {ops[-1]['outcome']}", flush=True)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"env": env, "steps": args.steps, "rows": rows}, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps({"env": env, "steps": args.steps, "rows": rows, "ops": ops},
+                                              indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -140,7 +140,10 @@ class Run:
     # -------------------------------------------------------------------------------------------- model
     @cached_property
     def runtime(self) -> Runtime:
-        return resolve_runtime(self._device, self._precision)
+        """Device and precision of every forward pass, with the native-crash guard for this model
+        (:meth:`l2ood.runtime.Runtime.for_model`: ODIN and RankFeat run backward passes)."""
+        rt = resolve_runtime(self._device, self._precision)
+        return rt.for_model(self._weights) if rt.channels_last else rt
 
     @property
     def config(self) -> ModelConfig:
@@ -154,12 +157,17 @@ class Run:
     @cached_property
     def model(self) -> Classifier:
         """The classifier on :attr:`runtime`'s device, in eval mode."""
+        return self.runtime.prepare(self._weights).eval()
+
+    @cached_property
+    def _weights(self) -> Classifier:
+        """The classifier as given or loaded, before :attr:`runtime` places it."""
         m = self._model
         if m is None:
             if self.path is None:
                 raise RunError("an in-memory run has no weights file")
             m = load_weights(self.path, self.config, trust_code=self._trust_code)
-        return self.runtime.prepare(m).eval()
+        return m
 
     @property
     def head(self) -> Head:

@@ -4,6 +4,11 @@
 * ``precision="auto"``: bf16 autocast + channels_last where the hardware supports bf16
   (CPU: oneDNN's bf16 check, i.e. AVX-512-BF16/AMX; CUDA: ``torch.cuda.is_bf16_supported()``),
   else fp16 autocast with a gradient scaler on CUDA, else fp32. ``"fp32"`` forces full precision.
+* The native-crash guard (:meth:`Runtime.for_model`): on CPU, the backward pass of a 1×1 convolution with stride
+  > 1 and fewer than 16 input channels in channels_last format corrupts the heap in oneDNN on AVX-512 CPUs
+  ("double free or corruption", SIGABRT, or SIGSEGV; fp32 and bf16 alike; torch 2.13.0, reproduced by
+  ``benchmarks/native_crash.py``). A model holding such a layer (the shortcut of a CIFAR ResNet narrower than
+  width 16) runs in the contiguous format on CPU; the run record's runtime says so.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class Runtime:
     device: torch.device
     amp_dtype: torch.dtype | None  # None = fp32
     channels_last: bool
+    guard: str = ""  # why channels_last was turned off for this model (:meth:`for_model`), else ""
 
     @property
     def precision(self) -> str:
@@ -38,6 +44,16 @@ class Runtime:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def for_model(self, model: nn.Module) -> Runtime:
+        """This runtime for ``model``: channels_last off on CPU when the model holds a layer whose channels_last
+        backward crashes oneDNN (:func:`crash_prone_layers`)."""
+        if not self.channels_last or self.device.type != "cpu":
+            return self
+        bad = crash_prone_layers(model)
+        if not bad:
+            return self
+        return Runtime(self.device, self.amp_dtype, False, guard=f"contiguous: {len(bad)} narrow strided 1x1 conv")
 
     def prepare(self, model: M) -> M:
         """Move a model to the device (and channels_last memory format where used)."""
@@ -59,7 +75,24 @@ class Runtime:
         return self.layout(x)
 
     def describe(self) -> str:
-        return f"{self.device.type} / {self.precision}{' / channels_last' if self.channels_last else ''}"
+        layout = " / channels_last" if self.channels_last else (f" / {self.guard}" if self.guard else "")
+        return f"{self.device.type} / {self.precision}{layout}"
+
+
+#: below this many input channels a strided 1×1 convolution's channels_last backward crashes oneDNN on CPU
+MIN_SAFE_CHANNELS = 16
+
+
+def crash_prone_layers(model: nn.Module) -> list[str]:
+    """Names of ``model``'s 2-d convolutions with a 1×1 kernel, a stride > 1 and fewer than
+    :data:`MIN_SAFE_CHANNELS` input channels: their backward pass in channels_last format corrupts the heap on
+    AVX-512 CPUs (module doc)."""
+    out = []
+    for name, m in model.named_modules():
+        if (isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (1, 1) and max(m.stride) > 1
+                and m.in_channels < MIN_SAFE_CHANNELS):
+            out.append(name)
+    return out
 
 
 def cpu_supports_bf16() -> bool:

@@ -329,6 +329,10 @@ def _train(
             log(f"fine-tuning: backbone initialized from {cfg.init_from} (head trained from scratch)")
     if cfg.sync_bn:
         model = convert_sync_bn(model, rt.device.type)  # type: ignore[assignment]
+    rt = rt.for_model(model)  # the native-crash guard: recorded in the run record through rt.describe()
+    if rt.guard and log:
+        log(f"note: {rt.guard} layer(s) (fewer than 16 input channels): trained in contiguous format, not "
+            "channels_last, whose backward crashes oneDNN on this CPU")
     model = rt.prepare(model)
     opt = make_optimizer(model, cfg)
     hflip = train_set.hflip if cfg.hflip is None else cfg.hflip
