@@ -83,16 +83,17 @@ def test_report_without_matplotlib_has_tables_and_says_why(tmp_path: Path) -> No
 def test_l2ood_imports_without_fcntl(tmp_path: Path) -> None:
     """Outside POSIX (no fcntl) the CLI imports, and the run-folder lock still excludes a second writer (here
     through a stand-in for Windows' msvcrt built on flock)."""
-    code = ("import types, fcntl as real\n"
+    code = ("import types, subprocess, fcntl as real\n"
             "sys.modules['fcntl'] = None\n"
+            "import l2ood.cli.main, l2ood.runfolder as rf\n"
+            "assert rf._fcntl is None\n"
+            # only the lock imports msvcrt (lazily): a stand-in now would make the standard library think it is on
+            # Windows
             "ms = types.ModuleType('msvcrt'); ms.LK_NBLCK = 2\n"
             "def locking(fd, mode, n):\n"
             "    try: real.flock(fd, real.LOCK_EX | real.LOCK_NB)\n"
             "    except BlockingIOError as e: raise OSError(36, 'locked') from e\n"
             "ms.locking = locking; sys.modules['msvcrt'] = ms\n"
-            "import l2ood.cli.main, l2ood.runfolder as rf\n"
-            "assert rf._fcntl is None\n"
-            "import subprocess\n"
             "with rf.run_lock('run', what='first'):\n"
             "    other = subprocess.run([sys.executable, '-c', "
             "'import l2ood.runfolder as rf\\ntry:\\n    rf.run_lock(\"run\").__enter__()\\nexcept rf.RunError as e:\\n"

@@ -226,7 +226,7 @@ def test_combined_calibration_screen_and_evaluate(run_dir: Path, trained: Path, 
     alpha = 0.2
     assert main(["calibrate", str(run_dir), "--combine", "knn", *FP32]) == 2  # a combination needs two
     assert main(["calibrate", str(run_dir), "--detector", "knn", "--combine", "knn,msp", *FP32]) == 2
-    assert "either with --detector or with --combine" in capsys.readouterr().err
+    assert "either with --detectors or with --combine" in capsys.readouterr().err
     assert main(["calibrate", str(run_dir), "--combine", "feature_norm,mahalanobis", "--alpha", str(alpha),
                  "--data-root", str(data_root), *FP32]) == 0
     rec = read_record(run_dir)

@@ -133,10 +133,15 @@ def test_bf16_training_runs_when_supported(tmp_path: Path, data_root: Path) -> N
     if not cpu_supports_bf16():
         pytest.skip("CPU has no native bf16")
     ds = load_dataset("fashion-mnist", "train", root=data_root).subset(128)
-    res = train(ds, ModelConfig(width=4), _cfg(epochs=1, precision="auto"), tmp_path,
+    res = train(ds, ModelConfig(width=16), _cfg(epochs=1, precision="auto"), tmp_path / "w16",
                 progress=False, log=None)
-    assert json.loads((tmp_path / "model.json").read_text())["provenance"]["runtime"] == "cpu / bf16 / channels_last"
+    assert json.loads((tmp_path / "w16" / "model.json").read_text())["provenance"]["runtime"] == \
+        "cpu / bf16 / channels_last"
     assert all(torch.isfinite(p).all() for p in res.model.parameters())
+    # width 4 holds strided 1x1 shortcuts with < 16 input channels: contiguous (the native-crash guard), recorded
+    train(ds, ModelConfig(width=4), _cfg(epochs=1, precision="auto"), tmp_path / "w4", progress=False, log=None)
+    assert json.loads((tmp_path / "w4" / "model.json").read_text())["provenance"]["runtime"] == \
+        "cpu / bf16 / contiguous: 2 narrow strided 1x1 conv"
 
 
 def test_class_count_comes_from_the_data(tmp_path: Path) -> None:

@@ -336,7 +336,7 @@ def _try_lock(fd: int) -> None:
     import msvcrt
 
     try:
-        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
     except OSError as e:
         raise BlockingIOError(str(e)) from None
 

@@ -8,7 +8,7 @@ from ..data.cache import CAP_ENV, GIB, KINDS, clear, decoded_cap_bytes, entries
 from ..data.lookup import cache_dir
 
 
-def add_cache_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+def add_cache_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``cache`` command's parser."""
     p = sub.add_parser("cache", help="show or clear l2ood's cache folder (downloads, decoded images, logs)",
                        description="The cache folder ($L2OOD_CACHE, else the OS cache folder for l2ood) holds "
