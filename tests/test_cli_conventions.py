@@ -146,8 +146,8 @@ def test_every_command_is_documented_and_exit_codes_agree() -> None:
 
     m = sys.modules["l2ood.cli.main"]  # (l2ood.cli.main as an attribute is the entry-point function)
     names = set(_commands())
-    assert names == {"train", "import", "evaluate", "demo", "bench", "analyze", "calibrate", "screen", "serve",
-                     "export", "cache"}
+    assert names == {"train", "import", "evaluate", "demo", "bench", "leaderboard", "analyze", "calibrate", "screen",
+                     "serve", "export", "cache"}
     documented = set(re.findall(r"``(\w+)``", (m.__doc__ or "").split("\n\n")[0]))
     assert names <= documented, names - documented
     top = build_parser().format_help()

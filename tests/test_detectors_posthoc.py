@@ -196,7 +196,9 @@ def test_zero_features_and_constant_logits_are_finite(mode: str, variant: str) -
         if det.needs_fit:
             det.fit(ext, head)
         s = det.score(ext, head)
-        assert s.shape == (5,) and s.dtype == torch.float32 and s.device.type == "cpu", name
+        # GEN is computed and returned in float64 since 0.2 (log domain, free of saturation: tests/test_saturation.py)
+        dtype = torch.float64 if name == "gen" else torch.float32
+        assert s.shape == (5,) and s.dtype == dtype and s.device.type == "cpu", name
         assert torch.isfinite(s).all(), name
     # constant logits: GEN equals the uniform-distribution value
     gen = make_detector("gen").score(ext, head)
@@ -229,8 +231,9 @@ def test_odin_eps0_is_temperature_scaled_msp() -> None:
     for t in (1000.0, 1.0):
         got = DETECTORS["odin"](temperature=t, epsilon=0.0, batch_size=5).score_images(model, x, rt)
         with torch.no_grad():
-            ref = (model(x).logits / t).softmax(dim=1).max(dim=1).values
-        assert got.shape == (12,) and got.dtype == torch.float32 and got.device.type == "cpu"
+            ref = (model(x).logits.double() / t).log_softmax(dim=1).max(dim=1).values
+        # the log of the temperature-scaled MSP, float64, since 0.2 (saturation-free; same ranking)
+        assert got.shape == (12,) and got.dtype == torch.float64 and got.device.type == "cpu"
         torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-7)
     with pytest.raises(TypeError, match="score_images"):
         make_detector("odin").score(Extraction(torch.zeros(1, 2), torch.zeros(1, 2)), _ce_head())
@@ -285,7 +288,7 @@ def test_odin_defaults_and_constant_logits() -> None:
         model.fc.bias.zero_()
     s = d.score_images(model, _images(4), rt)
     assert torch.isfinite(s).all()
-    torch.testing.assert_close(s, torch.full((4,), 0.1))
+    torch.testing.assert_close(s, torch.full((4,), math.log(0.1), dtype=torch.float64))  # log MSP since 0.2
     s_raw = d.score_images(_tiny_model("l2"), torch.zeros(3, 1, 28, 28), rt, variant="raw")
     assert torch.isfinite(s_raw).all()
 

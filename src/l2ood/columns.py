@@ -46,6 +46,7 @@ from torch import Tensor
 from .detectors import DETECTORS, Detector, Extraction, Head, make_detector
 from .detectors.base import InputDetector
 from .detectors.store import load_fitted, save_fitted
+from .distributed import agree, gather_rows, on_main
 from .errors import ConfigError, RunError
 from .metrics import ood_metrics
 from .metrics.conformal import RULES, combined_scores
@@ -54,6 +55,7 @@ from .record import FittedDetectorRecord, add_fitted_detector, fitted_file, read
 from .runfolder import run_lock
 
 if TYPE_CHECKING:
+    from .metrics.conformal import Calibration
     from .models import Classifier
     from .run import Images, Run
     from .runtime import Runtime
@@ -115,6 +117,12 @@ class Column:
         return self.detector.needs_model
 
     @property
+    def shard_fit(self) -> bool:
+        """Whether the detector's fit reduces per-rank statistics, so that under ``torchrun`` each rank fits from
+        its own shard of the training rows (the Gaussian family); every other fit needs all of them."""
+        return bool(getattr(self.detector, "shard_fit", False))
+
+    @property
     def search_space(self) -> dict[str, list[Any]]:
         return {k: list(v) for k, v in DETECTORS[self.name].search_space.items()}
 
@@ -138,8 +146,13 @@ class Column:
 
     # ---------------------------------------------------------------------------------------- fitting
     def fit(self, ext: Extraction, head: Head) -> Column:
-        """Fit on ID training features ``ext`` (the model's trained logits) in memory; returns ``self``."""
+        """Fit on ID training features ``ext`` (the model's trained logits) in memory; returns ``self``.
+
+        ``ext`` may be this rank's shard under ``torchrun`` (``ext.sharded``; a collective call then): a detector
+        that cannot fit from shards (:attr:`shard_fit`) gets the gathered rows."""
         if self.needs_fit:
+            if ext.sharded and not self.shard_fit:
+                ext = ext.gather()
             h = self.head(head)
             self.detector.fit(ext.with_head(h) if self.variant == "raw" else ext, h)
         return self
@@ -158,6 +171,8 @@ class Column:
         if not self.needs_fit:
             return self
         hp = _json_hp(self.detector)
+        if run.dist.active:  # under torchrun (this also sets the process group up)
+            return self._fit_or_load_ranks(run, hp, features, refit, batch_size, progress, keep)
         if run.path is not None and not refit and self._load_recorded(run, hp):
             return self
         ext = features() if features is not None else run.forward(run.train_split(), batch_size=batch_size,
@@ -179,17 +194,52 @@ class Column:
             if not refit and self._load_recorded(run, hp):
                 return self
             self.fit(ext, run.head)
-            train = run.train_split()
-            src = run.data.train
-            desc = f"{src.describe() if src else train.name} ({len(train)} images)"
-            file = fitted_file(self.key)
-            self.sha256 = save_fitted(self.detector, run.path / file, variant=self.variant,
-                                      weights_sha256=run.record.weights_sha256, n_fit=len(ext), fit_data=desc)
-            rec = FittedDetectorRecord(file=file, sha256=self.sha256, detector=self.name,
-                                       variant=self.variant,  # type: ignore[arg-type]
-                                       hyper_parameters=hp, weights_sha256=run.record.weights_sha256,
-                                       n_fit=len(ext), fit_data=desc[:8192])
-            run.record = add_fitted_detector(run.path, self.key, rec)
+            self._save(run, hp, len(ext))
+        return self
+
+    def _save(self, run: Run, hp: dict[str, Any], n_fit: int) -> None:
+        """Save the fitted statistics and record them (the caller holds the run folder's writer lock)."""
+        assert run.path is not None
+        train = run.train_split()
+        src = run.data.train
+        desc = f"{src.describe() if src else train.name} ({len(train)} images)"
+        file = fitted_file(self.key)
+        self.sha256 = save_fitted(self.detector, run.path / file, variant=self.variant,
+                                  weights_sha256=run.record.weights_sha256, n_fit=n_fit, fit_data=desc)
+        rec = FittedDetectorRecord(file=file, sha256=self.sha256, detector=self.name,
+                                   variant=self.variant,  # type: ignore[arg-type]
+                                   hyper_parameters=hp, weights_sha256=run.record.weights_sha256,
+                                   n_fit=n_fit, fit_data=desc[:8192])
+        run.record = add_fitted_detector(run.path, self.key, rec)
+
+    def _fit_or_load_ranks(self, run: Run, hp: dict[str, Any], features: Callable[[], Extraction] | None,
+                           refit: bool, batch_size: int, progress: bool, keep: bool) -> Column:
+        """:meth:`fit_or_load` under ``torchrun`` (collective): the ranks load the recorded fit when every one of
+        them can, else every rank fits (from its shard where :attr:`shard_fit`, so that the reductions line up) and
+        rank 0 alone saves and records the statistics while the others wait."""
+        recorded = run.path is not None and not refit and self._load_recorded(run, hp)
+        if agree(recorded):
+            return self
+        ext = features() if features is not None else run.forward(
+            run.train_split(), batch_size=batch_size, progress=progress, desc="extract ID train",
+            gather=not self.shard_fit)
+        self.fit(ext, run.head)
+        n_fit = ext.total()
+        if run.path is None:
+            return self
+
+        def save() -> None:
+            assert run.path is not None
+            try:
+                with run_lock(run.path, f"fit of {self.key}", wait=LOCK_WAIT_S, shared=True):
+                    run.record = read_record(run.path)
+                    self._save(run, hp, n_fit)
+            except (RunError, OSError) as e:
+                if keep:
+                    raise
+                warnings.warn(f"{self.key}: fitted in memory, not saved with the run ({e})", stacklevel=3)
+
+        on_main(save)
         return self
 
     def _load_recorded(self, run: Run, hp: dict[str, Any]) -> bool:
@@ -271,14 +321,39 @@ class Column:
     def score_set(self, run: Run, ds: Images, *, batch_size: int = 512, progress: bool = False,
                   desc: str | None = None, cache: bool = True, ext: Extraction | None = None) -> np.ndarray:
         """Scores of every image of ``ds``: from its forward pass (``ext`` when the caller has it, else the
-        run's cached :meth:`~l2ood.run.Run.forward`), or batch by batch for detectors needing the model."""
+        run's cached :meth:`~l2ood.run.Run.forward`), or batch by batch for detectors needing the model.
+
+        Under ``torchrun`` (a collective call) each rank scores the images of its own whole batches
+        (:meth:`~l2ood.run.Run.local_rows`) and the scores are gathered in rank order."""
         if self.needs_model:
-            parts = [self.score_images(run.model, run.runtime, x)
-                     for x in run.image_batches(ds, batch_size=min(batch_size, 256))]
-            return np.concatenate(parts) if parts else np.empty(0)
+            bs = min(batch_size, 256)
+            mine = run.local_rows(ds, bs)  # all of ds in one process
+            parts = [self.score_images(run.model, run.runtime, x) for x in run.image_batches(mine, batch_size=bs)]
+            local = np.concatenate(parts) if parts else np.empty(0)
+            return gather_rows(torch.from_numpy(local)).numpy() if run.dist.active else local
         if ext is None:
             ext = run.forward(ds, batch_size=batch_size, progress=progress, desc=desc, cache=cache)
         return self.score(ext, run.head)
+
+
+def check_score_versions(cal: Calibration, name: str | None = None) -> None:
+    """Refuse (:class:`~l2ood.errors.RunError`, fail closed) calibration ``cal`` (named ``name``) when a detector it
+    uses now computes another score than when it was made (:attr:`Detector.score_version` against the versions
+    the calibration recorded; none recorded means version 1): its thresholds and scores are on the old scale."""
+    what = f"calibration '{name}'" if name else "the calibration"
+    for key in cal.detectors:
+        cls = DETECTORS.get(key.partition(":")[0])
+        if cls is None:
+            continue  # parse_spec names unknown detectors
+        made, now = cal.score_versions.get(key, 1), cls.score_version
+        if made < now:
+            again = f"l2ood calibrate RUN --detectors {cal.detector}" + (f" --name {name}" if name else "")
+            raise RunError(f"recalibrate: {cls.score_change or f'the {cls.name} score changed'}; {what} was made "
+                           f"with score version {made} of '{key}' (this l2ood computes version {now}), so its "
+                           f"thresholds are on the old scale (`{again}`)")
+        if made > now:
+            raise RunError(f"{what} was made by a newer l2ood ('{key}' score version {made}; this l2ood computes "
+                           f"version {now}): upgrade l2ood or recalibrate")
 
 
 def _json_hp(det: Detector) -> dict[str, int | float | str | bool | None]:
@@ -415,5 +490,5 @@ def member_matrix(scores: dict[str, np.ndarray], combo: CombinedColumn) -> np.nd
     return np.stack([scores[m.label] for m in combo.members], axis=1)
 
 
-__all__ = ["COMBINED_SCORE", "Column", "CombinedColumn", "combined_name", "member_matrix", "parse_key", "parse_spec",
-           "report_columns"]
+__all__ = ["COMBINED_SCORE", "Column", "CombinedColumn", "check_score_versions", "combined_name", "member_matrix",
+           "parse_key", "parse_spec", "report_columns"]

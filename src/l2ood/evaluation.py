@@ -28,12 +28,21 @@ metrics, fold f comparing the ID images of f with every OoD image calibrated on 
 enters its own calibration, every ID test image is used, and each fold's AUROC estimates the same quantity as
 a separate calibration split would (with 2·n/2 instead of n calibration images). The stored OoD scores of the
 column are those calibrated on half B (the ones fold A is compared with).
+
+**Under torchrun** (``torchrun --nproc_per_node K -m l2ood evaluate ...``, :mod:`l2ood.distributed`) every rank
+runs the same evaluation: each forward pass is split into contiguous, batch-aligned shards, one per rank, and
+gathered in rank order (:meth:`l2ood.run.Run.forward`), so every rank holds exactly the single-process extraction
+of each test set and fits and scores identically — the same metrics as one process. ODIN and RankFeat score their
+shards and gather the scores. The fit set stays sharded for the Gaussian family (their fit all-reduces per-rank
+sufficient statistics: no rank holds all training features) and is gathered once for every other fitted detector
+(KNN's bank is all of it, on every rank). Rank 0 alone writes caches and fitted statistics; the caller saves the
+results on rank 0 (:meth:`EvalResult.save` writes nothing on the other ranks).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +52,7 @@ import numpy as np
 from .columns import Column, CombinedColumn, member_matrix, parse_spec, report_columns
 from .data.source import open_images
 from .detectors import DETECTORS, Extraction, all_detectors
+from .distributed import dist_from_env
 from .errors import ConfigError
 from .metrics import ood_metrics
 from .metrics.conformal import RULES
@@ -93,12 +103,14 @@ class EvalResult:
 
     def save(self, out_dir: str | Path, *, samples: str | None = "csv") -> Path:
         """Write ``results.json`` (:mod:`l2ood.results`), ``scores.npz`` and the per-sample table
-        (``samples.csv``, or ``samples.parquet`` with ``samples="parquet"``; ``None``: none) into ``out_dir``."""
+        (``samples.csv``, or ``samples.parquet`` with ``samples="parquet"``; ``None``: none) into ``out_dir``.
+        Under torchrun rank 0 alone writes; on the other ranks this does nothing (not a collective call)."""
         out = Path(out_dir)
-        write_results(out / "results.json", self.file())
-        write_scores(out / "scores.npz", self.scores)
-        if samples:
-            write_samples(out / f"samples.{samples}", self.scores, self.samples)
+        if dist_from_env().is_main:
+            write_results(out / "results.json", self.file())
+            write_scores(out / "scores.npz", self.scores)
+            if samples:
+                write_samples(out / f"samples.{samples}", self.scores, self.samples)
         return out / "results.json"
 
 
@@ -108,8 +120,9 @@ class _Features:
     def __init__(self, run: Run, batch_size: int, progress: bool, cache: bool) -> None:
         self.run, self.batch_size, self.progress, self.cache = run, batch_size, progress, cache
 
-    def __call__(self, ds: Images, desc: str | None = None) -> Extraction:
-        return self.run.forward(ds, batch_size=self.batch_size, progress=self.progress, desc=desc, cache=self.cache)
+    def __call__(self, ds: Images, desc: str | None = None, gather: bool = True) -> Extraction:
+        return self.run.forward(ds, batch_size=self.batch_size, progress=self.progress, desc=desc, cache=self.cache,
+                                gather=gather)
 
     def scores(self, cols: Sequence[Column], ds: Images) -> tuple[dict[str, np.ndarray], Extraction]:
         """Every column's scores (float32, as reported) of ``ds`` and its forward pass."""
@@ -137,7 +150,43 @@ def _plan(run: Run, detectors: list[str], combined: Sequence[str | list[str]], r
     return reported, cols, combos
 
 
-def _fit(run: Run, cols: list[Column], fit_set: Images | None, features: Callable[[], Extraction]) -> None:
+class _FitFeatures:
+    """The forward pass of the fit set (``fit_set``, else the run's training split), made once, when first needed.
+
+    Under ``torchrun`` a column whose fit reduces per-rank statistics (:attr:`l2ood.columns.Column.shard_fit`:
+    the Gaussian family) gets this rank's shard only, so no rank holds every training feature for it; any other
+    column gets the rows of every rank, gathered from the shards already extracted (no second forward pass). In
+    one process both are the same extraction."""
+
+    def __init__(self, feats: _Features, fit_set: Images | None) -> None:
+        self.feats, self.fit_set = feats, fit_set
+        self._local: Extraction | None = None
+        self._full: Extraction | None = None
+
+    def _set(self) -> Images:
+        return self.fit_set if self.fit_set is not None else self.feats.run.train_split()
+
+    def local(self) -> Extraction:
+        if self._full is not None:
+            return self._full
+        if self._local is None:
+            self._local = self.feats(self._set(), desc="extract ID train", gather=False)
+        return self._local
+
+    def full(self) -> Extraction:
+        if self._full is None:
+            if self._local is not None:
+                self._full = self.feats.run.gather(self._local, self._set(), cache=self.feats.cache)
+                self._local = None  # the gathered rows serve the shard-fitted columns from now on
+            else:
+                self._full = self.feats(self._set(), desc="extract ID train")
+        return self._full
+
+    def __call__(self, col: Column) -> Extraction:
+        return self.local() if col.shard_fit else self.full()
+
+
+def _fit(run: Run, cols: list[Column], fit_set: Images | None, features: _FitFeatures) -> None:
     """Fit the columns that need ID statistics: on ``fit_set`` in memory, or, without one, on the run's training
     split, fitted once and kept with the run (:meth:`l2ood.columns.Column.fit_or_load`)."""
     need = [c for c in cols if c.needs_fit]
@@ -147,13 +196,13 @@ def _fit(run: Run, cols: list[Column], fit_set: Images | None, features: Callabl
         raise ConfigError("these detectors need ID training data: " + ", ".join(c.label for c in need))
     for c in need:
         if fit_set is None:
-            c.fit_or_load(run, features=features, keep=False)
+            c.fit_or_load(run, features=functools.partial(features, c), keep=False)
         else:
-            c.fit(features(), run.head)
+            c.fit(features(c), run.head)
 
 
 def _select(run: Run, cols: list[Column], kw: dict[str, dict[str, Any]], feats: _Features, val_id: Images,
-            val_ood: Images, fit_features: Callable[[], Extraction]) -> dict[str, Selection]:
+            val_ood: Images, fit_features: _FitFeatures) -> dict[str, Selection]:
     """Grid search of every column with a search space (and no hyper-parameters given); the chosen point's
     column replaces the default one in ``cols``."""
     tuned = [i for i, c in enumerate(cols) if c.search_space and not kw.get(c.name)]
@@ -167,7 +216,7 @@ def _select(run: Run, cols: list[Column], kw: dict[str, dict[str, Any]], feats: 
         def point(params: dict[str, Any], col: Column = col) -> tuple[np.ndarray, np.ndarray, Column]:
             c = col.with_params(**params)
             if c.needs_fit:
-                c.fit(fit_features(), run.head)
+                c.fit(fit_features(c), run.head)
             return (c.score_set(run, val_id, ext=v_id).astype(np.float32),
                     c.score_set(run, val_ood, ext=v_ood).astype(np.float32), c)
 
@@ -242,8 +291,7 @@ def evaluate(
         val_id, val_ood = run.to_input_format(val_id), run.to_input_format(val_ood)
         check_apart(val_ood, (run.to_input_format(ds) for ds in ood_sets), val_id, id_test)  # one set at a time
     feats = _Features(run, batch_size, progress, cache)
-    fit_features = functools.cache(lambda: feats(fit_set if fit_set is not None else run.train_split(),
-                                                 desc="extract ID train"))
+    fit_features = _FitFeatures(feats, fit_set)
     _fit(run, cols, fit_set, fit_features)
     selections = _select(run, cols, kw, feats, val_id, val_ood, fit_features) \
         if val_id is not None and val_ood is not None else {}

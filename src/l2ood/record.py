@@ -291,6 +291,8 @@ class RunRecord(_Model):
                 cal.pop("fitted", None)
             if cal.get("weights_sha256") is None:
                 cal.pop("weights_sha256", None)
+            if not cal.get("score_versions"):
+                cal.pop("score_versions", None)
         if not d.get("detectors"):
             d.pop("detectors", None)
         if d.get("imported") is None:

@@ -13,12 +13,18 @@ Evaluation, calibration, screening, tracking and the bench all score images thro
 :meth:`Run.forward` / :meth:`Run.forward_batch` (the latter is :func:`l2ood.detectors.forward_batch`
 on the run's runtime), and all bring images to the model's input through :attr:`Run.preprocessing`
 (:mod:`l2ood.data.preprocess`).
+
+Under ``torchrun`` (:mod:`l2ood.distributed`) each rank computes on its own device (``cuda:LOCAL_RANK``, or the
+CPU) and :meth:`Run.forward` extracts only this rank's contiguous, batch-aligned shard of a data set, then
+gathers the shards in rank order, so every rank holds exactly the single-process extraction; rank 0 alone
+writes the cache.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -31,6 +37,7 @@ from .data import DataError, load_source
 from .data.preprocess import Preprocessing
 from .data.source import ImageSource
 from .detectors import Extraction, Head, forward_batch
+from .distributed import DistInfo, agree, batch_shard, dist_from_env, ensure_group, on_main, rank_device
 from .errors import ConfigError, RunError
 from .metrics.conformal import Calibration
 from .models import Classifier, ModelConfig
@@ -143,7 +150,18 @@ class Run:
         """Device and precision of every forward pass, with the native-crash guard for this model
         (:meth:`l2ood.runtime.Runtime.for_model`: ODIN and RankFeat run backward passes)."""
         rt = resolve_runtime(self._device, self._precision)
+        device = rank_device(rt.device)  # under torchrun: cuda:LOCAL_RANK, one GPU per rank
+        ensure_group(device.type)  # under torchrun: nccl on CUDA, gloo on the CPU
+        if device != rt.device:
+            rt = replace(rt, device=device)
         return rt.for_model(self._weights) if rt.channels_last else rt
+
+    @property
+    def dist(self) -> DistInfo:
+        """This process's rank layout (one rank unless started by ``torchrun``; the group is set up with
+        :attr:`runtime`)."""
+        _ = self.runtime
+        return dist_from_env()
 
     @property
     def config(self) -> ModelConfig:
@@ -283,32 +301,106 @@ class Run:
                           (torch.empty(0, dtype=torch.long) if ds.labels is not None else None))
 
     def forward(self, ds: Images, *, batch_size: int = 512, progress: bool = False, desc: str | None = None,
-                cache: bool = True) -> Extraction:
+                cache: bool = True, gather: bool = True) -> Extraction:
         """Features, logits and labels of every image in ``ds`` (converted to the model's format first).
 
         With a run folder and ``cache=True`` the result is stored as safetensors in ``RUN/cache/``, keyed
         by the weights' digest, the images' SHA-1 and the runtime precision, so a second call (another
-        detector, another command) costs no forward pass."""
+        detector, another command) costs no forward pass.
+
+        Under ``torchrun`` (a collective call: every rank makes it, with the same arguments) each rank reads only
+        its rows (:meth:`local_rows`) and the shards are gathered in rank order (:meth:`gather`): every rank
+        gets the single-process extraction, and rank 0 alone writes the cache. ``gather=False`` keeps this rank's
+        shard (``sharded=True``; in one process: everything) — for fits that reduce per-rank statistics."""
         ds = self._formatted(ds)
-        path = None
-        if cache and self.path is not None:
-            key = (f"{ds.name.replace('/', '_')[:40]}-{len(ds)}-{self.record.weights_sha256[:16]}-"
-                   f"{ds.cache_key(self.preprocessing.fit)}-{self.runtime.precision}")
-            path = self.path / CACHE_DIR / f"{key}.safetensors"
-            if path.is_file():
+        bs = min(batch_size, 256) if ds.streamed else batch_size
+        info = self.dist
+        path = self._cache_path(ds) if cache else None
+        if not info.active:
+            if path is not None and path.is_file():
                 try:
                     ext = Extraction.load(path)
                     if len(ext) == len(ds):
                         return ext
                 except Exception:  # a damaged cache file is recomputed
                     path.unlink(missing_ok=True)
-        ext = self._extract(ds, min(batch_size, 256) if ds.streamed else batch_size, progress, desc)
+            ext = self._extract(ds, bs, progress, desc)
+            self._write_cache(path, ext)
+            return ext
+        start, stop = batch_shard(len(ds), bs, info)
         if path is not None:
-            try:  # the cache is an optimisation: a read-only or full disk only costs the next pass
-                path.parent.mkdir(parents=True, exist_ok=True)
-                ext.save(path)
-            except OSError as e:
-                warnings.warn(f"could not cache features in {path.parent} ({e.strerror or e})", stacklevel=2)
+            got = self._read_cache_shared(path, len(ds), None if gather else (start, stop))
+            if got is not None:
+                return got
+        part = self._extract(self._rows(ds, start, stop), bs, progress and info.is_main, desc)
+        part.sharded = True
+        return self._gathered(part, path) if gather else part
+
+    def gather(self, part: Extraction, ds: Images, *, cache: bool = True) -> Extraction:
+        """The whole extraction of ``ds`` from every rank's shard ``part`` (:meth:`forward` with
+        ``gather=False``), in rank order, on every rank (collective), written to the cache by rank 0."""
+        if not part.sharded:
+            return part
+        return self._gathered(part, self._cache_path(self._formatted(ds)) if cache else None)
+
+    def _gathered(self, part: Extraction, path: Path | None) -> Extraction:
+        ext = part.gather()
+        if path is not None:
+            on_main(lambda: self._write_cache(path, ext))
+        return ext
+
+    def local_rows(self, ds: Images, batch_size: int) -> Images:
+        """This rank's contiguous rows of ``ds`` in the model's format, whole batches of ``batch_size`` of the
+        single-process batching (:func:`l2ood.distributed.batch_shard`); all of ``ds`` in one process."""
+        ds = self._formatted(ds)
+        info = self.dist
+        if not info.active:
+            return ds
+        return self._rows(ds, *batch_shard(len(ds), batch_size, info))
+
+    @staticmethod
+    def _rows(ds: Images, start: int, stop: int) -> Images:
+        """Images ``start … stop−1`` of ``ds``, in order, read exactly as ``ds`` reads them (same view)."""
+        if start == 0 and stop == len(ds):
+            return ds
+        d: Any = ds  # both sources are dataclasses; a streamed one selects rows of its index, one in memory pixels
+        if ds.streamed:
+            return d.take(np.arange(start, stop))
+        return replace(d, images=d.images[start:stop],
+                       labels=None if d.labels is None else d.labels[start:stop])
+
+    def _cache_path(self, ds: Images) -> Path | None:
+        """Where the forward pass of ``ds`` (in the model's format) is cached (``None`` without a run folder)."""
+        if self.path is None:
+            return None
+        key = (f"{ds.name.replace('/', '_')[:40]}-{len(ds)}-{self.record.weights_sha256[:16]}-"
+               f"{ds.cache_key(self.preprocessing.fit)}-{self.runtime.precision}")
+        return self.path / CACHE_DIR / f"{key}.safetensors"
+
+    def _write_cache(self, path: Path | None, ext: Extraction) -> None:
+        if path is None:
+            return
+        try:  # the cache is an optimisation: a read-only or full disk only costs the next pass
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ext.save(path)
+        except OSError as e:
+            warnings.warn(f"could not cache features in {path.parent} ({e.strerror or e})", stacklevel=3)
+
+    @staticmethod
+    def _read_cache_shared(path: Path, n: int, rows: tuple[int, int] | None) -> Extraction | None:
+        """The cached extraction at ``path`` when every rank can read it (all of it, or ``rows`` only, then marked
+        ``sharded``), else ``None`` on every rank (collective: the ranks agree before and after reading)."""
+        if not agree(Extraction.saved_rows(path) == n):
+            return None
+        try:
+            ext: Extraction | None = Extraction.load(path, rows)
+        except Exception:  # damaged: every rank recomputes, rank 0 removes it
+            ext = None
+        if not agree(ext is not None):
+            on_main(lambda: path.unlink(missing_ok=True))
+            return None
+        assert ext is not None
+        ext.sharded = rows is not None
         return ext
 
     def scores(self, ds: Images, detector: str = "feature_norm", **kw: Any) -> np.ndarray:

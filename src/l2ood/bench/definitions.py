@@ -5,6 +5,16 @@ A benchmark names its ID data set and its OoD groups (near / far) by data-set na
 files or OpenOOD's ``benchmark_imglist`` + images live). Averages per group are the unweighted means
 of the per-data-set metrics, as OpenOOD v1.5 reports them (Zhang et al., "OpenOOD v1.5: Enhanced
 Benchmark for Out-of-Distribution Detection", 2023).
+
+Two families:
+
+* ``openood-cifar10``, ``openood-cifar100``, ``openood-imagenet200``, ``openood-imagenet1k``: OpenOOD v1.5 exactly
+  (:mod:`l2ood.bench.openood`): its image lists, layout, groups and ID splits; :func:`benchmark_specs` verifies the
+  lists (recorded digests) and every listed image before anything is loaded, and ``results.md`` shows OpenOOD's
+  published numbers beside ours. Only these are comparable with OpenOOD's tables.
+* ``cifar10``, ``cifar100`` (the official archives: whole test splits of Tiny-ImageNet, Places365, DTD, MNIST, SVHN,
+  CIFAR — not OpenOOD's curated lists) and ``imagenet200``, ``imagenet`` (OpenOOD's lists, read without digest
+  checks): kept as they were, so earlier results keep their meaning; their ``note`` says so.
 """
 
 from __future__ import annotations
@@ -13,16 +23,25 @@ import os
 from typing import Any
 
 from ..errors import ConfigError
+from .openood import PROTOCOLS, benchmark_definition, verify_benchmark
+
+_ARCHIVES = ("OoD sets from the official archives (whole test splits), not OpenOOD's curated image lists: not "
+             "comparable with OpenOOD's published tables; {exact} follows OpenOOD v1.5 exactly.")
+_LISTS = ("OpenOOD's image lists read without digest or image checks (textures found in images_classic/ or "
+          "images_largescale/); {exact} is the verified benchmark with OpenOOD's published numbers beside ours.")
 
 BENCHMARKS: dict[str, dict[str, Any]] = {
-    # OpenOOD v1.5 CIFAR-10: near = CIFAR-100, Tiny-ImageNet; far = MNIST, SVHN, Textures, Places365
+    # OpenOOD v1.5's CIFAR-10 groups on the official archives (near = CIFAR-100, Tiny-ImageNet; far = MNIST, SVHN,
+    # Textures, Places365), whole test splits: see openood-cifar10 for OpenOOD's own lists
     "cifar10": {
         "id": "cifar10", "channels": 3, "size": [32, 32],
         "ood": {"near": ["cifar100", "tin"], "far": ["mnist", "svhn", "dtd", "places365"]},
+        "note": _ARCHIVES.format(exact="openood-cifar10"),
     },
     "cifar100": {
         "id": "cifar100", "channels": 3, "size": [32, 32],
         "ood": {"near": ["cifar10", "tin"], "far": ["mnist", "svhn", "dtd", "places365"]},
+        "note": _ARCHIVES.format(exact="openood-cifar100"),
     },
     # OpenOOD v1.5 ImageNet-200 through its image lists (benchmark_imglist/ + images_largescale/), at 224 px:
     # streamed (random resized crop + flip for training; shorter side 256 + centre crop 224 for evaluation)
@@ -34,9 +53,11 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
             "near": ["imglist:{root}/benchmark_imglist/imagenet200/test_ssb_hard.txt@{root}/images_largescale",
                      "imglist:{root}/benchmark_imglist/imagenet200/test_ninco.txt@{root}/images_largescale"],
             "far": ["imglist:{root}/benchmark_imglist/imagenet200/test_inaturalist.txt@{root}/images_largescale",
-                    "imglist:{root}/benchmark_imglist/imagenet200/test_textures.txt@{root}/images_largescale",
+                    # no image root: images_classic/ (OpenOOD's place for Textures) or images_largescale/
+                    "imglist:{root}/benchmark_imglist/imagenet200/test_textures.txt",
                     "imglist:{root}/benchmark_imglist/imagenet200/test_openimage_o.txt@{root}/images_largescale"],
         },
+        "note": _LISTS.format(exact="openood-imagenet200"),
     },
     # OpenOOD v1.5 ImageNet-1k (full-spectrum lists), for post-hoc evaluation of a pretrained classifier
     # (recipe "pretrained-resnet50"); fitted detectors use the training list (subsample with --n-fit)
@@ -48,9 +69,11 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
             "near": ["imglist:{root}/benchmark_imglist/imagenet/test_ssb_hard.txt@{root}/images_largescale",
                      "imglist:{root}/benchmark_imglist/imagenet/test_ninco.txt@{root}/images_largescale"],
             "far": ["imglist:{root}/benchmark_imglist/imagenet/test_inaturalist.txt@{root}/images_largescale",
-                    "imglist:{root}/benchmark_imglist/imagenet/test_textures.txt@{root}/images_largescale",
+                    # no image root: images_classic/ (OpenOOD's place for Textures) or images_largescale/
+                    "imglist:{root}/benchmark_imglist/imagenet/test_textures.txt",
                     "imglist:{root}/benchmark_imglist/imagenet/test_openimage_o.txt@{root}/images_largescale"],
         },
+        "note": _LISTS.format(exact="openood-imagenet1k"),
     },
     # The project's own CIFAR-10 benchmark (docs/RESULTS-cifar10.md, "Data layout"): CIFAR-10 as a JPEG
     # image-folder tree (lossy copy!), Tiny-ImageNet resized, MNIST, Fashion-MNIST, a DTD subset and
@@ -64,6 +87,8 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
                         "npz:{root}/dtd_partial10.npz", "npz:{root}/textures_skimage.npz"]},
         "note": "CIFAR-10 (JPEG copy): re-encoded at JPEG quality 75; OoD sets come through other pipelines.",
     },
+    # OpenOOD v1.5 exactly: image lists verified against recorded digests, OpenOOD's groups, published numbers
+    **{name: benchmark_definition(name) for name in PROTOCOLS},
 }
 
 #: benchmarks for the project's own measurements on a fixed file layout: hidden unless $L2OOD_DEV_BENCHMARKS=1
@@ -123,9 +148,15 @@ OPENOOD_CIFAR10_RESNET18 = {
 
 def benchmark_specs(bdef: dict[str, Any], root: str | None) -> tuple[str, str, list[tuple[str, str]]]:
     """``(training spec, ID test spec, [(OoD spec, group)])`` of a benchmark definition, ``{root}`` filled
-    (:func:`resolve`); the training spec is the ID set's unless the definition names another."""
-    return (resolve(bdef.get("train", bdef["id"]), root), resolve(bdef["id"], root),
-            [(resolve(nm, root), g) for g, names in bdef["ood"].items() for nm in names])
+    (:func:`resolve`); the training spec is the ID set's unless the definition names another. An OpenOOD v1.5
+    benchmark (``openood`` key) is verified first (:func:`l2ood.bench.openood.verify_benchmark`: lists, digests,
+    images), so a bench fails with one message before loading anything."""
+    specs = (resolve(bdef.get("train", bdef["id"]), root), resolve(bdef["id"], root),
+             [(resolve(nm, root), g) for g, names in bdef["ood"].items() for nm in names])
+    if "openood" in bdef:
+        assert root is not None  # resolve() above needs it
+        verify_benchmark(bdef["openood"]["benchmark"], root)
+    return specs
 
 
 def resolve(name: str, root: str | None) -> str:

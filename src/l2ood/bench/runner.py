@@ -30,6 +30,7 @@ import numpy as np
 
 from .. import jsonio
 from ..data.source import ImageSource, open_images
+from ..distributed import dist_from_env, ensure_group, on_main, rank_device
 from ..errors import ConfigError
 from ..evaluation import EvalResult, evaluate
 from ..models import ARCHITECTURES, HEAD_MODES, ModelConfig, _known_arch
@@ -39,8 +40,10 @@ from ..record import read_record
 from ..results import BenchCell, ResultsFile, read_results, write_results
 from ..run import Run
 from ..runfolder import META, atomic_write_bytes
+from ..runtime import resolve_device
 from ..train import TrainConfig
 from .definitions import RECIPES, benchmark_specs, get_benchmark
+from .openood import published_section
 
 
 @dataclass
@@ -123,15 +126,19 @@ def _plan(spec: BenchSpec) -> _Plan:
 def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> tuple[Path, Path]:
     """Run (or resume) the whole matrix; returns the CSV and markdown paths."""
     plan = _plan(spec)
+    main = _main_rank(spec)  # under torchrun every rank evaluates its shards; rank 0 alone writes and logs
+    if not main:
+        log = _quiet
     cells = spec.out / "cells"
     # each cell file read once: cells of other settings are refused before anything is loaded or written
     done = [_cell_done(cells / f"{a}-{v}-seed{seed}.json", key) for a, seed, v, key in plan.cells]
-    cells.mkdir(parents=True, exist_ok=True)
-    jsonio.write(spec.out / "spec.json", {"benchmark": spec.benchmark, "definition": plan.bdef, "recipe": spec.recipe,
-                                          "hyper": plan.recipe, "archs": spec.archs, "variants": spec.variants,
-                                          "seeds": spec.seeds, "detectors": spec.detectors, "n_ood": spec.n_ood,
-                                          "n_id": spec.n_id, "combined": spec.combined,
-                                          "code_version": code_version()}, indent=2)
+    if main:
+        cells.mkdir(parents=True, exist_ok=True)
+        jsonio.write(spec.out / "spec.json", {
+            "benchmark": spec.benchmark, "definition": plan.bdef, "recipe": spec.recipe, "hyper": plan.recipe,
+            "archs": spec.archs, "variants": spec.variants, "seeds": spec.seeds, "detectors": spec.detectors,
+            "n_ood": spec.n_ood, "n_id": spec.n_id, "combined": spec.combined, "code_version": code_version()},
+            indent=2)
     posthoc = bool(plan.recipe.get("pretrained"))
     path = "prefer-stream" if plan.bdef.get("stream") else "memory"  # streamed where the definition says so
     ch = int(plan.bdef["channels"])
@@ -152,13 +159,31 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> tuple[Path
         run_dir = spec.out / arch / variant / f"seed{seed}"
         log(f"cell {arch}/{variant}/seed{seed}: " + ("evaluating" if (run_dir / META).is_file() else "training")
             + f", {len(spec.detectors)} detectors")
+        if dist_from_env().active and not posthoc and not (run_dir / META).is_file():
+            raise ConfigError(f"{run_dir}: under torchrun `l2ood bench` evaluates (post-hoc recipes, or cells already "
+                              "trained); train this cell first, in one process or with `torchrun -m l2ood train`")
         if posthoc:
             r = _posthoc_cell(spec, arch, variant, int(plan.recipe["width"]), plan.size, train_set, id_test,
                               ood_sets, log)
         else:
             r = _train_cell(spec, plan, arch, variant, seed, run_dir, train_set, id_test, ood_sets, key, log)
-        write_results(cell, ResultsFile.new({cell.stem: r.results}, bench=key))
-    return aggregate(spec.out)
+        if main:
+            write_results(cell, ResultsFile.new({cell.stem: r.results}, bench=key))
+    return on_main(lambda: aggregate(spec.out)) or (spec.out / "results.csv", spec.out / "results.md")
+
+
+def _quiet(_: str) -> None:
+    """The log of the ranks other than 0 under torchrun."""
+
+
+def _main_rank(spec: BenchSpec) -> bool:
+    """Whether this process writes (rank 0, or the only process); under torchrun the process group is set up here
+    (:mod:`l2ood.distributed`), on the device the cells compute on, so that every rank's writes wait for the same
+    steps."""
+    info = dist_from_env()
+    if info.active:
+        ensure_group(rank_device(resolve_device(spec.device)).type)
+    return info.is_main
 
 
 def _train_cell(spec: BenchSpec, plan: _Plan, arch: str, variant: str, seed: int, run_dir: Path,
@@ -283,7 +308,9 @@ def aggregate(out: Path) -> tuple[Path, Path]:
     groups = sorted({r["group"] for r in rows}, key=lambda g: {"near": 0, "far": 1}.get(g, 2))
     header = ["arch", "variant", "detector", *[f"{g} AUROC" for g in groups],
               *[f"{g} FPR95 (OoD+, OpenOOD)" for g in groups], *[f"{g} FPR95 (ID+)" for g in groups], "ID acc", "seeds"]
+    note = (spec.get("definition") or {}).get("note")
     lines = [f"# l2ood bench: {spec.get('benchmark', '?')} ({spec.get('recipe', '?')})", "",
+             *([f"Benchmark: {note}", ""] if note else []),
              f"Hyper-parameters: `{json.dumps(spec.get('hyper', {}))}`", "",
              f"Code: cells by {', '.join(sorted(versions))}; aggregated by {code_version_line()}.", "",
              "Mean ± std [min–max] over seeds (sample std; min and max of the per-seed values); group columns "
@@ -300,6 +327,8 @@ def aggregate(out: Path) -> tuple[Path, Path]:
         cellv += [_fmt(vals.get(f"{g}_fpr95", [])) if vals.get(f"{g}_fpr95") else "-" for g in groups]
         lines.append(f"| {arch} | {variant} | {det} | " + " | ".join(cellv)
                      + f" | {_fmt(vals['id_acc'])} | {len(vals['id_acc'])} |")
+    # OpenOOD v1.5's published numbers beside ours, for the openood-* benchmarks only (l2ood.bench.openood)
+    lines += published_section(str(spec.get("benchmark", "")), per)
     sets = sorted({(r["group"], r["ood"]) for r in rows}, key=lambda t: ({"near": 0, "far": 1}.get(t[0], 2), t[1]))
     lines += ["", f"Per data set (AUROC %, mean over seeds [min–max]; ⚠ marks a range over {UNSTABLE:.0f} points):",
               "", "| arch | variant | detector | " + " | ".join(f"{s} ({g})" for g, s in sets) + " |",

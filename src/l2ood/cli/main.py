@@ -1,5 +1,5 @@
-"""The ``l2ood`` command line: ``train``, ``import``, ``evaluate``, ``demo``, ``bench``, ``analyze``, ``calibrate``,
-``screen``, ``serve``, ``export`` and ``cache``.
+"""The ``l2ood`` command line: ``train``, ``import``, ``evaluate``, ``demo``, ``bench``, ``leaderboard``, ``analyze``,
+``calibrate``, ``screen``, ``serve``, ``export`` and ``cache``.
 
 This module only parses arguments and calls library functions. Exit status (:data:`EXIT_STATUS`, also in
 ``l2ood --help``): 0 success; 1 (``screen`` only) some input could not be read; 2 an error a user can fix
@@ -354,6 +354,37 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--compile", action="store_true")
     bn.add_argument("--out", default=None, help="output folder (default runs/bench-<benchmark>-<recipe>)")
     _add_runtime(bn)
+    from ..report.leaderboard import FPR_CHOICES
+
+    lb = sub.add_parser(
+        "leaderboard", help="method x benchmark table over seeds, from bench, evaluate and demo results",
+        description="Read results files (schema l2ood.results/1) and print one table: a row per method (head, e.g. "
+                    "ce/l2/logitnorm, x detector column; x architecture when there are several), per benchmark "
+                    "near/far AUROC and FPR@95 as mean +- sample std over seeds (n shown), and a mean rank (methods "
+                    "ranked by mean AUROC in each benchmark group, 1 = best; equal means share the average rank; a "
+                    "method is ranked only where it has a value, '(k/K)' when in k of K groups). Results without "
+                    "near/far groups (evaluate, demo) get one column per OoD set. Results of different settings "
+                    "(e.g. epochs) or data in one cell are refused unless --allow-mixed. FPR@95 columns say their "
+                    "convention: 'FPR95 (OoD+, OpenOOD)' = OpenOOD v1.5's (fraction of ID flagged when 95 % of OoD "
+                    "is flagged; fpr95_ood_pos), 'FPR95 (ID+, l2ood)' = l2ood's (fraction of OoD accepted when 95 % "
+                    "of ID is kept; fpr95).\n\n"
+                    "example:\n  l2ood leaderboard runs/bench-c10 runs/bench-c100 --csv leaderboard.csv")
+    lb.add_argument("paths", nargs="+", metavar="PATH",
+                    help="a `l2ood bench --out` folder (its cells/*.json), a folder with results.json or "
+                         "eval/results.json (evaluate --out, demo --out, a run folder), or a results file")
+    lb.add_argument("--fpr", default="openood", choices=list(FPR_CHOICES),
+                    help="FPR@95 columns of the markdown: OpenOOD's (OoD positive), l2ood's (ID positive) or both "
+                         "(the CSV has both)")
+    lb.add_argument("--md", default=None, metavar="FILE", help="also write the markdown table to FILE")
+    lb.add_argument("--csv", default=None, metavar="FILE",
+                    help="write one row per method x benchmark: every mean, std and n (fractions), seeds, rank")
+    lb.add_argument("--sort", default="rank", metavar="rank|method|[BENCHMARK/]GROUP",
+                    help="row order: mean rank, method name, or one group's mean AUROC (e.g. cifar10/near)")
+    lb.add_argument("--detectors", default=None,
+                    help="keep these columns only (a name keeps all its logit variants: energy = energy:trained, "
+                         "energy:raw; a combination as the table names it, e.g. bonferroni(feature_norm,knn))")
+    lb.add_argument("--allow-mixed", action="store_true",
+                    help="pool results of different settings in one cell instead of refusing (marked in the table)")
 
     an = sub.add_parser("analyze", help="neural-collapse / training-efficiency report from tracked runs",
                         description="Plots NC1-NC4 and feature-norm AUROC vs epoch (L2 vs CE on the same axes), "
@@ -665,6 +696,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         except OSError as e:  # e.g. a read-only run folder: the report still goes to --out
             _log(f"note: could not write {Path(run) / EVAL_DIR} ({e.strerror or e}); results go to --out only")
         named.append((label, r))
+    if not dist_from_env().is_main:  # under torchrun: every rank evaluated its shards; rank 0 reports
+        return 0
     _print_and_report(named, out, "l2ood evaluation")
     return 0
 
@@ -895,6 +928,27 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from ..report.leaderboard import leaderboard, split_columns
+    from ..runfolder import atomic_write_bytes
+
+    outs = [Path(f) for f in (args.md, args.csv) if f]
+    if len(outs) == 2 and outs[0].resolve() == outs[1].resolve():
+        raise ConfigError("--md and --csv name the same file")
+    for out in outs:
+        refuse_run_file(out, args.paths, folder_reads=frozenset({".json"}))
+    board = leaderboard(args.paths, detectors=split_columns(args.detectors) if args.detectors is not None else None,
+                        allow_mixed=args.allow_mixed, sort=args.sort)
+    text = board.to_markdown(args.fpr)
+    print(text, end="")
+    for name, data in ((args.md, text), (args.csv, board.to_csv())):
+        if name:
+            Path(name).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(Path(name), data.encode())
+            _log(f"wrote {name}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from ..bench import RECIPES, BenchSpec, run_bench
     from ..evaluation import parse_detectors
@@ -916,6 +970,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                      list(args.combine))
     refuse_output_files(spec.out, ["results.csv", "results.md"])
     csv_path, md_path = run_bench(spec, log=_log)
+    if not dist_from_env().is_main:  # under torchrun: rank 0 prints
+        return 0
     print(md_path.read_text())
     print(f"wrote {csv_path} and {md_path}")
     return 0
@@ -956,7 +1012,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo, "calibrate": cmd_calibrate,
                 "screen": cmd_screen, "analyze": cmd_analyze, "bench": cmd_bench, "serve": cmd_serve,
-                "export": cmd_export, "import": cmd_import, "cache": _cmd_cache}
+                "export": cmd_export, "import": cmd_import, "cache": _cmd_cache,
+                "leaderboard": cmd_leaderboard}
     if getattr(args, "trust_code", False):
         import os
 

@@ -11,10 +11,13 @@ integer, ``-1`` or absent for OoD sets. Paths are relative to an image root: Ope
 Image root: the ``@IMAGEROOT`` part if given; else the first of ``<data>/images_classic``,
 ``<data>/images_largescale`` (for a list below ``<data>/benchmark_imglist/``), ``--data-root``
 (+ ``/images_classic``, ``/images_largescale``), ``L2OOD_DATA`` (same) and the list's folder in which
-the first listed image exists. Images are decoded (bilinear resize to the target size) and cached
-with :func:`l2ood.data.folders.decode_images`. Labels are kept only when every line has a label
+the first listed image exists. Images are decoded and cached with :func:`l2ood.data.folders.decode_images`:
+a list inside an OpenOOD ``benchmark_imglist/`` folder with OpenOOD's test transform (shorter side resized to the
+target size, then a centre crop: torchvision ``Resize(s)`` + ``CenterCrop(s)``, OpenOOD's
+``TestStandardPreProcessor``; the same pixels as a plain resize for square images such as CIFAR's), any other list
+with a bilinear resize of the whole image (``mode`` overrides both). Labels are kept only when every line has a label
 ``>= 0``; class names are not part of the format. Listed files that are missing are skipped with one
-warning.
+warning (the ``openood-*`` benchmarks refuse to start instead: :mod:`l2ood.bench.openood`).
 """
 
 from __future__ import annotations
@@ -76,6 +79,21 @@ def read_imglist(path: str | Path) -> list[tuple[str, int | None]]:
     return out
 
 
+def in_openood_layout(list_file: str | Path) -> bool:
+    """Whether ``list_file`` sits in an OpenOOD ``benchmark_imglist/<id>/`` folder."""
+    return any(a.name == "benchmark_imglist" for a in Path(list_file).expanduser().absolute().parents)
+
+
+def default_mode(list_file: str | Path) -> str:
+    """How a list's images are brought to the target size when no mode is given: ``"crop"`` (OpenOOD's test
+    transform, shorter side + centre crop) for a list in OpenOOD's layout, ``"resize"`` otherwise.
+
+    >>> default_mode("DATA/benchmark_imglist/cifar10/test_texture.txt"), default_mode("my_list.txt")
+    ('crop', 'resize')
+    """
+    return "crop" if in_openood_layout(list_file) else "resize"
+
+
 def _root_candidates(list_file: Path, root: str | Path | None) -> list[Path]:
     cands: list[Path] = []
     for a in list_file.absolute().parents:
@@ -95,13 +113,16 @@ def load_imglist(
     *,
     root: str | Path | None = None,
     size: tuple[int, int] = (32, 32),
-    mode: str = "resize",
+    mode: str | None = None,
     name: str | None = None,
     progress: bool | None = None,
     cache: bool = True,
 ) -> ImageSet:
-    """Load the images of an OpenOOD image list (see the module doc) as an :class:`ImageSet`."""
+    """Load the images of an OpenOOD image list (see the module doc) as an :class:`ImageSet`; ``mode`` (``"resize"``,
+    ``"crop"``, ...: :data:`l2ood.data.folders.MODES`) defaults to :func:`default_mode` of the list."""
     list_file = Path(list_file).expanduser()
+    if mode is None:
+        mode = default_mode(list_file)
     entries = read_imglist(list_file)
     if image_root is not None:
         cands = [Path(image_root).expanduser()]

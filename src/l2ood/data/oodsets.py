@@ -18,6 +18,10 @@ then a checksummed download of the archive.
   ``places365/<class>/*.jpg`` (OpenOOD's subset) or flat ``places365/*.jpg``, or the official
   small-image validation tarball ``val_256.tar`` → ``val_256/*.jpg`` (36 500 images, unlabelled;
   2.1 GB, downloaded only when nothing local is found).
+
+These readers serve the ``cifar10`` / ``cifar100`` benchmarks: whole official test splits, not OpenOOD v1.5's
+curated subsets (its ``test_tin.txt`` keeps 7 793 Tiny-ImageNet images, ``test_places365.txt`` 35 195 Places365
+images, ...). The ``openood-*`` benchmarks read OpenOOD's own lists and images (:mod:`l2ood.bench.openood`).
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..columns import Column, parse_spec
+from ..columns import Column, check_score_versions, parse_spec
 from ..detectors import DETECTORS, Extraction, Head
 from ..errors import ConfigError, L2oodError
 
@@ -96,11 +96,13 @@ def screen_columns(run: Run, cal: Calibration, name: str = "default") -> list[Co
     """The columns of calibration ``cal`` (named ``name``) with the fitted statistics it was made with
     (:meth:`l2ood.columns.Column.load`: the files of the recorded SHA-256), ready to trace; refuses
     (:class:`~l2ood.errors.ConfigError`) what the graph cannot hold: detectors that run the model on each image
-    and Cauchy combinations."""
+    and Cauchy combinations, and (:class:`~l2ood.errors.RunError`) calibrations made with another score version
+    of a detector (:func:`l2ood.columns.check_score_versions`)."""
     if cal.is_combined and cal.combine != "bonferroni":
         raise ConfigError(f"calibration '{name}' combines {', '.join(cal.detectors)} by the {cal.combine} rule; "
                           "only Bonferroni combinations (the default) can be exported to ONNX. Calibrate the "
                           "combination with --combine bonferroni under another name and export that")
+    check_score_versions(cal, name)  # scores on an older scale: the graph would hold stale thresholds
     cols = parse_spec(cal.detectors, run.config.head)
     for c in cols:
         if c.needs_model:

@@ -17,7 +17,9 @@ BLAS symmetric rank-k update ``dsyrk``, half the work of ``xᵀx``, with one tor
 upper block triangle with more). Float64 throughout: float32 products (as pytorch-ood's) would perturb ``Σ⁻¹``
 by ~2e-9·cond(Σ) relative (measured: 2.5e-5 at cond 1e4, 1.6e-3 at cond 1e6; real features have cond 1e3–1e6
 and more) for a saving of about a third of the fit (``ssyrk`` ≈ 1.6× faster than ``dsyrk`` with one thread).
-Extra memory is O(block·D + C·D + D²); no N×D float64 copy is made.
+Extra memory is O(block·D + C·D + D²); no N×D float64 copy is made. Under ``torchrun`` the fit is a reduction:
+each rank accumulates these statistics on its own shard of the rows and the ranks sum them (float64 all-reduce),
+so no rank ever holds all N features (:func:`fit_class_gaussians`).
 
 Distances (:class:`TiedGaussians`) use the precision ``P = pinv(Σ)`` (Hermitian pseudo-inverse in
 float64, as ``sklearn.covariance.EmpiricalCovariance`` used by OpenOOD; it is well defined for
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..distributed import agree, all_reduce_max, all_reduce_sum, is_active, total
 from ..errors import ConfigError
 from ._blocks import SymmetricGram, blas_threads, block_rows
 from .features import Extraction
@@ -60,19 +63,25 @@ def fit_class_gaussians(train: Extraction, chunk_size: int = 8192,
 
     ``transform`` (applied to each float64 feature chunk, e.g. L2 normalization) lets variants
     fit on transformed features. Classes without training rows are skipped.
+
+    Distributed (``train.sharded`` under ``torchrun``, a collective call): each rank accumulates the sufficient
+    statistics of its own rows — counts ``n_c``, sums ``Σ_{i∈c}(z_i − s)`` and ``M`` — around one shift ``s`` (the
+    mean of the ranks' first blocks), and the ranks all-reduce (sum) them in float64 before the formulas above.
+    No rank holds more than its shard; the fit equals the single-process fit up to the order of float64 sums.
     """
-    if train.labels is None:
-        raise ConfigError("fitting class-conditional Gaussians needs the labels of the training data")
-    if chunk_size < 1:
-        raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}")
-    n_total = len(train)
+    sharded = train.sharded and is_active()
+    problem = _check_fit_rows(train, chunk_size)
+    if sharded and not agree(problem is None):
+        raise ConfigError(problem or "another rank's training rows cannot be fitted (its own message says why)")
+    if problem is not None:
+        raise ConfigError(problem)
+    assert train.labels is not None
+    n_local = len(train)
+    n_total = total(n_local) if sharded else n_local
     if n_total == 0:
         raise ConfigError("cannot fit class-conditional Gaussians on an empty training set")
-    if train.labels.shape[0] != n_total:
-        raise ConfigError(f"{train.labels.shape[0]} labels for {n_total} feature rows")
-    if train.labels.min().item() < 0:
-        raise ConfigError("labels must be non-negative class indices")
-    num_classes = int(train.labels.max().item()) + 1
+    top = torch.tensor([int(train.labels.max().item()) if n_local else -1], dtype=torch.int64)
+    num_classes = int((all_reduce_max(top) if sharded else top).item()) + 1
     d = int(train.features.shape[1])
 
     f64 = torch.float64
@@ -82,20 +91,27 @@ def fit_class_gaussians(train: Extraction, chunk_size: int = 8192,
     sums = torch.zeros(num_classes, d, dtype=f64)  # Σ_{i∈c} (z_i − s)
     gram = SymmetricGram(d)  # Σ_i (z_i − s)(z_i − s)ᵀ
     block = block_rows(d, chunk_size)
-    buf = torch.empty(min(block, n_total), d, dtype=f64)
-    shift: Tensor | None = None
+    buf = torch.empty(min(block, n_local), d, dtype=f64)
+    first = feats[:block].to(device="cpu")
+    if transform is not None:
+        first = transform(first.to(f64))
+    if sharded:  # one shift for every rank: the mean of the ranks' first blocks
+        acc = all_reduce_sum(torch.cat([first.to(f64).sum(dim=0), torch.tensor([first.shape[0]], dtype=f64)]))
+        shift = acc[:d] / acc[d]
+    else:
+        shift = first.to(f64).mean(dim=0)
+    del first
     with blas_threads():
-        for s in range(0, n_total, block):
+        for s in range(0, n_local, block):
             z = feats[s : s + block].to(device="cpu")
             if transform is not None:
                 z = transform(z.to(f64))
-            if shift is None:
-                shift = z.to(f64).mean(dim=0)
             x = buf[: z.shape[0]].copy_(z).sub_(shift)  # float64 z − s
             sums.index_add_(0, labels[s : s + block], x)
             gram.add(x)
-    assert shift is not None
     second = gram.result()
+    if sharded:
+        counts, sums, second = all_reduce_sum(counts), all_reduce_sum(sums), all_reduce_sum(second)
 
     present = counts > 0
     classes = present.nonzero().squeeze(1)
@@ -107,6 +123,19 @@ def fit_class_gaussians(train: Extraction, chunk_size: int = 8192,
     gcov = (second - n * torch.outer(gdev, gdev)) / n
     return ClassGaussians(classes=classes, counts=counts64, means=shift + dev, cov=_sym(cov),
                           global_mean=shift + gdev, global_cov=_sym(gcov), n=n_total)
+
+
+def _check_fit_rows(train: Extraction, chunk_size: int) -> str | None:
+    """Why ``train`` (this rank's rows) cannot be fitted, or ``None``."""
+    if train.labels is None:
+        return "fitting class-conditional Gaussians needs the labels of the training data"
+    if chunk_size < 1:
+        return f"chunk_size must be >= 1, got {chunk_size}"
+    if train.labels.shape[0] != len(train):
+        return f"{train.labels.shape[0]} labels for {len(train)} feature rows"
+    if len(train) and train.labels.min().item() < 0:
+        return "labels must be non-negative class indices"
+    return None
 
 
 def precision(cov: Tensor) -> Tensor:

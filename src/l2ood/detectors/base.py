@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
@@ -67,6 +68,11 @@ class Detector(ABC):
     #: hyper-parameter grid for selection on validation data (:mod:`l2ood.selection`; OpenOOD v1.5's sweeps
     #: where it has one): constructor argument → values tried. Empty: nothing to select.
     search_space: ClassVar[SearchSpace] = {}
+    #: version of what :meth:`score` computes, raised when its values change by more than float rounding (a new
+    #: scale, a saturation fixed): calibrations record it (:func:`score_versions`) and a screen refuses one made
+    #: with another version (:func:`l2ood.columns.check_score_versions`); :attr:`score_change` says what changed.
+    score_version: ClassVar[int] = 1
+    score_change: ClassVar[str] = ""
 
     def hyper_parameters(self) -> dict[str, Any]:
         """The constructor arguments of this instance (``type(self)(**hyper_parameters())`` rebuilds it unfitted)."""
@@ -168,6 +174,17 @@ class InputDetector(Detector):
     def score_images(self, model: Classifier, images: Tensor, rt: Runtime,
                      variant: str = "trained") -> Tensor:
         """Scores ``(N,)`` for uint8 images ``(N, C, H, W)`` in the model's format (or float on the [0, 1] scale)."""
+
+
+def score_versions(keys: Iterable[str]) -> dict[str, int]:
+    """``{key: score_version}`` of the detector keys (``name[:variant]``) whose :attr:`Detector.score_version` is
+    above 1, the versions a calibration records (a key left out means version 1; unknown names are left out)."""
+    out = {}
+    for key in keys:
+        cls = DETECTORS.get(key.partition(":")[0])
+        if cls is not None and cls.score_version != 1:
+            out[key] = cls.score_version
+    return out
 
 
 def make_detector(name: str, **kwargs: Any) -> Detector:

@@ -13,10 +13,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor
 
 from ..data import ImageSet
+from ..distributed import gather_rows, total
 from ..models import Classifier
 from ..models.heads import LogitVariant, head_logits, is_normalized
 from ..progress import progress as progress_bar
@@ -68,11 +70,16 @@ class Head:
 
 @dataclass
 class Extraction:
-    """Per-image outputs of one forward pass (CPU, fp32)."""
+    """Per-image outputs of one forward pass (CPU, fp32).
+
+    ``sharded``: under ``torchrun``, these are this rank's rows only (a contiguous shard, :mod:`l2ood.distributed`);
+    a statistic over them must be reduced across ranks (:meth:`gather`, or a fit that all-reduces its sufficient
+    statistics). Always ``False`` in one process."""
 
     features: Tensor  # (N, D) unnormalized penultimate features z
     logits: Tensor  # (N, C) logits as trained (fc(z/‖z‖) for the L2 head, fc(z) for CE)
     labels: Tensor | None = None  # (N,) or None
+    sharded: bool = False
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -81,11 +88,23 @@ class Extraction:
         """Consecutive row blocks of at most ``size`` rows (views, no copies)."""
         for s in range(0, len(self), size):
             yield Extraction(self.features[s : s + size], self.logits[s : s + size],
-                             None if self.labels is None else self.labels[s : s + size])
+                             None if self.labels is None else self.labels[s : s + size], self.sharded)
 
     def with_head(self, head: Head) -> Extraction:
         """The same features with the logits recomputed by ``head`` (e.g. the raw variant)."""
-        return Extraction(self.features, head.logits(self.features), self.labels)
+        return Extraction(self.features, head.logits(self.features), self.labels, self.sharded)
+
+    def gather(self) -> Extraction:
+        """The whole extraction from every rank's shard, in rank order, on every rank (collective; ``self`` when
+        not sharded): :func:`l2ood.distributed.gather_rows` of features, logits and labels."""
+        if not self.sharded:
+            return self
+        return Extraction(gather_rows(self.features), gather_rows(self.logits),
+                          None if self.labels is None else gather_rows(self.labels))
+
+    def total(self) -> int:
+        """Rows over every rank (collective when sharded; ``len(self)`` otherwise)."""
+        return total(len(self)) if self.sharded else len(self)
 
     def save(self, path: str | Path) -> None:
         """Save atomically as safetensors (an OSError on a full or read-only disk; nothing half-written)."""
@@ -95,12 +114,26 @@ class Extraction:
         atomic_save_safetensors(path, tensors)
 
     @classmethod
-    def load(cls, path: str | Path) -> Extraction:
+    def load(cls, path: str | Path, rows: tuple[int, int] | None = None) -> Extraction:
         """Read a saved extraction into freshly allocated tensors: tensors viewed at an arbitrary offset of the
-        file can take other (unaligned) BLAS kernels and round differently from the pass that wrote them."""
-        t = load_file(str(path))
+        file can take other (unaligned) BLAS kernels and round differently from the pass that wrote them.
+        ``rows=(start, stop)``: only those rows (read from the file without loading the rest)."""
+        if rows is None:
+            t = load_file(str(path))
+        else:
+            with safe_open(str(path), framework="pt") as f:
+                t = {k: f.get_slice(k)[rows[0] : rows[1]] for k in f.keys()}
         labels = t.get("labels")
         return cls(t["features"].clone(), t["logits"].clone(), None if labels is None else labels.clone())
+
+    @staticmethod
+    def saved_rows(path: str | Path) -> int:
+        """The number of rows of a saved extraction, from its header only (``-1`` for a file that is not one)."""
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return int(f.get_slice("features").get_shape()[0])
+        except Exception:  # missing, damaged or foreign file: not a usable extraction
+            return -1
 
 
 @torch.no_grad()

@@ -12,6 +12,14 @@ entry underflows, and scores are finite for finite logits. Classes never predict
 no template and are left out of the minimum. One detector instance serves the logit variant it was fit
 on (scoring another is an error).
 
+Scores are computed and returned in float64 with ``log p`` from :func:`~l2ood.detectors._softmax.top_softmax`
+(``log p_ŷ = −log1p(s)``, ``s = Σ_{c≠ŷ} exp(f_c − f_ŷ)``; ``log_softmax`` rounds it to 0 once ``s < 1.1e-16``, a
+logit margin of ~37, and ``p_ŷ`` to 1). Limit: for a confident input predicted as ``k`` the score tends to the
+constant ``log d_kk`` (KL to the template of a one-hot ``p``) plus a part of size ``~s·margin``, which a single
+float64 keeps only while it exceeds ``|log d_kk|·1e-16`` — distinct scores up to margins of ~40-45 (the float32
+output of 0.1 tied from ~20). The change is below the old output's float32 rounding, so calibrations stay valid
+(score version 1).
+
 Reference disagreements: the paper and OpenOOD v1.5 group the fit samples by the *predicted* class and
 take the minimum over all templates (as here; OpenOOD fits on its validation split, l2ood on the fit set
 it is given, normally the training images); pytorch-ood's ``KLMatching`` groups by the *label* and
@@ -27,14 +35,14 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from ._softmax import softmax
+from ._softmax import softmax, top_softmax
 from .base import Detector, register
 from .features import Extraction, Head
 
 
 @register
 class KLMatching(Detector):
-    """``−min_k KL(softmax ‖ d_k)`` (higher = ID)."""
+    """``−min_k KL(softmax ‖ d_k)``, float64 (higher = ID)."""
 
     name = "klm"
     needs_fit = True
@@ -90,9 +98,9 @@ class KLMatching(Detector):
         logq = self.log_templates
         if x.logits.shape[1] != logq.shape[1] or head.normalize != self._normalize:
             raise ConfigError("klm: score() got logits of another number of classes or logit variant than fit()")
-        out = torch.empty(len(x), dtype=torch.float32)
+        out = torch.empty(len(x), dtype=torch.float64)
         for s in range(0, len(x), self.chunk_size):
-            logp = softmax(x.logits[s : s + self.chunk_size].double(), log=True)
+            logp = top_softmax(x.logits[s : s + self.chunk_size]).log_p  # the top entry −log1p(s), not rounded to 0
             p = logp.exp()
             # −min_k KL(p ‖ d_k) = max_k Σ_c p_c log d_kc − Σ_c p_c log p_c
             out[s : s + p.shape[0]] = (p @ logq.T).amax(dim=1) - (p * logp).sum(dim=1)

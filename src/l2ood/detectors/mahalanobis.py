@@ -37,6 +37,9 @@ class Mahalanobis(Detector):
     name = "mahalanobis"
     needs_fit = True
     fitted_state: ClassVar[tuple[str, ...]] = ("_dist",)  # TiedGaussians, saved as dist.center, dist.prec, ...
+    #: the fit reduces per-rank sufficient statistics (``fit_class_gaussians``): under torchrun each rank fits from
+    #: its own shard of the training rows (:mod:`l2ood.distributed`); RMDS and Mahalanobis++ inherit it
+    shard_fit: ClassVar[bool] = True
 
     def __init__(self, chunk_size: int = 8192) -> None:
         self.chunk_size = check_chunk_size(chunk_size)

@@ -1,11 +1,16 @@
 """ODIN — temperature scaling plus input pre-processing.
 
-``x̃ = x − ε · sign(−∇_x log S_ŷ(x; T))``, ``S(x) = max_c softmax(f(x̃) / T)_c``, where
+``x̃ = x − ε · sign(−∇_x log S_ŷ(x; T))``, ``S(x) = log max_c softmax(f(x̃) / T)_c``, where
 ``S_ŷ(x; T) = softmax(f(x)/T)_ŷ`` and ``ŷ = argmax_c f_c(x)``: the input is moved by one signed-gradient
 step that *increases* the temperature-scaled softmax score of the predicted class (equivalently,
-decreases ``cross_entropy(f(x)/T, ŷ)``), then scored with the temperature-scaled MSP.
+decreases ``cross_entropy(f(x)/T, ŷ)``), then scored with the log of the temperature-scaled MSP.
 Liang, Li & Srikant, "Enhancing The Reliability of Out-of-distribution Image Detection in Neural
 Networks", ICLR 2018. Defaults (OpenOOD): ``T = 1000``, ``ε = 0.0014``.
+
+The score is the paper's temperature-scaled MSP in the log domain (:func:`~l2ood.detectors._softmax.top_softmax`,
+float64): a monotone transform (same ranking), computed as ``−log1p(Σ_{c≠ŷ} exp((f_c − f_ŷ)/T))`` because the
+probability is exactly 1.0 in float32 once the scaled margin exceeds ~17 (small ``T``), tying confident inputs.
+Since l2ood 0.2 (score version 2; 0.1 returned the probability): calibrations made before are refused.
 
 Scale of ε: the images here are on the [0, 1] scale and the model normalizes them internally by
 its per-channel ``input_std``. The reference code (facebookresearch/odin, and OpenOOD's
@@ -38,6 +43,7 @@ from torch.nn import functional as F
 from ..errors import ConfigError
 from ..models import Classifier
 from ..runtime import Runtime
+from ._softmax import top_softmax
 from .base import InputDetector, SearchSpace, register
 
 
@@ -48,12 +54,14 @@ def _logits_fp32(model: Classifier, x: Tensor, variant: str) -> Tensor:
 
 @register
 class ODIN(InputDetector):
-    """Temperature-scaled MSP of the gradient-perturbed input (higher = ID)."""
+    """Log temperature-scaled MSP of the gradient-perturbed input, float64 (higher = ID)."""
 
     name = "odin"
     #: the grid OpenOOD v1.5 sweeps
     search_space: ClassVar[SearchSpace] = {"temperature": (1.0, 10.0, 100.0, 1000.0), "epsilon": (0.0014, 0.0028)}
     uses_logits = True
+    score_version: ClassVar[int] = 2
+    score_change: ClassVar[str] = "the odin score changed to log-domain (log max softmax(f/T)) in 0.2"
 
     def __init__(self, temperature: float = 1000.0, epsilon: float = 0.0014, batch_size: int = 256) -> None:
         if not temperature > 0:
@@ -90,7 +98,8 @@ class ODIN(InputDetector):
                 x_tilde = self.perturb(model, x, variant)
                 with torch.no_grad():
                     logits = _logits_fp32(model, x_tilde, variant)
-                    scores.append((logits / self.temperature).softmax(dim=1).max(dim=1).values.float().cpu())
+                    # float64, so on the CPU (MPS has none)
+                    scores.append(top_softmax(logits.cpu(), self.temperature).log_p_top)
         finally:
             model.train(was_training)
-        return torch.cat(scores) if scores else torch.empty(0)
+        return torch.cat(scores) if scores else torch.empty(0, dtype=torch.float64)

@@ -1,10 +1,17 @@
-"""Temperature scaling — the maximum softmax probability at a temperature fit by likelihood.
+"""Temperature scaling — the maximum softmax probability at a temperature fit by likelihood, as its logarithm.
 
-``S(x) = max_c softmax(f(x) / T)_c`` with ``T`` minimizing the negative log-likelihood of the fit set,
+``S(x) = log max_c softmax(f(x) / T)_c = −log(1 + Σ_{c≠ŷ} exp((f_c − f_ŷ)/T))`` (``ŷ = argmax_c f_c``) with ``T``
+minimizing the negative log-likelihood of the fit set,
 ``T = argmin_T (1/N) Σ_i [log Σ_c exp(f_ic / T) − f_{i,y_i} / T]``.
 Guo, Pleiss, Sun & Weinberger, "On Calibration of Modern Neural Networks", ICML 2017. Fit on the
 labelled fit set given (in l2ood normally the training images; Guo et al. and OpenOOD v1.5 use a
 held-out validation split, on which ``T`` comes out larger since training data are fit more confidently).
+
+Score in the log domain (:func:`~l2ood.detectors._softmax.top_softmax`, float64), like :mod:`~l2ood.detectors.msp`:
+the log of the temperature-scaled MSP, a monotone transform (same ranking), because the probability itself is
+exactly 1.0 in float32 for every input whose scaled logit margin exceeds ~17, so confident inputs tied; the log
+stays distinct up to scaled margins of ~700. Since l2ood 0.2 (score version 2; 0.1 returned the probability):
+calibrations made before are refused. The fitted ``T`` is unchanged, so fitted files stay valid.
 
 Fit. With ``β = 1/T`` the NLL is convex in ``β`` and its derivative
 ``(1/N) Σ_i (E_{softmax(βf_i)}[f_i] − f_{i,y_i})`` is non-decreasing, so ``T`` is found as the root of the
@@ -19,23 +26,26 @@ minimizer. One detector instance serves the logit variant it was fit on (scoring
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 from torch import Tensor
 
 from ..errors import ConfigError
-from ._softmax import softmax
+from ._softmax import by_blocks, softmax, top_softmax
 from .base import Detector, register
 from .features import Extraction, Head
 
 
 @register
 class TemperatureScaling(Detector):
-    """``max softmax(f/T)`` with the NLL-optimal ``T`` (higher = ID)."""
+    """``log max softmax(f/T)`` with the NLL-optimal ``T``, float64 (higher = ID)."""
 
     name = "temp_scale"
     needs_fit = True
     uses_logits = True
     fitted_state = ("temperature", "_normalize")
+    score_version: ClassVar[int] = 2
+    score_change: ClassVar[str] = "the temp_scale score changed to log-domain (log max softmax(f/T)) in 0.2"
 
     def __init__(self, t_min: float = 1e-3, t_max: float = 1e3, chunk_size: int = 8192) -> None:
         if not 0 < t_min <= 1.0 <= t_max < math.inf:
@@ -99,6 +109,5 @@ class TemperatureScaling(Detector):
             raise RuntimeError("temp_scale is not fitted: call fit(train, head) before score()")
         if head.normalize != self._normalize:
             raise ConfigError("temp_scale: score() got another logit variant than fit()")
-        # max_c softmax(f/T)_c = 1 / Σ_c exp((f_c − max f)/T): the softmax at its argmax, without the other entries
-        f = x.logits.float()
-        return (f - f.amax(dim=1, keepdim=True)).div_(self.temperature).exp_().sum(dim=1).reciprocal_()
+        t = self.temperature
+        return by_blocks(lambda f: top_softmax(f, t).log_p_top, x.logits)

@@ -167,6 +167,11 @@ class Calibration:
     combine: Rule | None = None
     fitted: Annotated[dict[_DetectorKey, _Sha256], Field(max_length=MAX_MEMBERS)] = field(default_factory=dict)
     weights_sha256: _Sha256 | None = None  # the weights the scores were computed with (None: made before recorded)
+    #: detector key → its score version where above 1 (:attr:`l2ood.detectors.Detector.score_version`; a key left out
+    #: is version 1), set by :func:`calibrate` / :func:`calibrate_combined`: a screen refuses a calibration whose
+    #: versions are not the detectors' (scores on another scale: msp before l2ood 0.2 was a probability)
+    score_versions: Annotated[dict[_DetectorKey, Annotated[int, Field(ge=2, le=1_000_000)]],
+                              Field(max_length=MAX_MEMBERS)] = field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> Calibration:
@@ -189,6 +194,9 @@ class Calibration:
         keys = set(self.members or [self.detector])
         if not set(self.fitted) <= keys:
             raise ValueError(f"fitted names detectors the calibration does not use: {sorted(set(self.fitted) - keys)}")
+        if not set(self.score_versions) <= keys:
+            raise ValueError("score_versions names detectors the calibration does not use: "
+                             f"{sorted(set(self.score_versions) - keys)}")
         return self
 
     @property
@@ -319,7 +327,14 @@ def calibrate(cal_scores: ArrayLike, detector: str = "feature_norm", tpr: float 
         raise ConfigError(f"alpha = {alpha} is below 1/(n+1) = {1 / (a.size + 1):.2g}: with {a.size} "
                          "calibration images no input could ever be rejected; use more calibration data")
     return Calibration(detector, tpr, threshold_for_tpr(a, tpr), alpha, sorted(a.tolist()), split or {},
-                       fitted=dict(fitted or {}))
+                       fitted=dict(fitted or {}), score_versions=_score_versions([detector]))
+
+
+def _score_versions(keys: list[str]) -> dict[str, int]:
+    """The score versions a calibration of detector keys ``keys`` records (:class:`Calibration`)."""
+    from ..detectors.base import score_versions  # here: the metrics depend on the detectors for this alone
+
+    return score_versions(keys)
 
 
 def calibrate_combined(member_scores: Mapping[str, ArrayLike], alpha: float, rule: str = "bonferroni",
@@ -351,6 +366,6 @@ def calibrate_combined(member_scores: Mapping[str, ArrayLike], alpha: float, rul
     mat = np.stack([cols[m] for m in members], axis=1)
     sorted_cols = [sorted(cols[m].tolist()) for m in members]
     draft = Calibration(",".join(members), 1.0 - alpha, math.log(alpha), alpha, [0.0], split or {}, members,
-                        sorted_cols, rule, dict(fitted or {}))
+                        sorted_cols, rule, dict(fitted or {}), score_versions=_score_versions(members))
     draft.scores = sorted(draft.combined_score(mat).tolist())  # in-sample, for display only
     return draft

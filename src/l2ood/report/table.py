@@ -22,7 +22,7 @@ def _rows(named: list[tuple[str, ResultsRecord]], both_fpr: bool = False) -> tup
             if s not in sets:
                 sets.append(s)
     metrics = (("AUROC", "auroc"), ("FPR95 (ID+)", "fpr95"), ("FPR95 (OoD+)", "fpr95_ood_pos")) if both_fpr \
-        else (("AUROC", "auroc"), ("FPR95", "fpr95"))
+        else (("AUROC", "auroc"), ("FPR95 (ID+)", "fpr95"))
     header = ["model", "ID acc", "detector"] + [f"{s} {label}" for s in sets for label, _ in metrics]
     rows = []
     for label, r in named:
@@ -41,9 +41,9 @@ def format_table(named: list[tuple[str, ResultsRecord]]) -> str:
     line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
     out = [line, "-" * len(line)]
     out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    out.append("AUROC and FPR@95TPR in %; higher AUROC / lower FPR95 is better. FPR95 = fraction of OoD accepted "
-               "when 95 % of ID is kept (ID positive); OpenOOD's convention (OoD positive) is fpr95_ood_pos in "
-               "results.json and FPR95 (OoD+) in report.md.")
+    out.append("AUROC and FPR@95TPR in %; higher AUROC / lower FPR95 is better. FPR95 (ID+) = fraction of OoD "
+               "accepted when 95 % of ID is kept (ID positive, l2ood's); OpenOOD's convention (OoD positive) "
+               "is fpr95_ood_pos in results.json and FPR95 (OoD+) in report.md.")
     return "\n".join(out)
 
 

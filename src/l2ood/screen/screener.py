@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..columns import parse_spec
+from ..columns import check_score_versions, parse_spec
 from ..data import DataError, load_npz
 from ..detectors import DETECTORS
 from ..errors import ConfigError, L2oodError, RunError
@@ -79,6 +79,8 @@ class Screener:
             raise RunError(f"calibration '{calibration.detector}' was made with other weights "
                            f"({str(calibration.weights_sha256)[:12]}…) than the run's "
                            f"({run.record.weights_sha256[:12]}…); calibrate again")
+        if calibration is not None:
+            check_score_versions(calibration)  # a calibration on an older score's scale never gives verdicts
         self.members = parse_spec(calibration.detectors if calibration else ["feature_norm"], cfg.head)
         fitted = calibration.fitted if calibration else {}
         for m in self.members:  # statistics loaded once, from the files the calibration was made with
@@ -91,7 +93,10 @@ class Screener:
                  device: str = "auto", precision: str = "auto") -> Screener:
         """Load a run folder (safetensors + JSON only) with its calibration ``calibration``, if any."""
         run = path if isinstance(path, Run) else Run.load(path, device=device, precision=precision)
-        return cls(run, run.calibration(calibration), threshold=threshold)
+        cal = run.calibration(calibration)
+        if cal is not None:
+            check_score_versions(cal, calibration)  # refused here with its name (and again in __init__)
+        return cls(run, cal, threshold=threshold)
 
     @property
     def meta(self) -> dict[str, Any]:

@@ -19,64 +19,18 @@ which torch does not provide. With ``--sync-bn`` an N-process run computes the s
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-
-@dataclass(frozen=True)
-class DistInfo:
-    """Rank layout of this process (``world == 1`` when not distributed)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-
-def dist_from_env() -> DistInfo:
-    """Read torchrun's environment variables."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def init_distributed(device_type: str) -> tuple[DistInfo, bool]:
-    """Initialize the process group if torchrun asked for one; returns (info, created_here)."""
-    info = dist_from_env()
-    if not info.active:
-        return info, False
-    if dist.is_initialized():
-        return info, False
-    backend = "nccl" if device_type == "cuda" else "gloo"
-    if device_type == "cuda":
-        torch.cuda.set_device(info.local_rank)
-    dist.init_process_group(backend=backend)
-    return info, True
-
-
-def all_reduce_sum(t: Tensor) -> Tensor:
-    """Sum a tensor over ranks (no-op when not distributed)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
-def all_reduce_min(t: Tensor) -> Tensor:
-    """Minimum of a tensor over ranks (no-op when not distributed)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return t
+# the primitives shared with distributed evaluation live one floor down (l2ood.distributed), re-exported here
+from ..distributed import DistInfo as DistInfo
+from ..distributed import all_reduce_min as all_reduce_min
+from ..distributed import all_reduce_sum as all_reduce_sum
+from ..distributed import dist_from_env as dist_from_env
+from ..distributed import init_distributed as init_distributed
+from ..distributed import shard as shard
 
 
 class SyncBatchNorm2d(nn.BatchNorm2d):
@@ -130,13 +84,6 @@ def convert_sync_bn(model: nn.Module, device_type: str) -> nn.Module:
         return m
 
     return swap(model)
-
-
-def shard(n_global: int, info: DistInfo) -> tuple[int, int]:
-    """``(start, length)`` of this rank's contiguous shard of a global batch of ``n_global``."""
-    base, extra = divmod(n_global, info.world)
-    start = info.rank * base + min(info.rank, extra)
-    return start, base + (1 if info.rank < extra else 0)
 
 
 def scaled_loss(logits: Tensor, y: Tensor, n_global: int, info: DistInfo) -> Tensor:
