@@ -232,6 +232,13 @@ def render(res: dict[str, Any]) -> str:
     for r in mem:
         lines.append(f"| {r['detector']} | {r['world']} | {r['rank']} | {r['rows']:,} | {r['rss_before_fit_mib']} | "
                      f"{r['peak_rss_mib']} | {r['peak_extra_mib']} | {r['fit_s']} |")
+    target = res.get("project_n") or 0
+    if target > n:
+        lines += ["", f"Projected to N = {target:,} (every term but the interpreter and the D×D statistics grows "
+                  "linearly in N, so this scales the whole peak and slightly overestimates): "
+                  + "; ".join(f"{r['detector']} on {r['world']} rank(s): "
+                              f"{r['peak_rss_mib'] * target / n / 1024:.1f} GiB per rank"
+                              for r in mem if r["rank"] == 0) + "."]
     lines += ["", "Mahalanobis on K ranks: each rank holds N/K rows and a few D×D float64 matrices, never all N. "
               "KNN: every rank holds the whole gathered extraction and the bank (all N rows), as one process does, "
               "because every rank scores against the whole bank.", END]
@@ -252,6 +259,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n-fit", type=int, default=1_281_167, help="rows of the simulated fit (default: ImageNet-1k)")
     ap.add_argument("--dim", type=int, default=2048)
+    ap.add_argument("--project-n", type=int, default=1_281_167,
+                    help="when --n-fit is smaller, also print the peak memory scaled linearly to this many rows")
     ap.add_argument("--classes", type=int, default=1000)
     ap.add_argument("--n-train", type=int, default=20000, help="training images of the wall-time run")
     ap.add_argument("--n-test", type=int, default=10000, help="ID test and OoD images of the wall-time run")
@@ -274,7 +283,8 @@ def main() -> None:
     import torch
 
     res: dict[str, Any] = {"machine": f"{_cpu_name() or platform.machine()}, {os.cpu_count()} cores",
-                           "torch": torch.__version__, "n_fit": args.n_fit, "dim": args.dim, "classes": args.classes}
+                           "torch": torch.__version__, "n_fit": args.n_fit, "dim": args.dim, "classes": args.classes,
+                           "project_n": args.project_n}
     path = Path(args.json)
     old = json.loads(path.read_text()) if path.is_file() else {}
     res["wall"] = old.get("wall") if args.skip_wall else wall(args)
