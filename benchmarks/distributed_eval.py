@@ -18,9 +18,9 @@ Run alone (it uses every core and, at the default N, tens of GB of memory):
    (default 1000, another 5.1 GB) and labels, on 1 and on 2 ranks (gloo, this machine). Each rank holds only its
    shard of the rows, as ``Run.forward(gather=False)`` leaves it; the fit goes through
    :class:`l2ood.columns.Column` as in an evaluation: the Gaussian fit all-reduces per-rank sufficient statistics,
-   KNN gathers the rows (the shard is then dropped, as ``evaluate`` does) and keeps its bank. Peak resident memory
-   per rank (``VmHWM``, reset through ``/proc/self/clear_refs`` once the shard is built, so the peak covers the
-   fit with the shard held) and the resident memory before the fit.
+   KNN keeps its shard's rows as its bank (then gathers them to rank 0 alone, as saving the fit does). Peak resident
+   memory per rank (``VmHWM``, reset through ``/proc/self/clear_refs`` once the shard is built, so the peak covers
+   the fit with the shard held) and the resident memory before the fit.
 """
 
 from __future__ import annotations
@@ -168,9 +168,14 @@ def memory_child(det: str, n: int, d: int, c: int) -> None:
         col.fit(full, head)
     dt = time.perf_counter() - t0
     extra = peak_extra_mib(base)
-    print(json.dumps({"detector": det, "world": info.world, "rank": dist_from_env().rank, "rows": rows,
-                      "rss_before_fit_mib": round(before), "peak_rss_mib": round(status_kib("VmHWM") / 1024),
-                      "peak_extra_mib": None if extra is None else round(extra), "fit_s": round(dt, 2)}), flush=True)
+    row = {"detector": det, "world": info.world, "rank": dist_from_env().rank, "rows": rows,
+           "rss_before_fit_mib": round(before), "peak_rss_mib": round(status_kib("VmHWM") / 1024),
+           "peak_extra_mib": None if extra is None else round(extra), "fit_s": round(dt, 2)}
+    if getattr(col.detector, "sharded", False):  # a sharded fit is saved whole: rank 0 gathers it alone
+        whole = col.detector.gathered()
+        row["peak_rss_save_mib"] = round(status_kib("VmHWM") / 1024)
+        del whole
+    print(json.dumps(row), flush=True)
 
 
 def memory(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -224,14 +229,23 @@ def render(res: dict[str, Any]) -> str:
               f"**Memory per rank of a fit** on N = {n:,} × D = {d} simulated float32 features ({size(n * d * 4)}) "
               f"with C = {c} logits ({size(n * c * 4)}) and labels. Each rank holds its shard of the rows before the "
               "fit (as a distributed evaluation leaves the training pass); Mahalanobis reduces per-rank statistics "
-              "(float64 all-reduce of counts, class sums and the D×D second moment), KNN gathers every row (the "
-              "shard is dropped) and keeps the normalized bank. Peak RSS = the process's peak while fitting "
-              "(shard included):", "",
+              "(float64 all-reduce of counts, class sums and the D×D second moment), KNN keeps the normalized "
+              "rows of its shard as its bank (on 2 ranks; then its rows go to rank 0 alone to be saved as one file). "
+              "Peak RSS = the process's peak while fitting (shard included); for a sharded KNN also the peak after "
+              "the gather that saving needs:", "",
               "| detector | ranks | rank | rows held | RSS before fit (MiB) | peak RSS (MiB) | peak above that | "
-              "fit s |", "|---|---|---|---|---|---|---|---|"]
+              "fit s | peak RSS with the save's gather (MiB) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in mem:
         lines.append(f"| {r['detector']} | {r['world']} | {r['rank']} | {r['rows']:,} | {r['rss_before_fit_mib']} | "
-                     f"{r['peak_rss_mib']} | {r['peak_extra_mib']} | {r['fit_s']} |")
+                     f"{r['peak_rss_mib']} | {r['peak_extra_mib']} | {r['fit_s']} | "
+                     f"{r.get('peak_rss_save_mib', '—')} |")
+    before = res.get("knn_gathered")
+    if before:
+        lines += ["", f"Before the sharded bank ({before['note']}), KNN on 2 ranks gathered every row on every "
+                  "rank, the shard dropped, and kept the whole bank there:", "",
+                  "| ranks | rank | rows held before the fit | peak RSS (MiB) | fit s |", "|---|---|---|---|---|"]
+        for r in before["rows"]:
+            lines.append(f"| {r['world']} | {r['rank']} | {r['rows']:,} | {r['peak_rss_mib']} | {r['fit_s']} |")
     target = res.get("project_n") or 0
     if target > n:
         lines += ["", f"Projected to N = {target:,} (every term but the interpreter and the D×D statistics grows "
@@ -240,8 +254,9 @@ def render(res: dict[str, Any]) -> str:
                               f"{r['peak_rss_mib'] * target / n / 1024:.1f} GiB per rank"
                               for r in mem if r["rank"] == 0) + "."]
     lines += ["", "Mahalanobis on K ranks: each rank holds N/K rows and a few D×D float64 matrices, never all N. "
-              "KNN: every rank holds the whole gathered extraction and the bank (all N rows), as one process does, "
-              "because every rank scores against the whole bank.", END]
+              "KNN on K ranks: each rank holds N/K rows of the extraction and of the bank, and scores its queries "
+              "against its rows (the ranks then merge their top k); rank 0 holds all N bank rows once, while it "
+              "saves a new fit.", END]
     return "\n".join(lines)
 
 
@@ -272,6 +287,10 @@ def main() -> None:
     ap.add_argument("--doc", default=str(ROOT / "docs" / "PERFORMANCE.md"))
     ap.add_argument("--skip-wall", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--knn-before", metavar="JSON",
+                    help="a results JSON of this script measured before KNN's bank was sharded: its 2-rank KNN rows "
+                         "are kept and shown beside the new ones")
+    ap.add_argument("--knn-before-note", default="", help="which code measured --knn-before (e.g. a commit)")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -291,6 +310,14 @@ def main() -> None:
     res["memory"] = old.get("memory") if args.skip_memory else memory(args)
     if args.skip_memory and old:  # the shape the stored memory rows were measured at
         res.update({k: old[k] for k in ("n_fit", "dim", "classes")})
+    if args.knn_before:
+        prev = json.loads(Path(args.knn_before).read_text())
+        if prev["n_fit"] != res["n_fit"]:
+            raise SystemExit(f"--knn-before was measured at N = {prev['n_fit']}, this run at N = {res['n_fit']}")
+        res["knn_gathered"] = {"note": args.knn_before_note or "an earlier commit",
+                               "rows": [r for r in prev["memory"] if r["detector"] == "knn" and r["world"] > 1]}
+    elif old.get("knn_gathered") and old.get("n_fit") == res["n_fit"]:
+        res["knn_gathered"] = old["knn_gathered"]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res, indent=1) + "\n")
     if res["wall"] and res["memory"]:

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 import torch
 
-from l2ood.distributed import DistInfo, agree, batch_shard, gather_rows, is_active, on_main, total
+from l2ood.distributed import (DistInfo, agree, batch_shard, gather_rows, gather_rows_to_main, is_active, on_main,
+                               total)
 
 HERE = Path(__file__).resolve()
 GAUSSIAN = ("mahalanobis", "rmds", "mahalanobis++")
@@ -78,11 +79,30 @@ def test_batch_shards_are_whole_batches_covering_every_row() -> None:
 
 def test_one_process_primitives_are_the_identity(monkeypatch: pytest.MonkeyPatch) -> None:
     t = torch.arange(6.0).reshape(3, 2)
-    assert gather_rows(t) is t and agree(True) and not agree(False) and total(7) == 7
+    assert gather_rows(t) is t and gather_rows_to_main(t) is t and agree(True) and not agree(False) and total(7) == 7
     assert on_main(lambda: 5) == 5 and not is_active()
     monkeypatch.setenv("WORLD_SIZE", "2")  # started by torchrun but no group: a collective must not run alone
     with pytest.raises(RuntimeError, match="process group is not set up"):
         agree(True)
+
+
+def test_knn_local_topk_pads_a_small_shard_and_one_process_keeps_the_whole_bank() -> None:
+    from l2ood.detectors import Extraction, Head
+    from l2ood.detectors.knn import KNN, local_topk
+
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    bank = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    got = local_topk(q, bank, 3, bank_chunk=1)
+    assert got.shape == (2, 3) and torch.isinf(got[:, 2]).all() and bool((got[:, 2] < 0).all())
+    assert sorted(got[0, :2].tolist()) == pytest.approx([0.6, 1.0]) and sorted(got[1, :2].tolist()) == pytest.approx(
+        [0.0, 0.8])
+    assert torch.isneginf(local_topk(q, bank[:0], 2, bank_chunk=4)).all()  # an empty shard: nothing to offer
+    head = Head(torch.eye(2), torch.zeros(2))
+    # a "sharded" extraction in one process is the whole set: the bank is whole and can be saved
+    det = KNN(k=2).fit(Extraction(bank * 3, head.logits(bank * 3), sharded=True), head)
+    assert not det.sharded and det.gathered() is det and torch.allclose(det.state_dict()["bank"], bank)
+    det._n_total = 4  # as a sharded fit leaves it; loading a saved (whole) bank makes it whole again
+    assert det.load_state_dict({"bank": bank}).sharded is False
 
 
 def test_a_shard_reads_the_same_images_as_the_whole_set(tmp_path: Path) -> None:
@@ -122,11 +142,14 @@ def _gaussian_data(n: int, d: int, k: int, seed: int = 0) -> tuple[torch.Tensor,
 
 @pytest.mark.slow
 def test_gather_and_sharded_gaussian_fit_on_two_ranks(tmp_path: Path) -> None:
-    """gather_rows with uneven and empty shards in several rounds; the Gaussian fit from per-rank sufficient
-    statistics equals the single-process fit; a failure on one rank stops every rank (no rank left waiting)."""
+    """gather_rows (to every rank and to rank 0 alone) with uneven and empty shards in several rounds; the Gaussian
+    fit from per-rank sufficient statistics equals the single-process fit; KNN with a bank sharded over the ranks
+    scores like the whole bank and saves it whole from rank 0; a failure on one rank stops every rank."""
     _spawn(2, tmp_path, "primitives", str(tmp_path))
     got = [json.loads((tmp_path / f"prim{r}.json").read_text()) for r in range(2)]
     assert got[0] == got[1]
+    # the sharded KNN bank: the k largest similarities over the shards are those over the whole bank
+    assert got[0]["knn"] == {"5": 0.0, "50": 0.0, "60": 0.0, "1": 0.0}
     for name in GAUSSIAN:
         err = got[0][name]
         # Stated tolerance: float64 sums of the same terms in another order (per rank, then across ranks; another
@@ -185,7 +208,7 @@ def test_two_ranks_evaluate_like_one_process_and_only_rank_0_writes(tiny: Path, 
     runs = {w: tmp_path / f"run{w}" for w in (1, 2)}
     for r in runs.values():
         shutil.copytree(tiny / "run", r)
-    # Gaussian first: their fits all-reduce shard statistics; knn then gathers the shards extracted for them
+    # every fit is made from the ranks' shards: the Gaussian ones all-reduce statistics, knn keeps its bank sharded
     dets = "mahalanobis,rmds,knn,feature_norm,energy,odin"
     one = _evaluate(1, tiny, tmp_path, dets, "one", runs[1])[0]
     two = _evaluate(2, tiny, tmp_path, dets, "two", runs[2])
@@ -198,7 +221,14 @@ def test_two_ranks_evaluate_like_one_process_and_only_rank_0_writes(tiny: Path, 
     assert {"cache", "detectors", "eval"} <= written
     rec = json.loads((runs[2] / "model.json").read_text())
     assert {k: v["n_fit"] for k, v in rec["detectors"].items()} == {"mahalanobis": 241, "rmds": 241, "knn": 241}
-    assert len(list((runs[2] / "cache").glob("*.safetensors"))) == 3  # train (gathered for knn), ID test, OoD
+    # the training pass was never gathered, so never cached: the ID test and OoD passes only
+    assert len(list((runs[2] / "cache").glob("*.safetensors"))) == 2
+    # rank 0 saved knn's bank whole (gathered to it alone): the one-process bank, row for row
+    from safetensors.torch import load_file
+
+    banks = [load_file(str(r / json.loads((r / "model.json").read_text())["detectors"]["knn"]["file"]))["bank"]
+             for r in runs.values()]
+    assert banks[0].shape == (241, banks[0].shape[1]) and torch.equal(banks[0], banks[1])
 
 
 @pytest.mark.slow
@@ -221,16 +251,16 @@ def test_two_ranks_reuse_the_cache_and_the_fitted_statistics(tiny: Path, tmp_pat
 
 
 @pytest.mark.slow
-def test_only_gaussian_columns_never_gather_the_training_features(tiny: Path, tmp_path: Path) -> None:
+def test_gaussian_and_knn_columns_never_gather_the_training_features(tiny: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(tiny / "run", run)
-    two = _evaluate(2, tiny, tmp_path, "mahalanobis++,feature_norm", "two", run)
+    two = _evaluate(2, tiny, tmp_path, "mahalanobis++,knn,feature_norm", "two", run)
     # no training-set extraction exists in full anywhere: it was never gathered, so never cached
     sizes = sorted(int(re.findall(r"mnist-(\d+)-", p.name)[0]) for p in (run / "cache").glob("*.safetensors"))
     assert sizes == [53, 77]  # the ID test and OoD passes only
     assert [t["peak_fit_rows"] for t in two] == [128, 113]  # 241 rows = 8 + 8 batches of 16: no rank held all
     rec = json.loads((run / "model.json").read_text())
-    assert rec["detectors"]["mahalanobis++"]["n_fit"] == 241
+    assert rec["detectors"]["mahalanobis++"]["n_fit"] == rec["detectors"]["knn"]["n_fit"] == 241
 
 
 @pytest.mark.slow
@@ -361,6 +391,37 @@ def _primitives(out: Path) -> None:
         raise AssertionError("fitted rows without labels")
     except ConfigError as e:
         assert ("labels" in str(e)) == (r == 1) or "another rank" in str(e)
+    # rows to rank 0 alone (uneven, one shard empty, several rounds); the other rank gets None
+    to_main = gather_rows_to_main(t, round_bytes=2 * 6 * 4)
+    assert (r == 0 and torch.equal(to_main, torch.arange(30, dtype=torch.float32).reshape(5, 3, 2))) or (
+        r == 1 and to_main is None)
+    # KNN with a sharded bank vs the whole bank in one process: k below, near and above one shard's rows
+    from l2ood.detectors.knn import KNN
+
+    feats = Extraction(test, head.logits(test))
+    res["knn"] = {}
+    for k, (a, b) in ((5, (0, 677)), (50, (0, 40)), (60, (30, 70)), (1, (0, 1))):
+        lo, hi = (a, b) if r == 0 else (b, 2 * b - a)  # rank 1: the next rows, as many
+        mine = Extraction(z[lo:hi], head.logits(z[lo:hi]), y[lo:hi], sharded=True)
+        ref = KNN(k=k, query_chunk=31, bank_chunk=64).fit(Extraction(z[a : 2 * b - a], head.logits(z[a : 2 * b - a])),
+                                                           head)
+        sh = KNN(k=k, query_chunk=31, bank_chunk=64).fit(mine, head)
+        assert sh.sharded and len(sh.bank) == hi - lo and not ref.sharded
+        try:
+            sh.state_dict()
+            raise AssertionError("saved a shard of the bank")
+        except RuntimeError as e:
+            assert "shard" in str(e)
+        whole = sh.gathered()
+        assert (r == 0 and whole is not None and torch.equal(whole.bank, ref.bank)) or (r == 1 and whole is None)
+        qa, qb = ref.score(feats, head), sh.score(feats, head)
+        res["knn"][str(k)] = float((qa - qb).abs().max())
+    # k above the bank over every rank: the same error on every rank, before any collective of the scoring
+    try:
+        KNN(k=3).fit(Extraction(z[r : r + 1], head.logits(z[r : r + 1]), sharded=True), head)
+        raise AssertionError("k=3 fitted on 2 rows")
+    except ConfigError as e:
+        assert "exceeds the size of the ID training bank (2)" in str(e)
     (out / f"prim{dist_from_env().rank}.json").write_text(json.dumps(res))
 
 

@@ -118,8 +118,9 @@ class Column:
 
     @property
     def shard_fit(self) -> bool:
-        """Whether the detector's fit reduces per-rank statistics, so that under ``torchrun`` each rank fits from
-        its own shard of the training rows (the Gaussian family); every other fit needs all of them."""
+        """Whether the detector fits from per-rank rows, so that under ``torchrun`` each rank fits from its own
+        shard of the training rows (the Gaussian family reduces statistics, KNN keeps a sharded bank); every other
+        fit needs all of them."""
         return bool(getattr(self.detector, "shard_fit", False))
 
     @property
@@ -197,14 +198,15 @@ class Column:
             self._save(run, hp, len(ext))
         return self
 
-    def _save(self, run: Run, hp: dict[str, Any], n_fit: int) -> None:
-        """Save the fitted statistics and record them (the caller holds the run folder's writer lock)."""
+    def _save(self, run: Run, hp: dict[str, Any], n_fit: int, detector: Detector | None = None) -> None:
+        """Save the fitted statistics (of ``detector``: by default the column's) and record them (the caller holds
+        the run folder's writer lock)."""
         assert run.path is not None
         train = run.train_split()
         src = run.data.train
         desc = f"{src.describe() if src else train.name} ({len(train)} images)"
         file = fitted_file(self.key)
-        self.sha256 = save_fitted(self.detector, run.path / file, variant=self.variant,
+        self.sha256 = save_fitted(detector or self.detector, run.path / file, variant=self.variant,
                                   weights_sha256=run.record.weights_sha256, n_fit=n_fit, fit_data=desc)
         rec = FittedDetectorRecord(file=file, sha256=self.sha256, detector=self.name,
                                    variant=self.variant,  # type: ignore[arg-type]
@@ -225,15 +227,17 @@ class Column:
             gather=not self.shard_fit)
         self.fit(ext, run.head)
         n_fit = ext.total()
+        del ext
         if run.path is None:
             return self
+        whole = self.detector.gathered()  # collective: a sharded fit (knn's bank) comes to rank 0 to be saved
 
         def save() -> None:
-            assert run.path is not None
+            assert run.path is not None and whole is not None
             try:
                 with run_lock(run.path, f"fit of {self.key}", wait=LOCK_WAIT_S, shared=True):
                     run.record = read_record(run.path)
-                    self._save(run, hp, n_fit)
+                    self._save(run, hp, n_fit, whole)
             except (RunError, OSError) as e:
                 if keep:
                     raise

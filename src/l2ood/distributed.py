@@ -244,6 +244,40 @@ def gather_rows(t: Tensor, round_bytes: int = GATHER_ROUND_BYTES) -> Tensor:
     return out
 
 
+def gather_rows_to_main(t: Tensor, round_bytes: int = GATHER_ROUND_BYTES) -> Tensor | None:
+    """Every rank's rows of ``t`` concatenated in rank order on rank 0 only, on the CPU; ``None`` on the other ranks
+    (collective; ``t`` itself in one process).
+
+    As :func:`gather_rows`, but only rank 0 allocates the whole: the others hold their own rows and one round's
+    buffer (``round_bytes``), so a set that fits once on a machine is not held once per rank while rank 0 saves it."""
+    if not is_active():
+        return t
+    world, dev, me = dist.get_world_size(), _comm_device(), dist.get_rank()
+    n = torch.tensor([t.shape[0]], dtype=torch.int64, device=dev)
+    got = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(got, n)
+    sizes = [int(s.item()) for s in got]
+    rest = tuple(t.shape[1:])
+    out = torch.empty((sum(sizes), *rest), dtype=t.dtype) if me == 0 else None
+    starts = [sum(sizes[:r]) for r in range(world)]
+    row_bytes = t.element_size() * max(1, int(torch.Size(rest).numel()))
+    per_round = max(1, round_bytes // row_bytes)
+    longest = max(sizes)
+    for s in range(0, longest, per_round):
+        m = min(per_round, longest - s)
+        send = torch.zeros((m, *rest), dtype=t.dtype, device=dev)
+        mine = t[s : s + m]
+        send[: mine.shape[0]].copy_(mine)
+        recv = [torch.empty((m, *rest), dtype=t.dtype, device=dev) for _ in range(world)] if me == 0 else None
+        dist.gather(send, gather_list=recv, dst=0)
+        if out is not None and recv is not None:
+            for r in range(world):
+                k = max(0, min(m, sizes[r] - s))
+                if k:
+                    out[starts[r] + s : starts[r] + s + k].copy_(recv[r][:k])
+    return out
+
+
 __all__ = ["GATHER_ROUND_BYTES", "DistInfo", "agree", "all_reduce_max", "all_reduce_min", "all_reduce_sum",
-           "barrier", "batch_shard", "dist_from_env", "ensure_group", "gather_rows", "init_distributed",
-           "is_active", "on_main", "rank_device", "shard", "total"]
+           "barrier", "batch_shard", "dist_from_env", "ensure_group", "gather_rows", "gather_rows_to_main",
+           "init_distributed", "is_active", "on_main", "rank_device", "shard", "total"]

@@ -34,8 +34,8 @@ runs the same evaluation: each forward pass is split into contiguous, batch-alig
 gathered in rank order (:meth:`l2ood.run.Run.forward`), so every rank holds exactly the single-process extraction
 of each test set and fits and scores identically — the same metrics as one process. ODIN and RankFeat score their
 shards and gather the scores. The fit set stays sharded for the Gaussian family (their fit all-reduces per-rank
-sufficient statistics: no rank holds all training features) and is gathered once for every other fitted detector
-(KNN's bank is all of it, on every rank). Rank 0 alone writes caches and fitted statistics; the caller saves the
+sufficient statistics: no rank holds all training features) and for KNN (each rank keeps its shard of the bank
+and the ranks merge their top k), and is gathered once for every other fitted detector (ViM, NNGuide, ...). Rank 0 alone writes caches and fitted statistics; the caller saves the
 results on rank 0 (:meth:`EvalResult.save` writes nothing on the other ranks).
 """
 
@@ -153,8 +153,8 @@ def _plan(run: Run, detectors: list[str], combined: Sequence[str | list[str]], r
 class _FitFeatures:
     """The forward pass of the fit set (``fit_set``, else the run's training split), made once, when first needed.
 
-    Under ``torchrun`` a column whose fit reduces per-rank statistics (:attr:`l2ood.columns.Column.shard_fit`:
-    the Gaussian family) gets this rank's shard only, so no rank holds every training feature for it; any other
+    Under ``torchrun`` a column that fits from per-rank rows (:attr:`l2ood.columns.Column.shard_fit`:
+    the Gaussian family and KNN) gets this rank's shard only, so no rank holds every training feature for it; any other
     column gets the rows of every rank, gathered from the shards already extracted (no second forward pass). In
     one process both are the same extraction."""
 

@@ -115,6 +115,12 @@ class Detector(ABC):
             setattr(self, a, _from_tensor(state[a.lstrip("_")]))
         return self
 
+    def gathered(self) -> Detector | None:
+        """The detector whose fitted state is saved under ``torchrun`` (collective; rank 0 saves it): ``self``,
+        unless the fit keeps per-rank state (KNN's sharded bank), which is then brought to rank 0 (``None`` on the
+        other ranks)."""
+        return self
+
     def fit(self, train: Extraction, head: Head) -> Detector:
         """Collect ID statistics (no-op for post-hoc detectors that need none)."""
         return self

@@ -24,6 +24,14 @@ from :func:`torch.topk`) is at most::
 on top of the bank itself (``4·N_bank·D`` bytes, kept from :meth:`KNN.fit`); see
 :meth:`KNN.memory_bytes`. With the defaults and ``D = 512`` that is ≈ 67 MiB + the bank.
 
+Under ``torchrun`` (a training extraction that is this rank's shard, :attr:`Extraction.sharded`) the bank stays
+sharded: each rank keeps the normalized rows of its own shard (``N/K`` rows), scores every query against them
+(its local top ``k``, padded with ``−inf`` when the shard is smaller than ``k``), and the ranks all-gather those
+``q × k`` blocks and take the top ``k`` of the ``K·k`` candidates. The ``k`` largest similarities of a query over
+the union of the shards are the ``k`` largest over the whole bank, so the scores are those of one process (the
+same products, up to the matrix kernel's blocking). Scoring is then a collective call (every rank scores the same
+queries, as an evaluation does). To save such a fit, :meth:`gathered` brings the rows to rank 0 alone.
+
 ``k`` larger than the bank is an error (``ValueError``), raised by :meth:`KNN.fit` and again by
 :meth:`KNN.score` (``k`` may be changed after fitting) — never silently clamped, since a clamped
 ``k`` would be a different detector.
@@ -36,6 +44,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from ..distributed import gather_rows, gather_rows_to_main, is_active, total
 from ..errors import ConfigError
 from .base import Detector, SearchSpace, register
 from .features import Extraction, Head
@@ -71,6 +80,16 @@ def topk_similarities(q: Tensor, bank: Tensor, k: int, bank_chunk: int) -> Tenso
     return best
 
 
+def local_topk(q: Tensor, bank: Tensor, k: int, bank_chunk: int) -> Tensor:
+    """:func:`topk_similarities` against a bank that may hold fewer than ``k`` rows (a rank's shard): the missing
+    columns are ``−inf`` (``q × k``)."""
+    have = min(k, bank.shape[0])
+    out = torch.full((q.shape[0], k), float("-inf"), dtype=torch.float32)
+    if have:
+        out[:, :have] = topk_similarities(q, bank, have, bank_chunk)
+    return out
+
+
 def _check_positive_int(name: str, v: int) -> None:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ConfigError(f"{name} must be a positive integer, got {v!r}")
@@ -85,6 +104,8 @@ class KNN(Detector):
     search_space: ClassVar[SearchSpace] = {"k": (1, 10, 20, 50, 100, 200, 500, 1000)}
     needs_fit = True
     fitted_state = ("_bank",)
+    #: under torchrun each rank fits from (and keeps) its own shard of the training rows
+    shard_fit: ClassVar[bool] = True
 
     def __init__(self, k: int = 50, query_chunk: int = 1024, bank_chunk: int = 16384,
                  fit_chunk: int = 8192) -> None:
@@ -96,6 +117,7 @@ class KNN(Detector):
         self.bank_chunk = bank_chunk
         self.fit_chunk = fit_chunk
         self._bank: Tensor | None = None
+        self._n_total: int | None = None  # rows of the bank over every rank when it is sharded, else None
 
     def check_state(self, state: dict[str, Tensor]) -> None:
         """As :meth:`Detector.check_state`, plus what a fit writes: a 2-d float32 bank of L2-normalized rows (norm 1,
@@ -128,10 +150,40 @@ class KNN(Detector):
             raise ConfigError(f"knn: k={self.k} exceeds the size of the ID training bank ({n_bank}); "
                              f"use k <= {n_bank} or more training data")
 
+    @property
+    def sharded(self) -> bool:
+        """Whether each rank holds only its shard of the bank (a fit from sharded rows under ``torchrun``)."""
+        return self._n_total is not None
+
+    def state_dict(self) -> dict[str, Tensor]:
+        if self.sharded:
+            raise RuntimeError("knn: this rank holds only its shard of the bank; save gathered() instead")
+        return super().state_dict()
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> KNN:
+        super().load_state_dict(state)
+        self._n_total = None  # a saved bank is whole
+        return self
+
+    def gathered(self) -> KNN | None:
+        """The detector to save (collective under ``torchrun``): ``self`` unless the bank is sharded; then a copy
+        holding the whole bank on rank 0 and ``None`` on the other ranks (only rank 0 holds all rows, briefly)."""
+        if not self.sharded:
+            return self
+        whole = gather_rows_to_main(self.bank)
+        if whole is None:
+            return None
+        out = KNN(**self.hyper_parameters())
+        out._bank = whole
+        return out
+
     def fit(self, train: Extraction, head: Head) -> KNN:
-        """Store the L2-normalized ID training features (fp32, filled chunk by chunk)."""
+        """Store the L2-normalized ID training features (fp32, filled chunk by chunk); under ``torchrun`` with a
+        sharded extraction, this rank's rows only (collective: the ranks add up the bank's size)."""
         n, d = train.features.shape
-        self._check_k(n)
+        sharded = train.sharded and is_active()
+        n_total = total(n) if sharded else n
+        self._check_k(n_total)
         bank = torch.empty(n, d, dtype=torch.float32)
         s = 0
         for chunk in train.chunks(self.fit_chunk):
@@ -139,22 +191,34 @@ class KNN(Detector):
             bank[s : s + m] = _normalize(chunk.features)
             s += m
         self._bank = bank
+        self._n_total = n_total if sharded else None
         return self
 
     def _kth_similarity(self, q: Tensor, bank: Tensor) -> Tensor:
         """The ``k``-th largest similarity of each row of ``q`` to ``bank``, merged block by block."""
         return topk_similarities(q, bank, self.k, self.bank_chunk).min(dim=1).values
 
+    def _kth_similarity_sharded(self, q: Tensor, bank: Tensor) -> Tensor:
+        """As :meth:`_kth_similarity` over the union of every rank's shard (collective): each rank's local top
+        ``k`` all-gathered, then the top ``k`` of the ``K·k`` candidates."""
+        mine = local_topk(q, bank, self.k, self.bank_chunk)
+        every = gather_rows(mine)  # (K·q) × k, rank by rank
+        world = every.shape[0] // max(1, q.shape[0])
+        cand = every.view(world, q.shape[0], self.k).permute(1, 0, 2).reshape(q.shape[0], world * self.k)
+        return cand.topk(self.k, dim=1, sorted=False).values.min(dim=1).values
+
     def score(self, x: Extraction, head: Head) -> Tensor:
+        """``−‖ẑ − ẑ_(k)‖₂`` per row of ``x`` (a collective call when the bank is sharded: every rank passes the
+        same queries)."""
         bank = self.bank
         n_bank, d = bank.shape
         if x.features.ndim != 2 or x.features.shape[1] != d:
             raise ConfigError(f"knn: features of shape {tuple(x.features.shape)} do not match the bank's "
                              f"dimension {d}")
-        self._check_k(n_bank)
+        self._check_k(self._n_total if self._n_total is not None else n_bank)
         out = torch.empty(len(x), dtype=torch.float32)
         for s in range(0, len(x), self.query_chunk):
             q = _normalize(x.features[s : s + self.query_chunk])
-            kth = self._kth_similarity(q, bank)
+            kth = self._kth_similarity_sharded(q, bank) if self.sharded else self._kth_similarity(q, bank)
             out[s : s + q.shape[0]] = -(2.0 - 2.0 * kth).clamp_min(0.0).sqrt()
         return out
