@@ -180,7 +180,7 @@ def memory_child(det: str, n: int, d: int, c: int) -> None:
 
 def memory(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
-    for det in ("mahalanobis", "knn"):
+    for det in args.memory_detectors.split(","):
         for world in (1, 2):
             port, procs = _free_port(), []
             for rank in range(world):
@@ -287,6 +287,7 @@ def main() -> None:
     ap.add_argument("--doc", default=str(ROOT / "docs" / "PERFORMANCE.md"))
     ap.add_argument("--skip-wall", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--memory-detectors", default="mahalanobis,knn", help="fits measured for memory")
     ap.add_argument("--knn-before", metavar="JSON",
                     help="a results JSON of this script measured before KNN's bank was sharded: its 2-rank KNN rows "
                          "are kept and shown beside the new ones")
