@@ -105,13 +105,15 @@ def render(raw: dict[str, Any], args: argparse.Namespace) -> None:
         f"Machine: {cpu_name()} (x86_64), torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, precision auto (bf16 autocast where supported).",
         "",
-        "Scores: higher = more in-distribution. AUROC and FPR@95TPR in %.",
+        "Scores: higher = more in-distribution. AUROC and FPR@95TPR in %. FPR95 (ID+) is l2ood's convention (ID "
+        "positive: the fraction of OoD accepted when 95 % of ID is kept); OpenOOD's (OoD positive) is "
+        "`fpr95_ood_pos` in the raw JSON.",
         "",
     ]
     accs = {h: [raw[k]["id_accuracy"] for k in raw if k.startswith(h + "/")] for h in heads}
     lines += ["| model | ID accuracy (%) |", "|---|---|"]
     lines += [f"| {heads[h]} | {fmt(accs[h])} |" for h in heads if accs[h]]
-    lines += ["", "| model | detector | " + " | ".join(f"{s} AUROC | {s} FPR95" for s in OOD) + " |",
+    lines += ["", "| model | detector | " + " | ".join(f"{s} AUROC | {s} FPR95 (ID+)" for s in OOD) + " |",
               "|---|---|" + "---|---|" * len(OOD)]
     for h in heads:
         keys = [k for k in raw if k.startswith(h + "/")]

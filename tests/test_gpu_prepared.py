@@ -1,6 +1,7 @@
 """Issue 15's prepared GPU run, end to end at tiny size on the CPU: pack → device script (TINY=1) → report.
 
-Generated data in the layout of ../shared/data (a CIFAR-10-like JPEG tree, five npz OoD packs) go through
+Generated data in the benchmark data layout (docs/RESULTS-cifar10.md, "Data layout": a CIFAR-10-like JPEG
+tree, five npz OoD packs) go through
 ``benchmarks/gpu_pack.py`` (pack, unpack), ``benchmarks/gpu_paper.sh`` (the exact device entry point,
 width 4, 1 epoch, a few hundred images) and ``benchmarks/gpu_report.py``; the assertions read the files
 they write.
@@ -32,7 +33,7 @@ OOD = {"tinyimagenet_test_resize": "near", "mnist_test": "far", "fashionmnist_te
 
 
 def _shared_data(root: Path) -> Path:
-    """A small stand-in for ../shared/data: cifar10-jpeg/{train,test}/<class>/NNNN.jpg + the npz packs."""
+    """A small stand-in for the data folder DATA/: cifar10-jpeg/{train,test}/<class>/NNNN.jpg + the npz packs."""
     rng = np.random.default_rng(0)
     for split, per_class in (("train", 32), ("test", 21)):
         for k, cls in enumerate(CLASSES):

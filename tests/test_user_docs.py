@@ -13,7 +13,8 @@ from l2ood.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = "https://github.com/l2ood/l2ood/blob/main/"
-INTERNAL = re.compile(r"\.\./shared|shared/data|/work/|\blent\b|budget_left|remote-run|device call|\.device/")
+INTERNAL = re.compile(r"\.\./shared|shared/data|/work/|\blent\b|budget_left|remote-run|device call|\.device/|"
+                      r"farm-studio|\.library")
 
 
 def _user_texts() -> dict[str, str]:
