@@ -123,6 +123,9 @@ def _comm_device() -> torch.device:
 
 
 def _all_reduce(t: Tensor, op: dist.ReduceOp.RedOpType) -> Tensor:
+    """``t`` reduced over ranks with ``op``, in place (no-op when not distributed)."""
+    if not is_active():
+        return t
     dev = _comm_device()
     if t.device == dev:
         dist.all_reduce(t, op=op)
@@ -135,23 +138,17 @@ def _all_reduce(t: Tensor, op: dist.ReduceOp.RedOpType) -> Tensor:
 
 def all_reduce_sum(t: Tensor) -> Tensor:
     """Sum a tensor over ranks, in place (no-op when not distributed)."""
-    if is_active():
-        _all_reduce(t, dist.ReduceOp.SUM)
-    return t
+    return _all_reduce(t, dist.ReduceOp.SUM)
 
 
 def all_reduce_min(t: Tensor) -> Tensor:
     """Minimum of a tensor over ranks, in place (no-op when not distributed)."""
-    if is_active():
-        _all_reduce(t, dist.ReduceOp.MIN)
-    return t
+    return _all_reduce(t, dist.ReduceOp.MIN)
 
 
 def all_reduce_max(t: Tensor) -> Tensor:
     """Maximum of a tensor over ranks, in place (no-op when not distributed)."""
-    if is_active():
-        _all_reduce(t, dist.ReduceOp.MAX)
-    return t
+    return _all_reduce(t, dist.ReduceOp.MAX)
 
 
 def agree(flag: bool) -> bool:
@@ -219,28 +216,8 @@ def gather_rows(t: Tensor, round_bytes: int = GATHER_ROUND_BYTES) -> Tensor:
     GPU under nccl), so the transfer buffer stays bounded however large the data set."""
     if not is_active():
         return t
-    world, dev = dist.get_world_size(), _comm_device()
-    n = torch.tensor([t.shape[0]], dtype=torch.int64, device=dev)
-    got = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(got, n)
-    sizes = [int(s.item()) for s in got]
-    rest = tuple(t.shape[1:])
-    out = torch.empty((sum(sizes), *rest), dtype=t.dtype)
-    starts = [sum(sizes[:r]) for r in range(world)]
-    row_bytes = t.element_size() * max(1, int(torch.Size(rest).numel()))
-    per_round = max(1, round_bytes // row_bytes)
-    longest = max(sizes)
-    for s in range(0, longest, per_round):
-        m = min(per_round, longest - s)
-        send = torch.zeros((m, *rest), dtype=t.dtype, device=dev)
-        mine = t[s : s + m]
-        send[: mine.shape[0]].copy_(mine)
-        recv = torch.empty((world * m, *rest), dtype=t.dtype, device=dev)
-        _ALL_GATHER(recv, send)
-        for r in range(world):
-            k = max(0, min(m, sizes[r] - s))
-            if k:
-                out[starts[r] + s : starts[r] + s + k].copy_(recv[r * m : r * m + k])
+    out = _gather(t, round_bytes, main_only=False)
+    assert out is not None
     return out
 
 
@@ -252,13 +229,20 @@ def gather_rows_to_main(t: Tensor, round_bytes: int = GATHER_ROUND_BYTES) -> Ten
     buffer (``round_bytes``), so a set that fits once on a machine is not held once per rank while rank 0 saves it."""
     if not is_active():
         return t
+    return _gather(t, round_bytes, main_only=True)
+
+
+def _gather(t: Tensor, round_bytes: int, main_only: bool) -> Tensor | None:
+    """The rounds of :func:`gather_rows` (``main_only=False``: all-gather, every rank keeps the whole) and
+    :func:`gather_rows_to_main` (``main_only=True``: gather to rank 0, the others get ``None``)."""
     world, dev, me = dist.get_world_size(), _comm_device(), dist.get_rank()
     n = torch.tensor([t.shape[0]], dtype=torch.int64, device=dev)
     got = [torch.zeros_like(n) for _ in range(world)]
     dist.all_gather(got, n)
     sizes = [int(s.item()) for s in got]
     rest = tuple(t.shape[1:])
-    out = torch.empty((sum(sizes), *rest), dtype=t.dtype) if me == 0 else None
+    keep = not main_only or me == 0
+    out = torch.empty((sum(sizes), *rest), dtype=t.dtype) if keep else None
     starts = [sum(sizes[:r]) for r in range(world)]
     row_bytes = t.element_size() * max(1, int(torch.Size(rest).numel()))
     per_round = max(1, round_bytes // row_bytes)
@@ -268,15 +252,20 @@ def gather_rows_to_main(t: Tensor, round_bytes: int = GATHER_ROUND_BYTES) -> Ten
         send = torch.zeros((m, *rest), dtype=t.dtype, device=dev)
         mine = t[s : s + m]
         send[: mine.shape[0]].copy_(mine)
-        recv = [torch.empty((m, *rest), dtype=t.dtype, device=dev) for _ in range(world)] if me == 0 else None
-        dist.gather(send, gather_list=recv, dst=0)
-        if out is not None and recv is not None:
-            for r in range(world):
-                k = max(0, min(m, sizes[r] - s))
-                if k:
-                    out[starts[r] + s : starts[r] + s + k].copy_(recv[r][:k])
+        if main_only:
+            pieces = [torch.empty((m, *rest), dtype=t.dtype, device=dev) for _ in range(world)] if keep else None
+            dist.gather(send, gather_list=pieces, dst=0)
+        else:
+            recv = torch.empty((world * m, *rest), dtype=t.dtype, device=dev)
+            _ALL_GATHER(recv, send)
+            pieces = list(recv.split(m))
+        if out is None or pieces is None:
+            continue
+        for r in range(world):
+            k = max(0, min(m, sizes[r] - s))
+            if k:
+                out[starts[r] + s : starts[r] + s + k].copy_(pieces[r][:k])
     return out
-
 
 __all__ = ["GATHER_ROUND_BYTES", "DistInfo", "agree", "all_reduce_max", "all_reduce_min", "all_reduce_sum",
            "barrier", "batch_shard", "dist_from_env", "ensure_group", "gather_rows", "gather_rows_to_main",
