@@ -254,16 +254,18 @@ def test_two_ranks_reuse_the_cache_and_the_fitted_statistics(tiny: Path, tmp_pat
 
 
 @pytest.mark.slow
-def test_gaussian_and_knn_columns_never_gather_the_training_features(tiny: Path, tmp_path: Path) -> None:
+def test_gaussian_knn_and_nnguide_columns_never_gather_the_training_features(tiny: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(tiny / "run", run)
-    two = _evaluate(2, tiny, tmp_path, "mahalanobis++,knn,feature_norm", "two", run)
+    two = _evaluate(2, tiny, tmp_path, "mahalanobis++,knn,nnguide,feature_norm", "two", run)
     # no training-set extraction exists in full anywhere: it was never gathered, so never cached
     sizes = sorted(int(re.findall(r"mnist-(\d+)-", p.name)[0]) for p in (run / "cache").glob("*.safetensors"))
     assert sizes == [53, 77]  # the ID test and OoD passes only
     assert [t["peak_fit_rows"] for t in two] == [128, 113]  # 241 rows = 8 + 8 batches of 16: no rank held all
     rec = json.loads((run / "model.json").read_text())
-    assert rec["detectors"]["mahalanobis++"]["n_fit"] == rec["detectors"]["knn"]["n_fit"] == 241
+    fits = {k: v["n_fit"] for k, v in rec["detectors"].items()}
+    assert fits["mahalanobis++"] == fits["knn"] == 241 and fits.keys() >= {"nnguide", "nnguide:raw"}
+    assert set(fits.values()) == {241}
 
 
 @pytest.mark.slow
@@ -415,10 +417,18 @@ def _primitives(out: Path) -> None:
             raise AssertionError("saved a shard of the bank")
         except RuntimeError as e:
             assert "shard" in str(e)
-        whole = sh.gathered()
-        assert (r == 0 and whole is not None and torch.equal(whole.bank, ref.bank)) or (r == 1 and whole is None)
+        saved = sh.gathered()
+        assert (r == 0 and saved is not None and torch.equal(saved.bank, ref.bank)) or (r == 1 and saved is None)
         qa, qb = ref.score(feats, head), sh.score(feats, head)
         res["knn"][str(k)] = float((qa - qb).abs().max())
+    # NNGuide from the shards: each rank builds its bank rows, the ranks gather them: the one-process bank exactly
+    from l2ood.detectors.nnguide import NNGuide
+
+    for frac in (0.01, 0.5):
+        ng_ref = NNGuide(k=7, fraction=frac, seed=3).fit(whole, head)
+        ng = NNGuide(k=7, fraction=frac, seed=3).fit(part, head)
+        assert torch.equal(ng.bank, ng_ref.bank), frac
+        assert torch.equal(ng.score(feats, head), ng_ref.score(feats, head)), frac
     # k above the bank over every rank: the same error on every rank, before any collective of the scoring
     try:
         KNN(k=3).fit(Extraction(z[r : r + 1], head.logits(z[r : r + 1]), sharded=True), head)

@@ -35,7 +35,8 @@ gathered in rank order (:meth:`l2ood.run.Run.forward`), so every rank holds exac
 of each test set and fits and scores identically — the same metrics as one process. ODIN and RankFeat score their
 shards and gather the scores. The fit set stays sharded for the Gaussian family (their fit all-reduces per-rank
 sufficient statistics: no rank holds all training features) and for KNN (each rank keeps its shard of the bank
-and the ranks merge their top k), and is gathered once for every other fitted detector (ViM, NNGuide, ...).
+and the ranks merge their top k) and NNGuide (each rank builds its bank rows), and is gathered once for every other
+fitted detector (ViM, Relation, ...).
 Rank 0 alone writes caches and fitted statistics; the caller saves the results on rank 0
 (:meth:`EvalResult.save` writes nothing on the other ranks).
 """

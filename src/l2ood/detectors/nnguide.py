@@ -15,6 +15,10 @@ Reference disagreements: the authors' code uses ``k = 10`` and the bank it is gi
 ``1e-10`` after normalizing (``z/‖z‖ + 1e-10``, immaterial). Like ViM, the method assumes positive
 energies: where the energy is negative the product's sign flips its meaning.
 
+Under ``torchrun`` (a training extraction that is this rank's shard) each rank builds the bank rows that fall in
+its shard (the bank's row indices are drawn over the whole set, as in one process) and the ranks gather them in
+rank order, so every rank holds the same bank as one process and no rank holds every training feature.
+
 Implementation: the bank rows are gathered ``fit_chunk`` at a time (memory O(bank·D), the confidences from the
 extraction's logits, i.e. the head's variant); the top ``k`` is found block by block as in
 :mod:`~l2ood.detectors.knn` (no query × bank matrix). Zero feature vectors stay zero (eps-safe
@@ -28,6 +32,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from ..distributed import dist_from_env, gather_rows, is_active
 from ..errors import ConfigError
 from .base import Detector, SearchSpace, register
 from .features import Extraction, Head
@@ -43,6 +48,8 @@ class NNGuide(Detector):
     needs_fit = True
     uses_logits = True
     fitted_state = ("_bank", "_normalize")
+    #: under torchrun each rank builds the bank rows of its own shard; the ranks gather the (small) bank
+    shard_fit: ClassVar[bool] = True
 
     def __init__(self, k: int = 100, fraction: float = 0.01, seed: int = 0, query_chunk: int = 1024,
                  bank_chunk: int = 16384, fit_chunk: int = 8192) -> None:
@@ -73,16 +80,25 @@ class NNGuide(Detector):
         return torch.randperm(n, generator=gen)[:m].sort().values
 
     def fit(self, train: Extraction, head: Head) -> NNGuide:
-        n, d = train.features.shape
+        """Build the guided bank from the training rows (collective under ``torchrun`` with a sharded extraction:
+        this rank's bank rows, then gathered in rank order)."""
+        n_local, d = train.features.shape
+        sharded = train.sharded and is_active()
+        if sharded:  # every rank's row count, in rank order: this shard's offset and the whole set's size
+            sizes = gather_rows(torch.tensor([n_local], dtype=torch.int64)).tolist()
+            offset, n = sum(sizes[: dist_from_env().rank]), sum(sizes)
+        else:
+            offset, n = 0, n_local
         if self.k > n:
             raise ConfigError(f"nnguide: k={self.k} exceeds the size of the ID training set ({n})")
         idx = self.bank_indices(n)
-        bank = torch.empty(idx.shape[0], d, dtype=torch.float32)
+        idx = idx[(idx >= offset) & (idx < offset + n_local)] - offset  # the bank rows in this shard (all of them
+        bank = torch.empty(idx.shape[0], d, dtype=torch.float32)  # in one process), in order
         for s in range(0, idx.shape[0], self.fit_chunk):  # gather the bank rows, fit_chunk at a time
             sel = idx[s : s + self.fit_chunk]
             conf = train.logits[sel].float().logsumexp(dim=1, keepdim=True)
             bank[s : s + sel.shape[0]] = _normalize(train.features[sel]) * conf
-        self._bank = bank
+        self._bank = gather_rows(bank) if sharded else bank
         self._normalize = head.normalize
         return self
 
