@@ -120,8 +120,7 @@ class Column:
     def shard_fit(self) -> bool:
         """Whether the detector fits from per-rank rows, so that under ``torchrun`` each rank fits from its own
         shard of the training rows (the Gaussian family reduces statistics, KNN keeps a sharded bank, NNGuide gathers
-        only its bank rows); every other
-        fit needs all of them."""
+        only its bank rows); every other fit needs all of them."""
         return bool(getattr(self.detector, "shard_fit", False))
 
     @property
