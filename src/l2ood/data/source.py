@@ -24,7 +24,9 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from torch import Tensor
 
 from ..errors import ConfigError
+from .errors import DataError
 from .imageset import DataSource
+from .registry import load_dataset
 
 STREAMABLE = ("imagefolder:", "imglist:", "wds:")  # specs that can be read batch by batch from disk
 DATA_PATHS = ("auto", "memory", "stream")  # what a user chooses (--data-path)
@@ -109,8 +111,6 @@ def open_images(spec: str, split: str = "test", *, root: str | Path | None = Non
 
     In memory: :func:`l2ood.data.load_dataset` (converted to ``channels``/``size`` when given). Streamed: an index
     read at ``size`` (default 224×224). ``n`` takes a seeded subset (seed ``seed``) either way."""
-    from . import load_dataset
-
     if data_path != "memory" and spec.startswith(STREAMABLE):
         from .stream import open_stream
 
@@ -122,4 +122,27 @@ def open_images(spec: str, split: str = "test", *, root: str | Path | None = Non
     return load_dataset(spec, split, root=root, n=n, seed=seed, size=size, channels=channels)
 
 
-__all__ = ["DATA_PATHS", "STREAMABLE", "ImageSource", "choose_data_path", "open_images"]
+def load_source(source: DataSource, *, root: str | Path | None = None,
+                size: tuple[int, int] | None = None) -> ImageSource:
+    """Load the exact images a :class:`~l2ood.data.DataSource` describes (``root`` overrides the recorded data
+    root): an :class:`~l2ood.data.ImageSet`, or for a streamed source (``source.stream``) a
+    :class:`~l2ood.data.stream.StreamingSet` (an index; pixels are read when iterated). The recorded
+    operations (seeded subsets, holdout splits) are replayed in order."""
+    where = root if root is not None else source.root
+    ds: Any = open_images(source.spec, source.split, root=where, size=size,
+                          data_path="stream" if source.stream else "memory")
+    for op in source.ops:
+        if op.kind == "subset":
+            ds = ds.subset(op.n, seed=op.seed)
+        elif op.kind == "holdout":
+            if not 0 < op.n < len(ds):
+                raise DataError(f"{source.spec}: the recorded holdout of {op.n} images does not fit the "
+                                f"{len(ds)} images found now (the data changed since the run was trained)")
+            rest, hold = ds.split(op.n, seed=op.seed)
+            ds = hold if op.part == "holdout" else rest
+        else:
+            raise DataError(f"{source.spec}: unknown data operation '{op.kind}'")
+    return ds
+
+
+__all__ = ["DATA_PATHS", "STREAMABLE", "ImageSource", "choose_data_path", "load_source", "open_images"]

@@ -62,6 +62,7 @@ from .errors import DataError, DataFormatError, DataNotFoundError
 from .imageset import DataSource, Op
 from .imglist import MAX_LABEL
 from .preprocess import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, ImageReadError, _to_8bit, read_file_bytes
+from .specs import canonical_spec
 
 IGNORE_LABEL = -100  # a sample that could not be read: cross-entropy ignores it
 TAR_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -405,7 +406,6 @@ def _tar_set(name: str, shards: list[Path], size: tuple[int, int]) -> StreamingS
 def open_stream(spec: str, split: str = "train", *, root: str | Path | None = None,
                 size: tuple[int, int] = (224, 224)) -> StreamingSet:
     """Index a data set for streaming (``imagefolder:``, ``imglist:`` or ``wds:`` spec); reads no pixels."""
-    from . import canonical_spec
     from .folders import scan_image_folder, split_folder
     from .imglist import _root_candidates, parse_imglist_spec, read_imglist
 
