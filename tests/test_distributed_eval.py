@@ -137,6 +137,28 @@ def _gaussian_data(n: int, d: int, k: int, seed: int = 0) -> tuple[torch.Tensor,
     return z, y, test
 
 
+def test_vim_fit_is_a_sum_over_row_blocks() -> None:
+    """ViM's fit depends on how the rows are grouped only through the float32 block products of Σ: other chunk sizes
+    in one process move the residual space and α as little as a split over ranks does (compared in
+    test_gather_and_sharded_gaussian_fit_on_two_ranks)."""
+    from l2ood.detectors import Extraction, Head
+    from l2ood.detectors.vim import ViM
+
+    g = torch.Generator().manual_seed(7)
+    z = torch.randn(1155, 6, generator=g) @ (5 * torch.randn(6, 24, generator=g)) + torch.randn(1155, 24, generator=g)
+    head = Head(torch.randn(5, 24, generator=g), torch.randn(5, generator=g))
+    ext = Extraction(z, head.logits(z))
+    fits = [ViM(dim=6, chunk_size=c).fit(ext, head) for c in (8192, 677, 100, 1)]
+    ref = fits[0].residual_basis @ fits[0].residual_basis.T
+    for v in fits[1:]:
+        assert torch.equal(v.origin, fits[0].origin)
+        assert float((v.residual_basis @ v.residual_basis.T - ref).abs().max()) < 1e-5
+        assert abs(v.alpha("raw") / fits[0].alpha("raw") - 1) < 1e-7
+    # the residual space is the complement of the 6 strong directions: their projection is (nearly) 0
+    strong = torch.linalg.svd(z.double() - z.double().mean(0), full_matrices=False).Vh[:6].T
+    assert float((fits[0].residual_basis.T @ strong).abs().max()) < 0.05
+
+
 # ------------------------------------------------------------------------------------------------ two ranks
 
 @pytest.mark.slow
@@ -161,6 +183,12 @@ def test_gather_and_sharded_gaussian_fit_on_two_ranks(tmp_path: Path) -> None:
         # and identical float32 scores (the detectors' output type); a score may in general move by a float32 ulp.
         assert err["state"] < 1e-10, (name, err)
         assert err["scores"] < 1e-6, (name, err)
+    # ViM: Σ is a float64 sum of float32 block products, so ranks group the products otherwise, as another
+    # chunk_size would in one process (test_vim_fit_is_a_sum_over_row_blocks). Measured with a 677 + 478 split:
+    # origin 0 (from the head alone), projector 9.8e-8, α 9.4e-10 relative, scores 2.5e-7 relative.
+    for tag, err in got[0]["vim"].items():
+        assert err["origin"] == 0.0 and err["projector"] < 1e-5 and err["alpha"] < 1e-7, (tag, err)
+        assert err["scores"] < 1e-5, (tag, err)
 
 
 @pytest.fixture(scope="module")
@@ -254,17 +282,17 @@ def test_two_ranks_reuse_the_cache_and_the_fitted_statistics(tiny: Path, tmp_pat
 
 
 @pytest.mark.slow
-def test_gaussian_knn_and_nnguide_columns_never_gather_the_training_features(tiny: Path, tmp_path: Path) -> None:
+def test_gaussian_knn_nnguide_and_vim_columns_never_gather_the_training_features(tiny: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(tiny / "run", run)
-    two = _evaluate(2, tiny, tmp_path, "mahalanobis++,knn,nnguide,feature_norm", "two", run)
+    two = _evaluate(2, tiny, tmp_path, "mahalanobis++,knn,nnguide,vim,feature_norm", "two", run)
     # no training-set extraction exists in full anywhere: it was never gathered, so never cached
     sizes = sorted(int(re.findall(r"mnist-(\d+)-", p.name)[0]) for p in (run / "cache").glob("*.safetensors"))
     assert sizes == [53, 77]  # the ID test and OoD passes only
     assert [t["peak_fit_rows"] for t in two] == [128, 113]  # 241 rows = 8 + 8 batches of 16: no rank held all
     rec = json.loads((run / "model.json").read_text())
     fits = {k: v["n_fit"] for k, v in rec["detectors"].items()}
-    assert fits["mahalanobis++"] == fits["knn"] == 241 and fits.keys() >= {"nnguide", "nnguide:raw"}
+    assert fits["mahalanobis++"] == fits["knn"] == fits["vim"] == 241 and fits.keys() >= {"nnguide", "nnguide:raw"}
     assert set(fits.values()) == {241}
 
 
@@ -389,6 +417,27 @@ def _primitives(out: Path) -> None:
         state = max(float(((sa[k] - sb[k]).abs().max() / sa[k].abs().max().clamp_min(1e-300)).item()) for k in sa)
         qa, qb = (c.score(Extraction(test, head.logits(test)), head) for c in (a, b))
         res[name] = {"state": state, "scores": float(np.max(np.abs(qa - qb) / np.abs(qa)))}
+    # ViM from the ranks' sums vs the whole set: the same origin, residual space (its projector: eigenvector signs
+    # are free), α and scores; an empty shard adds nothing. Features with a clear gap at dim (6 strong directions):
+    # ViM's float32 products decide the split only to ~1e-7 of the largest eigenvalue, so where the gap is smaller
+    # than that, two chunkings of one process already disagree (see test_vim_fit_is_a_sum_over_row_blocks)
+    from l2ood.detectors.vim import ViM
+
+    gv = torch.Generator().manual_seed(7)
+    zv = torch.randn(1155, 6, generator=gv) @ (5 * torch.randn(6, 24, generator=gv))
+    zv = zv + torch.randn(1155, 24, generator=gv)
+    wv = Head(torch.randn(5, 24, generator=gv), torch.randn(5, generator=gv))
+    qv = Extraction(test - 50, wv.logits(test - 50))
+    res["vim"] = {}
+    for tag, (lo, hi) in (("odd", (start, stop)), ("empty", ((0, 1155) if r == 0 else (1155, 1155)))):
+        va = ViM(dim=6).fit(Extraction(zv, wv.logits(zv)), wv)
+        vb = ViM(dim=6).fit(Extraction(zv[lo:hi], wv.logits(zv[lo:hi]), sharded=True), wv)
+        pa, pb = va.residual_basis, vb.residual_basis
+        proj = float(((pa @ pa.T) - (pb @ pb.T)).abs().max())
+        alpha = max(abs(va.alpha(v) - vb.alpha(v)) / abs(va.alpha(v)) for v in ("trained", "raw"))
+        qa, qb = va.score(qv, wv), vb.score(qv, wv)
+        res["vim"][tag] = {"origin": float((va.origin - vb.origin).abs().max()), "projector": proj, "alpha": alpha,
+                           "scores": float(((qa - qb).abs() / qa.abs().clamp_min(1.0)).max())}
     # a rank whose rows cannot be fitted stops every rank with the same error type
     bad = Extraction(z[:4], head.logits(z[:4]), None if r == 1 else y[:4], sharded=True)
     try:
