@@ -119,8 +119,8 @@ class Column:
     @property
     def shard_fit(self) -> bool:
         """Whether the detector fits from per-rank rows, so that under ``torchrun`` each rank fits from its own
-        shard of the training rows (the Gaussian family and ViM reduce sums, KNN keeps a sharded bank, NNGuide
-        gathers only its bank rows); every other fit needs all of them."""
+        shard of the training rows (the Gaussian family and ViM reduce sums, KNN and Relation keep a sharded bank,
+        NNGuide gathers only its bank rows); every other fit needs all of them."""
         return bool(getattr(self.detector, "shard_fit", False))
 
     @property

@@ -16,6 +16,12 @@ vector has no edges). Cost: the bank holds the normalized training features and 
 query × bank matrix: queries in blocks of ``query_chunk`` rows, the bank in blocks of ``bank_chunk``
 (peak extra memory ≈ ``16·q·b`` bytes: a few ``q × b`` fp32 blocks). Probabilities come from the
 extraction's logits (the head's variant); one detector instance serves the variant it was fit on.
+
+Under ``torchrun`` (a training extraction that is this rank's shard, :attr:`Extraction.sharded`) the bank stays
+sharded: the score is a sum over the bank, so each rank keeps the rows of its own shard (``N/K`` of them), sums the
+edges of every query to them in float64 and the ranks all-reduce (sum) those totals — the score of the whole bank
+(every rank scores the same queries, as an evaluation does). To save such a fit, :meth:`gathered` brings the rows
+to rank 0 alone.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from ..distributed import all_reduce_sum, gather_rows_to_main, is_active, total
 from ..errors import ConfigError
 from .base import Detector, SearchSpace, register
 from .features import Extraction, Head
@@ -40,6 +47,8 @@ class Relation(Detector):
     needs_fit = True
     uses_logits = True
     fitted_state = ("_feats", "_probs", "_normalize")
+    #: under torchrun each rank fits from (and keeps) its own shard of the training rows
+    shard_fit: ClassVar[bool] = True
 
     def __init__(self, power: float = 1.0, threshold: float = 0.03, query_chunk: int = 512,
                  bank_chunk: int = 8192, fit_chunk: int = 8192) -> None:
@@ -57,6 +66,35 @@ class Relation(Detector):
         self._feats: Tensor | None = None  # (N, D) ẑ_j
         self._probs: Tensor | None = None  # (N, C) p_j
         self._normalize: bool | None = None
+        self._n_total: int | None = None  # rows of the bank over every rank when it is sharded, else None
+
+    @property
+    def sharded(self) -> bool:
+        """Whether each rank holds only its shard of the bank (a fit from sharded rows under ``torchrun``)."""
+        return self._n_total is not None
+
+    def state_dict(self) -> dict[str, Tensor]:
+        if self.sharded:
+            raise RuntimeError("relation: this rank holds only its shard of the bank; save gathered() instead")
+        return super().state_dict()
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> Relation:
+        super().load_state_dict(state)
+        self._n_total = None  # a saved bank is whole
+        return self
+
+    def gathered(self) -> Relation | None:
+        """The detector to save (collective under ``torchrun``): ``self`` unless the bank is sharded; then a copy
+        holding the whole bank on rank 0 and ``None`` on the other ranks (only rank 0 holds all rows, briefly)."""
+        if not self.sharded:
+            return self
+        feats, probs = self._fitted()
+        whole_feats, whole_probs = gather_rows_to_main(feats), gather_rows_to_main(probs)
+        if whole_feats is None or whole_probs is None:
+            return None
+        out = Relation(**self.hyper_parameters())
+        out._feats, out._probs, out._normalize = whole_feats, whole_probs, self._normalize
+        return out
 
     def _fitted(self) -> tuple[Tensor, Tensor]:
         if self._feats is None or self._probs is None:
@@ -64,8 +102,12 @@ class Relation(Detector):
         return self._feats, self._probs
 
     def fit(self, train: Extraction, head: Head) -> Relation:
+        """Keep the normalized ID training features and their probabilities; under ``torchrun`` with a sharded
+        extraction, this rank's rows only (collective: the ranks add up the bank's size)."""
         n, d = train.features.shape
-        if n == 0:
+        sharded = train.sharded and is_active()
+        n_total = total(n) if sharded else n
+        if n_total == 0:
             raise ConfigError("relation: the ID training set is empty")
         feats = torch.empty(n, d, dtype=torch.float32)
         probs = torch.empty(n, train.logits.shape[1], dtype=torch.float32)
@@ -77,6 +119,7 @@ class Relation(Detector):
             s += m
         self._feats, self._probs = feats, probs
         self._normalize = head.normalize
+        self._n_total = n_total if sharded else None
         return self
 
     def score(self, x: Extraction, head: Head) -> Tensor:
@@ -88,13 +131,15 @@ class Relation(Detector):
         for s in range(0, len(x), self.query_chunk):
             q = _normalize(x.features[s : s + self.query_chunk])
             pq = x.logits[s : s + self.query_chunk].float().softmax(dim=1)
-            total = torch.zeros(q.shape[0], dtype=torch.float64)
+            edges = torch.zeros(q.shape[0], dtype=torch.float64)
             for b in range(0, feats.shape[0], self.bank_chunk):
                 rel = (q @ feats[b : b + self.bank_chunk].T).clamp_min_(0.0)
                 rel.mul_(pq @ probs[b : b + self.bank_chunk].T)
                 kept = torch.where(rel > self.threshold, rel.pow(self.power) if self.power != 1.0 else rel,
                                    torch.zeros_like(rel))
-                total += kept.sum(dim=1, dtype=torch.float64)
+                edges += kept.sum(dim=1, dtype=torch.float64)
                 del rel, kept
-            out[s : s + q.shape[0]] = total.float()
+            if self.sharded:  # the edges to every rank's rows (collective)
+                all_reduce_sum(edges)
+            out[s : s + q.shape[0]] = edges.float()
         return out

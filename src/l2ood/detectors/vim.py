@@ -36,7 +36,9 @@ collective call): every quantity of the fit is a sum over rows — ``N``, ``Σ_i
 sums and the residual-norm sum — so each rank sums its own rows and the ranks all-reduce the sums in float64. Every
 rank then decomposes the same ``Σ`` and holds the same fit; no rank holds more than its shard. The fit equals the
 single-process one up to the grouping of the float32 block products of ``Σ`` (as another ``chunk_size`` would
-change it: measured 1e-7 in the residual projector, 1e-9 relative in ``α``, with a clear eigenvalue gap at ``dim``).
+change it: measured 1e-7 in the residual projector and 1e-9 relative in ``α`` with a clear eigenvalue gap at
+``dim``; on a small trained run's 16-dim features, whose mean is large next to their spread, 1.5e-5 in the projector
+and up to 7e-5 in scores of about 1-2).
 """
 
 from __future__ import annotations
