@@ -104,6 +104,13 @@ def test_knn_local_topk_pads_a_small_shard_and_one_process_keeps_the_whole_bank(
     assert not det.sharded and det.gathered() is det and torch.allclose(det.state_dict()["bank"], bank)
     det._n_total = 4  # as a sharded fit leaves it; loading a saved (whole) bank makes it whole again
     assert det.load_state_dict({"bank": bank}).sharded is False
+    det.keep_shard()  # one process: the whole bank stays (under torchrun each rank would keep its part)
+    assert not det.sharded and torch.equal(det.bank, bank)
+    from l2ood.detectors.relation import Relation
+
+    rel = Relation().fit(Extraction(bank * 3, head.logits(bank * 3), sharded=True), head)
+    rel.keep_shard()
+    assert not rel.sharded and rel.gathered() is rel and rel.state_dict()["feats"].shape == (2, 2)
 
 
 def test_a_shard_reads_the_same_images_as_the_whole_set(tmp_path: Path) -> None:
@@ -279,18 +286,21 @@ def test_two_ranks_evaluate_like_one_process_and_only_rank_0_writes(tiny: Path, 
 
 @pytest.mark.slow
 def test_two_ranks_reuse_the_cache_and_the_fitted_statistics(tiny: Path, tmp_path: Path) -> None:
-    """knn and rmds load their recorded fits; mahalanobis++ fits from each rank's rows of the cached training pass
-    (read from the cache file row by row); every forward pass comes from the cache."""
+    """knn, relation and rmds load their recorded fits (each rank then keeps its part of the knn and relation banks,
+    as a fit from shards would); mahalanobis++ fits from each rank's rows of the cached training pass (read from the
+    cache file row by row); every forward pass comes from the cache."""
     first = tmp_path / "first"
     shutil.copytree(tiny / "run", first)
-    _evaluate(1, tiny, tmp_path, "rmds,knn", "first", first)  # caches and fits, in this process
+    _evaluate(1, tiny, tmp_path, "rmds,knn,relation", "first", first)  # caches and fits, in this process
     runs = {w: tmp_path / f"run{w}" for w in (1, 2)}
     for r in runs.values():
         shutil.copytree(first, r)
-    dets = "mahalanobis++,knn,rmds"
+    dets = "mahalanobis++,knn,rmds,relation"
     one = _evaluate(1, tiny, tmp_path, dets, "one-again", runs[1])[0]
     two = _evaluate(2, tiny, tmp_path, dets, "two-again", runs[2])
     _compare(one, two[0])
+    # the loaded bank of 241 rows is split 121 + 120 over the ranks: each scores against its rows only
+    assert [t["knn_bank_rows"] for t in two] == [121, 120]
     assert two[1]["writes"] == []
     assert all(Path(w).parent.name != "cache" for w in two[0]["writes"])  # every pass came from the cache
     assert [t["peak_fit_rows"] for t in two] == [128, 113]  # each rank fitted its rows of the cached 241
@@ -553,10 +563,21 @@ def _evaluate_ranks(run: Path, data: str, out: Path, detectors: str) -> None:
         return fit(train, *a, **k)
 
     mahalanobis.fit_class_gaussians = spy
+    from l2ood.detectors.knn import KNN
+
+    bank_rows = [0]
+    knn_score = KNN.score
+
+    def score_spy(self: KNN, x: Any, head: Any) -> Any:
+        bank_rows[0] = len(self.bank)  # the bank this rank scores against (the last scoring's)
+        return knn_score(self, x, head)
+
+    KNN.score = score_spy  # type: ignore[method-assign]
     res = _evaluation(run, data, detectors)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{dist_from_env().rank}.json").write_text(json.dumps({**res, "writes": writes,
-                                                                     "peak_fit_rows": peak[0]}))
+                                                                     "peak_fit_rows": peak[0],
+                                                                     "knn_bank_rows": bank_rows[0]}))
 
 
 def _evaluation(run: Path, data: str, detectors: str) -> dict[str, Any]:

@@ -221,6 +221,7 @@ class Column:
         rank 0 alone saves and records the statistics while the others wait."""
         recorded = run.path is not None and not refit and self._load_recorded(run, hp)
         if agree(recorded):
+            self.detector.keep_shard()  # a bank loaded whole: each rank keeps its rows, as a fit from shards would
             return self
         ext = features() if features is not None else run.forward(
             run.train_split(), batch_size=batch_size, progress=progress, desc="extract ID train",

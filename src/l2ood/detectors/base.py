@@ -121,6 +121,12 @@ class Detector(ABC):
         other ranks)."""
         return self
 
+    def keep_shard(self) -> None:
+        """Under ``torchrun``, after every rank loaded the same whole fit: keep only this rank's part of per-row
+        state, as a fit from shards would hold it (KNN's and Relation's banks); a no-op for every other detector
+        and in one process."""
+        return None
+
     def fit(self, train: Extraction, head: Head) -> Detector:
         """Collect ID statistics (no-op for post-hoc detectors that need none)."""
         return self

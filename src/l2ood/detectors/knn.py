@@ -44,7 +44,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..distributed import gather_rows, gather_rows_to_main, is_active, total
+from ..distributed import dist_from_env, gather_rows, gather_rows_to_main, is_active, shard, total
 from ..errors import ConfigError
 from .base import Detector, SearchSpace, register
 from .features import Extraction, Head
@@ -164,6 +164,16 @@ class KNN(Detector):
         super().load_state_dict(state)
         self._n_total = None  # a saved bank is whole
         return self
+
+    def keep_shard(self) -> None:
+        """Under ``torchrun``: keep this rank's contiguous part of a whole bank (one loaded from a saved fit), so that
+        scoring divides over the ranks as after a fit from shards (:func:`l2ood.distributed.shard` of the rows)."""
+        if self.sharded or not is_active():
+            return
+        n = len(self.bank)
+        start, length = shard(n, dist_from_env())
+        self._bank = self.bank[start : start + length].clone()
+        self._n_total = n
 
     def gathered(self) -> KNN | None:
         """The detector to save (collective under ``torchrun``): ``self`` unless the bank is sharded; then a copy

@@ -31,7 +31,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..distributed import all_reduce_sum, gather_rows_to_main, is_active, total
+from ..distributed import all_reduce_sum, dist_from_env, gather_rows_to_main, is_active, shard, total
 from ..errors import ConfigError
 from .base import Detector, SearchSpace, register
 from .features import Extraction, Head
@@ -82,6 +82,17 @@ class Relation(Detector):
         super().load_state_dict(state)
         self._n_total = None  # a saved bank is whole
         return self
+
+    def keep_shard(self) -> None:
+        """Under ``torchrun``: keep this rank's contiguous part of a whole bank (one loaded from a saved fit), so that
+        scoring divides over the ranks as after a fit from shards (:func:`l2ood.distributed.shard` of the rows)."""
+        if self.sharded or not is_active():
+            return
+        feats, probs = self._fitted()
+        start, length = shard(len(feats), dist_from_env())
+        self._feats = feats[start : start + length].clone()
+        self._probs = probs[start : start + length].clone()
+        self._n_total = len(feats)
 
     def gathered(self) -> Relation | None:
         """The detector to save (collective under ``torchrun``): ``self`` unless the bank is sharded; then a copy
