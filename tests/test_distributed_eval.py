@@ -478,15 +478,7 @@ def _primitives(out: Path) -> None:
         ref = Relation(bank_chunk=100).fit(whole, head)
         sh = Relation(bank_chunk=100).fit(Extraction(z[lo:hi], head.logits(z[lo:hi]), y[lo:hi], sharded=True), head)
         assert sh.sharded and not ref.sharded
-        try:
-            sh.state_dict()
-            raise AssertionError("saved a shard of the relation bank")
-        except RuntimeError as e:
-            assert "shard" in str(e)
-        saved = sh.gathered()
-        assert (r == 0 and saved is not None and saved.state_dict().keys() == ref.state_dict().keys()
-                and all(torch.equal(saved.state_dict()[k], v) for k, v in ref.state_dict().items())) or (
-            r == 1 and saved is None)
+        _check_saved_whole(sh, ref, r)
         qa, qb = ref.score(feats, head), sh.score(feats, head)
         res["relation"][tag] = {"scores": float(((qa - qb).abs() / qa.abs().clamp_min(1e-30)).max()),
                                 "nonzero": int((qa > 0).sum())}
@@ -512,13 +504,7 @@ def _primitives(out: Path) -> None:
                                                            head)
         sh = KNN(k=k, query_chunk=31, bank_chunk=64).fit(mine, head)
         assert sh.sharded and len(sh.bank) == hi - lo and not ref.sharded
-        try:
-            sh.state_dict()
-            raise AssertionError("saved a shard of the bank")
-        except RuntimeError as e:
-            assert "shard" in str(e)
-        saved = sh.gathered()
-        assert (r == 0 and saved is not None and torch.equal(saved.bank, ref.bank)) or (r == 1 and saved is None)
+        _check_saved_whole(sh, ref, r)
         qa, qb = ref.score(feats, head), sh.score(feats, head)
         res["knn"][str(k)] = float((qa - qb).abs().max())
     # NNGuide from the shards: each rank builds its bank rows, the ranks gather them: the one-process bank exactly
@@ -536,6 +522,22 @@ def _primitives(out: Path) -> None:
     except ConfigError as e:
         assert "exceeds the size of the ID training bank (2)" in str(e)
     (out / f"prim{dist_from_env().rank}.json").write_text(json.dumps(res))
+
+
+def _check_saved_whole(sh: Any, ref: Any, rank: int) -> None:
+    """A bank sharded over the ranks refuses to be saved piecewise, and ``gathered()`` gives rank 0 the state of the
+    one-process fit ``ref`` (every tensor equal) and the other ranks ``None``."""
+    try:
+        sh.state_dict()
+        raise AssertionError(f"saved a shard of the {sh.name} bank")
+    except RuntimeError as e:
+        assert "shard" in str(e)
+    saved = sh.gathered()
+    if rank != 0:
+        assert saved is None
+        return
+    got, want = saved.state_dict(), ref.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], v) for k, v in want.items())
 
 
 def _evaluate_ranks(run: Path, data: str, out: Path, detectors: str) -> None:

@@ -44,9 +44,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..distributed import dist_from_env, gather_rows, gather_rows_to_main, is_active, shard, total
+from ..distributed import gather_rows, is_active, total
 from ..errors import ConfigError
-from .base import Detector, SearchSpace, register
+from ._bank import BankDetector
+from .base import SearchSpace, register
 from .features import Extraction, Head
 
 _EPS = 1e-12
@@ -96,7 +97,7 @@ def _check_positive_int(name: str, v: int) -> None:
 
 
 @register
-class KNN(Detector):
+class KNN(BankDetector):
     """``−`` distance to the ``k``-th nearest normalized ID training feature (higher = ID)."""
 
     name = "knn"
@@ -104,8 +105,7 @@ class KNN(Detector):
     search_space: ClassVar[SearchSpace] = {"k": (1, 10, 20, 50, 100, 200, 500, 1000)}
     needs_fit = True
     fitted_state = ("_bank",)
-    #: under torchrun each rank fits from (and keeps) its own shard of the training rows
-    shard_fit: ClassVar[bool] = True
+    bank_rows = ("_bank",)  # kept sharded under torchrun (l2ood.detectors._bank)
 
     def __init__(self, k: int = 50, query_chunk: int = 1024, bank_chunk: int = 16384,
                  fit_chunk: int = 8192) -> None:
@@ -149,43 +149,6 @@ class KNN(Detector):
         if self.k > n_bank:
             raise ConfigError(f"knn: k={self.k} exceeds the size of the ID training bank ({n_bank}); "
                              f"use k <= {n_bank} or more training data")
-
-    @property
-    def sharded(self) -> bool:
-        """Whether each rank holds only its shard of the bank (a fit from sharded rows under ``torchrun``)."""
-        return self._n_total is not None
-
-    def state_dict(self) -> dict[str, Tensor]:
-        if self.sharded:
-            raise RuntimeError("knn: this rank holds only its shard of the bank; save gathered() instead")
-        return super().state_dict()
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> KNN:
-        super().load_state_dict(state)
-        self._n_total = None  # a saved bank is whole
-        return self
-
-    def keep_shard(self) -> None:
-        """Under ``torchrun``: keep this rank's contiguous part of a whole bank (one loaded from a saved fit), so that
-        scoring divides over the ranks as after a fit from shards (:func:`l2ood.distributed.shard` of the rows)."""
-        if self.sharded or not is_active():
-            return
-        n = len(self.bank)
-        start, length = shard(n, dist_from_env())
-        self._bank = self.bank[start : start + length].clone()
-        self._n_total = n
-
-    def gathered(self) -> KNN | None:
-        """The detector to save (collective under ``torchrun``): ``self`` unless the bank is sharded; then a copy
-        holding the whole bank on rank 0 and ``None`` on the other ranks (only rank 0 holds all rows, briefly)."""
-        if not self.sharded:
-            return self
-        whole = gather_rows_to_main(self.bank)
-        if whole is None:
-            return None
-        out = KNN(**self.hyper_parameters())
-        out._bank = whole
-        return out
 
     def fit(self, train: Extraction, head: Head) -> KNN:
         """Store the L2-normalized ID training features (fp32, filled chunk by chunk); under ``torchrun`` with a

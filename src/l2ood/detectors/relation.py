@@ -31,15 +31,16 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..distributed import all_reduce_sum, dist_from_env, gather_rows_to_main, is_active, shard, total
+from ..distributed import all_reduce_sum, is_active, total
 from ..errors import ConfigError
-from .base import Detector, SearchSpace, register
+from ._bank import BankDetector
+from .base import SearchSpace, register
 from .features import Extraction, Head
 from .knn import _check_positive_int, _normalize
 
 
 @register
-class Relation(Detector):
+class Relation(BankDetector):
     """``Σ_j r_j^γ`` over training samples with ``r_j = max(ẑ·ẑ_j, 0)·(p·p_j) > t`` (higher = ID)."""
 
     name = "relation"
@@ -47,8 +48,7 @@ class Relation(Detector):
     needs_fit = True
     uses_logits = True
     fitted_state = ("_feats", "_probs", "_normalize")
-    #: under torchrun each rank fits from (and keeps) its own shard of the training rows
-    shard_fit: ClassVar[bool] = True
+    bank_rows = ("_feats", "_probs")  # kept sharded under torchrun (l2ood.detectors._bank)
 
     def __init__(self, power: float = 1.0, threshold: float = 0.03, query_chunk: int = 512,
                  bank_chunk: int = 8192, fit_chunk: int = 8192) -> None:
@@ -67,45 +67,6 @@ class Relation(Detector):
         self._probs: Tensor | None = None  # (N, C) p_j
         self._normalize: bool | None = None
         self._n_total: int | None = None  # rows of the bank over every rank when it is sharded, else None
-
-    @property
-    def sharded(self) -> bool:
-        """Whether each rank holds only its shard of the bank (a fit from sharded rows under ``torchrun``)."""
-        return self._n_total is not None
-
-    def state_dict(self) -> dict[str, Tensor]:
-        if self.sharded:
-            raise RuntimeError("relation: this rank holds only its shard of the bank; save gathered() instead")
-        return super().state_dict()
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> Relation:
-        super().load_state_dict(state)
-        self._n_total = None  # a saved bank is whole
-        return self
-
-    def keep_shard(self) -> None:
-        """Under ``torchrun``: keep this rank's contiguous part of a whole bank (one loaded from a saved fit), so that
-        scoring divides over the ranks as after a fit from shards (:func:`l2ood.distributed.shard` of the rows)."""
-        if self.sharded or not is_active():
-            return
-        feats, probs = self._fitted()
-        start, length = shard(len(feats), dist_from_env())
-        self._feats = feats[start : start + length].clone()
-        self._probs = probs[start : start + length].clone()
-        self._n_total = len(feats)
-
-    def gathered(self) -> Relation | None:
-        """The detector to save (collective under ``torchrun``): ``self`` unless the bank is sharded; then a copy
-        holding the whole bank on rank 0 and ``None`` on the other ranks (only rank 0 holds all rows, briefly)."""
-        if not self.sharded:
-            return self
-        feats, probs = self._fitted()
-        whole_feats, whole_probs = gather_rows_to_main(feats), gather_rows_to_main(probs)
-        if whole_feats is None or whole_probs is None:
-            return None
-        out = Relation(**self.hyper_parameters())
-        out._feats, out._probs, out._normalize = whole_feats, whole_probs, self._normalize
-        return out
 
     def _fitted(self) -> tuple[Tensor, Tensor]:
         if self._feats is None or self._probs is None:
