@@ -121,7 +121,7 @@ class Column:
         """Whether the detector fits from per-rank rows, so that under ``torchrun`` each rank fits from its own
         shard of the training rows (the Gaussian family and ViM reduce sums, KNN and Relation keep a sharded bank,
         NNGuide gathers only its bank rows); every other fit needs all of them."""
-        return bool(getattr(self.detector, "shard_fit", False))
+        return self.detector.shard_fit
 
     @property
     def search_space(self) -> dict[str, list[Any]]:

@@ -34,9 +34,9 @@ runs the same evaluation: each forward pass is split into contiguous, batch-alig
 gathered in rank order (:meth:`l2ood.run.Run.forward`), so every rank holds exactly the single-process extraction
 of each test set and fits and scores identically — the same metrics as one process. ODIN and RankFeat score their
 shards and gather the scores. The fit set stays sharded for the Gaussian family (their fit all-reduces per-rank
-sufficient statistics: no rank holds all training features) and for KNN (each rank keeps its shard of the bank
-and the ranks merge their top k) and NNGuide (each rank builds its bank rows), and is gathered once for every other
-fitted detector (ViM, Relation, ...).
+sufficient statistics: no rank holds all training features), ViM (its sums are all-reduced likewise), KNN and
+Relation (each rank keeps its shard of the bank; the ranks merge their top k or sum their edges) and NNGuide (each
+rank builds its bank rows), and is gathered once for every other fitted detector (ReAct, DICE, ...).
 Rank 0 alone writes caches and fitted statistics; the caller saves the results on rank 0
 (:meth:`EvalResult.save` writes nothing on the other ranks).
 """

@@ -14,8 +14,9 @@ from typing import ClassVar, TypeVar
 
 from torch import Tensor
 
-from ..distributed import dist_from_env, gather_rows_to_main, is_active, shard
+from ..distributed import dist_from_env, gather_rows_to_main, is_active, shard, total
 from .base import Detector
+from .features import Extraction
 
 B = TypeVar("B", bound="BankDetector")
 
@@ -29,6 +30,12 @@ class BankDetector(Detector):
     bank_rows: ClassVar[tuple[str, ...]] = ()
     #: rows of the bank over every rank when it is sharded, else None
     _n_total: int | None = None
+
+    @staticmethod
+    def _ranks_total(train: Extraction) -> int | None:
+        """The rows of ``train`` over every rank when it is this rank's shard under ``torchrun`` (collective), else
+        ``None``: what a fit records as :attr:`_n_total`."""
+        return total(len(train)) if train.sharded and is_active() else None
 
     @property
     def sharded(self) -> bool:

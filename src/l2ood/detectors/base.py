@@ -62,6 +62,9 @@ class Detector(ABC):
     needs_fit: ClassVar[bool] = False
     uses_logits: ClassVar[bool] = False
     needs_model: ClassVar[bool] = False
+    #: under ``torchrun``, :meth:`fit` takes this rank's shard of the training rows (a collective call: the
+    #: detector reduces sums or keeps a sharded bank, :mod:`l2ood.distributed`); else it gets every row
+    shard_fit: ClassVar[bool] = False
     #: attributes set by :meth:`fit` (tensors, floats, ints or bools; ``None`` before fitting), saved by
     #: :meth:`state_dict` under their names without the leading underscore
     fitted_state: ClassVar[tuple[str, ...]] = ()

@@ -44,7 +44,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..distributed import gather_rows, is_active, total
+from ..distributed import gather_rows
 from ..errors import ConfigError
 from ._bank import BankDetector
 from .base import SearchSpace, register
@@ -117,7 +117,6 @@ class KNN(BankDetector):
         self.bank_chunk = bank_chunk
         self.fit_chunk = fit_chunk
         self._bank: Tensor | None = None
-        self._n_total: int | None = None  # rows of the bank over every rank when it is sharded, else None
 
     def check_state(self, state: dict[str, Tensor]) -> None:
         """As :meth:`Detector.check_state`, plus what a fit writes: a 2-d float32 bank of L2-normalized rows (norm 1,
@@ -154,9 +153,8 @@ class KNN(BankDetector):
         """Store the L2-normalized ID training features (fp32, filled chunk by chunk); under ``torchrun`` with a
         sharded extraction, this rank's rows only (collective: the ranks add up the bank's size)."""
         n, d = train.features.shape
-        sharded = train.sharded and is_active()
-        n_total = total(n) if sharded else n
-        self._check_k(n_total)
+        n_total = self._ranks_total(train)
+        self._check_k(n if n_total is None else n_total)
         bank = torch.empty(n, d, dtype=torch.float32)
         s = 0
         for chunk in train.chunks(self.fit_chunk):
@@ -164,7 +162,7 @@ class KNN(BankDetector):
             bank[s : s + m] = _normalize(chunk.features)
             s += m
         self._bank = bank
-        self._n_total = n_total if sharded else None
+        self._n_total = n_total
         return self
 
     def _kth_similarity(self, q: Tensor, bank: Tensor) -> Tensor:

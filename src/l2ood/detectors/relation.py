@@ -31,7 +31,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..distributed import all_reduce_sum, is_active, total
+from ..distributed import all_reduce_sum
 from ..errors import ConfigError
 from ._bank import BankDetector
 from .base import SearchSpace, register
@@ -66,7 +66,6 @@ class Relation(BankDetector):
         self._feats: Tensor | None = None  # (N, D) ẑ_j
         self._probs: Tensor | None = None  # (N, C) p_j
         self._normalize: bool | None = None
-        self._n_total: int | None = None  # rows of the bank over every rank when it is sharded, else None
 
     def _fitted(self) -> tuple[Tensor, Tensor]:
         if self._feats is None or self._probs is None:
@@ -77,9 +76,8 @@ class Relation(BankDetector):
         """Keep the normalized ID training features and their probabilities; under ``torchrun`` with a sharded
         extraction, this rank's rows only (collective: the ranks add up the bank's size)."""
         n, d = train.features.shape
-        sharded = train.sharded and is_active()
-        n_total = total(n) if sharded else n
-        if n_total == 0:
+        n_total = self._ranks_total(train)
+        if (n if n_total is None else n_total) == 0:
             raise ConfigError("relation: the ID training set is empty")
         feats = torch.empty(n, d, dtype=torch.float32)
         probs = torch.empty(n, train.logits.shape[1], dtype=torch.float32)
@@ -91,7 +89,7 @@ class Relation(BankDetector):
             s += m
         self._feats, self._probs = feats, probs
         self._normalize = head.normalize
-        self._n_total = n_total if sharded else None
+        self._n_total = n_total
         return self
 
     def score(self, x: Extraction, head: Head) -> Tensor:
