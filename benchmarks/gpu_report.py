@@ -111,7 +111,7 @@ are not part of the installed package). Run everything from the repository root.
 # 0. once: PyTorch with CUDA (pick the build for your GPU driver on pytorch.org), then l2ood's dependencies
 pip install torch
 pip install -e .
-# 1. once: pack DATA/ (layout above; every *.npz in it is packed) into gpu_data/ (≈ 56 MiB, lossless, ignored by git)
+# 1. once: pack DATA/ (layout above; every *.npz in it is packed) into gpu_data/ (≈ 52.7 MiB, lossless, git-ignored)
 python benchmarks/gpu_pack.py pack --src DATA --no-wheels
 # 2. optional: tiny smoke test of the same script (width 4, 1 epoch, a few hundred images)
 TINY=1 OUT=/tmp/gpu_tiny_out VARIANTS=ce,l2 bash benchmarks/gpu_paper.sh
@@ -152,7 +152,7 @@ How long it takes: one full-width ResNet18 epoch at batch 128 took 4.42 s on an 
 (docs/results/gpu/gpu_b128.json): one 60-epoch model ≈ 4.4 min of pure training (≈ 4.9 min with the per-epoch
 checkpoint and the tracking). At batch 128 one process leaves the GPU mostly idle (batch 512 runs 3.9× more images
 per second), so the cells run concurrently; the concurrency table below shows what that gains on your GPU.
-Unpacking writes and checks the 60 000 JPEG files (7 s on a 2-core CPU); each cell then decodes the JPEGs
+Unpacking writes and checks the 60 000 JPEG files (5.6-7 s on a 2-core CPU); each cell then decodes the JPEGs
 (≈ 20 s, in parallel)."""
 
 
